@@ -1,0 +1,3 @@
+from topograph.cli import main
+
+main()

@@ -1,0 +1,63 @@
+"""The ``topograph`` command line (typer + rich).
+
+Each engine adds its commands from its own module (``register(app, synth_app)``); this module only
+builds the app and turns :class:`~topograph.errors.TopographError` into one line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from topograph.errors import TopographError
+
+app = typer.Typer(
+    name="topograph",
+    help="Measured 3D from close-range images: SEM tilt series and mesoscopic phone photogrammetry.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+synth_app = typer.Typer(help="Generate datasets with exact ground truth.", no_args_is_help=True)
+app.add_typer(synth_app, name="synth")
+
+err_console = Console(stderr=True)
+
+# Modules that add commands; each defines ``register(app, synth_app)``.
+_COMMAND_MODULES: list[str] = []
+
+
+@app.callback()
+def _global_options(
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print warnings and errors."),
+    log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+) -> None:
+    level = "WARNING" if quiet else log_level.upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise TopographError(f"unknown log level '{log_level}'", "use DEBUG, INFO, WARNING or ERROR")
+    logger = logging.getLogger("topograph")
+    logger.handlers.clear()
+    logger.addHandler(RichHandler(console=err_console, show_path=False, show_time=False, markup=False))
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+for _name in _COMMAND_MODULES:
+    importlib.import_module(f"topograph.cli.{_name}").register(app, synth_app)
+
+
+def main() -> None:
+    """Console entry point: run the app; user errors print one line and exit with status 2."""
+    try:
+        app()
+    except TopographError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("[bold red]interrupted[/]")
+        sys.exit(130)

@@ -1,0 +1,156 @@
+"""Configuration as nested dataclasses that round-trip to plain YAML.
+
+* ``to_dict`` / ``to_yaml`` write plain types only (``yaml.safe_dump``; no python tags).
+* ``from_dict`` / ``from_yaml`` read with the safe loader and reject unknown keys, naming them.
+* ``apply_overrides`` sets dotted keys (``"matching.ratio=0.8"``), as the CLI does for its flags.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from topograph.errors import TopographError
+
+T = TypeVar("T")
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain-dict form of a (nested) config dataclass; tuples become lists."""
+
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        if isinstance(v, Path):
+            return str(v)
+        return v
+
+    return conv(cfg)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if value is None:
+        return None
+    if origin in (typing.Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        for a in non_none:
+            try:
+                return _coerce(a, value, key)
+            except (TypeError, ValueError, TopographError):
+                continue
+        raise TopographError(f"config key '{key}' has an invalid value {value!r}", f"expected {tp}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise TopographError(f"config key '{key}' must be a mapping", "see `topograph config show`")
+        return from_dict(tp, value, prefix=f"{key}.")
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise TopographError(f"config key '{key}' must be a list, got {value!r}", "write it as [a, b, c]")
+        inner = args[0] if args else Any
+        items = [_coerce(inner, v, key) for v in value]
+        return tuple(items) if origin is tuple else items
+    if origin is typing.Literal:
+        if value not in args:
+            raise TopographError(
+                f"config key '{key}' must be one of {', '.join(map(str, args))}, got {value!r}",
+                "pick one of the listed values",
+            )
+        return value
+    if tp is bool:
+        if isinstance(value, str):
+            low = value.strip().lower()
+            if low in ("true", "1", "yes", "on"):
+                return True
+            if low in ("false", "0", "no", "off"):
+                return False
+            raise ValueError(value)
+        return bool(value)
+    if tp in (int, float, str):
+        if tp is int and isinstance(value, float) and not value.is_integer():
+            raise TopographError(f"config key '{key}' must be an integer, got {value!r}", "give a whole number")
+        try:
+            return tp(value)
+        except (TypeError, ValueError) as exc:
+            raise TopographError(
+                f"config key '{key}' has an invalid value {value!r}", f"expected {tp.__name__}"
+            ) from exc
+    if tp is Path:
+        return Path(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build config ``cls`` from a plain dict; unknown keys raise a :class:`TopographError`."""
+    if not isinstance(data, dict):
+        raise TopographError(f"configuration '{prefix or 'root'}' must be a mapping", "check the YAML file")
+    hints = _field_types(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise TopographError(
+            f"unknown configuration key '{prefix}{unknown[0]}'",
+            f"valid keys here: {', '.join(sorted(names))}",
+        )
+    kwargs = {k: _coerce(hints[k], v, f"{prefix}{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_yaml(cfg: Any) -> str:
+    """Plain YAML text of a config (safe_dump, no python object tags)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True)
+
+
+def from_yaml(cls: type[T], text_or_path: str | Path) -> T:
+    """Load config ``cls`` from YAML text or a file path (safe loader, strict keys)."""
+    if isinstance(text_or_path, Path) or (
+        isinstance(text_or_path, str) and "\n" not in text_or_path and text_or_path.endswith((".yaml", ".yml"))
+    ):
+        path = Path(text_or_path)
+        if not path.is_file():
+            raise TopographError(f"configuration file not found: {path}", "check the path given to --config")
+        text = path.read_text(encoding="utf-8")
+    else:
+        text = str(text_or_path)
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise TopographError(f"configuration is not valid YAML{where}", "fix the syntax of the file") from exc
+    return from_dict(cls, data)
+
+
+def apply_overrides(cfg: T, overrides: dict[str, Any]) -> T:
+    """Return a copy of ``cfg`` with dotted keys replaced (``{"matching.ratio": 0.8}``).
+
+    ``None`` values are skipped, so unset CLI options leave the config alone.
+    """
+    data = to_dict(cfg)
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        parts = dotted.split(".")
+        for p in parts[:-1]:
+            if p not in node or not isinstance(node[p], dict):
+                raise TopographError(f"unknown configuration key '{dotted}'", "see `topograph config show`")
+            node = node[p]
+        if parts[-1] not in node:
+            raise TopographError(f"unknown configuration key '{dotted}'", "see `topograph config show`")
+        node[parts[-1]] = to_dict(value) if dataclasses.is_dataclass(value) else value
+    return from_dict(type(cfg), data)

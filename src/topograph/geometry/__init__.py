@@ -1,0 +1,1 @@
+"""Pure NumPy/SciPy geometry of affine cameras: conventions, factorization, triangulation, bundle adjustment."""

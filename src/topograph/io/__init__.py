@@ -1,0 +1,1 @@
+"""Reading images and metadata; writing standard files atomically."""

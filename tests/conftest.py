@@ -1,0 +1,28 @@
+"""Shared test fixtures: paths to the real data in ../shared/data (tests skip when it is absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("TOPOGRAPH_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def quartz_dir(shared_data: Path) -> Path:
+    d = shared_data / "sem" / "quartz"
+    if not (d / "Quarz_01.png").is_file():
+        pytest.skip("quartz series not present")
+    return d

@@ -1,0 +1,296 @@
+"""Dense matcher: coarse-to-fine optical flow with a forward–backward consistency check.
+
+The flow runs on view ``j`` resampled into view ``i``'s frame by a global affine pre-alignment ``A``
+(estimated from downscaled SIFT matches), so the flow only has to recover the residual (relief) disparity:
+
+    x_j = A · [x + r(x), 1]ᵀ,      flow(x) = x_j − x,
+
+where ``r`` is the residual flow from ``I_i`` to ``I_j ∘ A``. A pixel is kept when the backward flow ``b``
+brings it back: ``e(x) = ‖r(x) + b(x + r(x))‖ < fb_threshold_px``; its score is ``exp(−e² / σ²)``.
+
+References:
+    T. Kroeger, R. Timofte, D. Dai, L. Van Gool, "Fast Optical Flow using Dense Inverse Search", ECCV 2016.
+    G. Farnebäck, "Two-Frame Motion Estimation Based on Polynomial Expansion", SCIA 2003.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Literal, NamedTuple
+
+import cv2
+import numpy as np
+
+from topograph.matching.base import check_image, config_from_options, matchers, to_uint8
+from topograph.matching.sift import SiftConfig, SiftMatcher
+from topograph.types import Matches
+
+log = logging.getLogger("topograph")
+
+_DIS_PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+
+
+@dataclass(frozen=True)
+class DenseConfig:
+    """Settings of the ``dense`` matcher."""
+
+    method: Literal["dis", "farneback"] = "dis"
+    """Flow algorithm: OpenCV DIS (Dense Inverse Search) or Farnebäck polynomial expansion."""
+    preset: Literal["ultrafast", "fast", "medium"] = "medium"
+    """DIS preset the explicit DIS settings below start from."""
+    finest_scale: int = 0
+    """DIS: finest pyramid level solved (0 = full resolution, 1 = half ...)."""
+    patch_size: int = 8
+    """DIS patch side, px."""
+    patch_stride: int = 3
+    """DIS patch stride, px (smaller → denser, slower)."""
+    gradient_descent_iterations: int = 12
+    """DIS inverse-search iterations per patch."""
+    variational_refinement_iterations: int = 3
+    """DIS variational refinement iterations per level (0 disables it)."""
+    variational_refinement_alpha: float = 20.0
+    """DIS smoothness weight of the variational refinement."""
+    fb_threshold_px: float = 0.5
+    """Keep pixels whose forward–backward error is below this, px."""
+    fb_sigma_px: float = 0.5
+    """σ of the score ``exp(−e²/σ²)``, px."""
+    stride: int = 1
+    """Sample every stride-th pixel of view i's grid."""
+    prealign: bool = True
+    """Pre-align view j to view i by an affine map from downscaled SIFT matches (handles large shifts)."""
+    prealign_max_side: int = 400
+    """Longer image side used for the pre-alignment SIFT, px."""
+    prealign_features: int = 4000
+    """Strongest SIFT keypoints per image used for the pre-alignment."""
+    prealign_ransac_px: float = 20.0
+    """RANSAC threshold of the affine pre-alignment, px (generous: relief parallax is not affine, the map
+    only has to remove the bulk shift, rotation and scale)."""
+    stretch_percent: float = 0.5
+    """Percentile contrast stretch (one mapping shared by both images)."""
+    clahe: bool = False
+    """CLAHE on both images before the flow."""
+    min_region_px: int = 100
+    """Drop consistent regions (4-connected components of the valid mask) smaller than this many pixels:
+    isolated islands of accidental forward–backward agreement inside occluded or textureless areas."""
+    border_px: float = 1.0
+    """Reject correspondences whose target lies closer than this to the border of view j, px."""
+
+
+class DenseFlow(NamedTuple):
+    """Dense flow from view i to view j on view i's pixel grid.
+
+    ``flow`` (H, W, 2) float32 px with ``x_j = x_i + flow``; ``valid`` (H, W) bool (forward–backward
+    consistent and inside view j); ``fb_error`` (H, W) float32 px (inf where the target leaves view j).
+    """
+
+    flow: np.ndarray
+    valid: np.ndarray
+    fb_error: np.ndarray
+
+
+def _joint_limits(a: np.ndarray, b: np.ndarray, percent: float) -> tuple[float, float] | None:
+    if percent <= 0:
+        return None
+    both = np.concatenate([a[np.isfinite(a)], b[np.isfinite(b)]])
+    if both.size == 0:
+        return None
+    lo, hi = np.percentile(both, [percent, 100.0 - percent])
+    return float(lo), float(hi)
+
+
+def estimate_prealignment(image_i: np.ndarray, image_j: np.ndarray, cfg: DenseConfig) -> np.ndarray:
+    """Global affine map ``A`` (2, 3) with ``x_j ≈ A [x_i, 1]ᵀ`` from downscaled SIFT matches and RANSAC.
+
+    Falls back to the identity when fewer than 6 matches or inliers support an affine map.
+    """
+    sift = SiftMatcher(SiftConfig(n_features=cfg.prealign_features, max_image_side=cfg.prealign_max_side))
+    m = sift.match(image_i, image_j, 0, 1)
+    identity = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    if len(m) < 6:
+        log.warning("dense pre-alignment: only %d SIFT matches; using the identity", len(m))
+        return identity
+    a, inliers = cv2.estimateAffine2D(
+        m.xy_i.astype(np.float32),
+        m.xy_j.astype(np.float32),
+        method=cv2.RANSAC,
+        ransacReprojThreshold=float(cfg.prealign_ransac_px),
+        maxIters=4000,
+        confidence=0.999,
+        refineIters=20,
+    )
+    n_in = 0 if inliers is None else int(inliers.sum())
+    if a is None or n_in < 6:
+        log.warning("dense pre-alignment: no affine map found (%d inliers); using the identity", n_in)
+        return identity
+    log.debug("dense pre-alignment: %d of %d matches support A = %s", n_in, len(m), np.round(a, 4).tolist())
+    return a.astype(np.float64)
+
+
+def _flow_field(src: np.ndarray, dst: np.ndarray, cfg: DenseConfig) -> np.ndarray:
+    """Flow ``u`` (H, W, 2) float32 with ``src(x) ≈ dst(x + u(x))`` for two uint8 images of one size."""
+    if cfg.method == "farneback":
+        return cv2.calcOpticalFlowFarneback(src, dst, None, 0.5, 6, 15, 5, 7, 1.5, cv2.OPTFLOW_FARNEBACK_GAUSSIAN)
+    dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[cfg.preset])
+    dis.setFinestScale(int(cfg.finest_scale))
+    dis.setPatchSize(int(cfg.patch_size))
+    dis.setPatchStride(int(cfg.patch_stride))
+    dis.setGradientDescentIterations(int(cfg.gradient_descent_iterations))
+    dis.setVariationalRefinementIterations(int(cfg.variational_refinement_iterations))
+    dis.setVariationalRefinementAlpha(float(cfg.variational_refinement_alpha))
+    dis.setUseMeanNormalization(True)
+    dis.setUseSpatialPropagation(True)
+    return dis.calc(src, dst, None)
+
+
+def forward_backward_error(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
+    """Forward–backward consistency error ``e(x) = ‖u(x) + b(x + u(x))‖``, px.
+
+    Args:
+        forward: (H, W, 2) flow from image a to image b.
+        backward: (H, W, 2) flow from image b to image a.
+
+    Returns:
+        (H, W) float32; inf where ``x + u(x)`` falls outside the grid.
+    """
+    h, w = forward.shape[:2]
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    map_x = gx + forward[..., 0]
+    map_y = gy + forward[..., 1]
+    back = cv2.remap(
+        backward.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=np.nan
+    )
+    err = np.sqrt(np.sum((forward + back) ** 2, axis=2))
+    inside = (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
+    return np.where(inside & np.isfinite(err), err, np.inf).astype(np.float32)
+
+
+def remove_small_regions(mask: np.ndarray, min_pixels: int) -> np.ndarray:
+    """``mask`` without its 4-connected True regions of fewer than ``min_pixels`` pixels.
+
+    Args:
+        mask: (H, W) bool.
+        min_pixels: Smallest region kept; ≤ 1 keeps everything.
+
+    Returns:
+        (H, W) bool.
+    """
+    if min_pixels <= 1 or not mask.any():
+        return mask
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=4)
+    keep = stats[:, cv2.CC_STAT_AREA] >= min_pixels
+    keep[0] = False  # label 0 is the background (mask False)
+    return keep[labels]
+
+
+def dense_flow(
+    image_i: np.ndarray,
+    image_j: np.ndarray,
+    cfg: DenseConfig | None = None,
+    prealignment: np.ndarray | None = None,
+) -> DenseFlow:
+    """Dense correspondences from view i to view j with forward–backward validation.
+
+    Args:
+        image_i: float32 (H, W) in [0, 1].
+        image_j: float32 (H', W') in [0, 1].
+        cfg: Flow settings (defaults: :class:`DenseConfig`).
+        prealignment: Optional (2, 3) affine map ``x_j ≈ A [x_i, 1]ᵀ`` known by the caller (e.g. from the
+            sparse matches); when given it replaces the SIFT pre-alignment.
+
+    Returns:
+        :class:`DenseFlow` on view i's grid: ``x_j = x_i + flow``, ``valid`` where ``e < fb_threshold_px``,
+        the target lies inside view j (by ``border_px``) and the consistent region holds at least
+        ``min_region_px`` pixels; ``fb_error`` e in px (measured in view i's frame after the affine
+        pre-alignment).
+    """
+    cfg = cfg or DenseConfig()
+    img_i = check_image(image_i, "image_i")
+    img_j = check_image(image_j, "image_j")
+    h, w = img_i.shape
+    hj, wj = img_j.shape
+    limits = _joint_limits(img_i, img_j, cfg.stretch_percent)
+    u8_i = to_uint8(img_i, clahe=cfg.clahe, limits=limits)
+    u8_j = to_uint8(img_j, clahe=cfg.clahe, limits=limits)
+    if prealignment is not None:
+        a = np.asarray(prealignment, dtype=np.float64)
+        if a.shape != (2, 3) or not np.all(np.isfinite(a)):
+            raise ValueError(f"prealignment must be a finite (2, 3) affine matrix, got shape {a.shape}")
+    elif cfg.prealign:
+        a = estimate_prealignment(img_i, img_j, cfg)
+    else:
+        a = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    warped_j = cv2.warpAffine(
+        u8_j, a, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
+    )
+    # forward and backward flows are independent; OpenCV releases the GIL, so run them side by side
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        fut_forward = pool.submit(_flow_field, u8_i, warped_j, cfg)
+        fut_backward = pool.submit(_flow_field, warped_j, u8_i, cfg)
+        forward, backward = fut_forward.result(), fut_backward.result()
+    fb_error = forward_backward_error(forward, backward)
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+    yx = gx + forward[..., 0]
+    yy = gy + forward[..., 1]
+    xj = a[0, 0] * yx + a[0, 1] * yy + a[0, 2]
+    yj = a[1, 0] * yx + a[1, 1] * yy + a[1, 2]
+    b = float(cfg.border_px)
+    inside = (xj >= b - 0.5) & (xj <= wj - 0.5 - b) & (yj >= b - 0.5) & (yj <= hj - 0.5 - b)
+    flow = np.stack([xj - gx, yj - gy], axis=2).astype(np.float32)
+    fb_error = np.where(inside, fb_error, np.inf).astype(np.float32)
+    valid = remove_small_regions(fb_error < cfg.fb_threshold_px, cfg.min_region_px)
+    log.debug("dense flow: %.1f%% of %d×%d pixels forward–backward consistent", 100 * valid.mean(), w, h)
+    return DenseFlow(flow, valid, fb_error)
+
+
+def flow_to_matches(result: DenseFlow, i: int, j: int, stride: int = 1, sigma_px: float = 0.5) -> Matches:
+    """Sample a validated dense flow on a regular grid into :class:`~topograph.types.Matches`.
+
+    Args:
+        result: Output of :func:`dense_flow`.
+        i: View index of the flow's source grid.
+        j: View index of the target.
+        stride: Keep every stride-th pixel along x and y.
+        sigma_px: σ of the score ``exp(−e²/σ²)``, px.
+
+    Returns:
+        Matches with ``xy_i`` the valid grid pixels (row-major order) and ``xy_j = xy_i + flow``.
+    """
+    s = max(int(stride), 1)
+    valid = result.valid[::s, ::s]
+    ys, xs = np.nonzero(valid)
+    xs = xs * s
+    ys = ys * s
+    xy_i = np.stack([xs, ys], axis=1).astype(np.float64)
+    xy_j = xy_i + result.flow[ys, xs].astype(np.float64)
+    err = result.fb_error[ys, xs].astype(np.float64)
+    scores = np.exp(-(err**2) / max(sigma_px, 1e-12) ** 2)
+    return Matches(i, j, xy_i, xy_j, scores)
+
+
+class DenseMatcher:
+    """Dense optical-flow matcher (see :class:`DenseConfig`)."""
+
+    name = "dense"
+
+    def __init__(self, config: DenseConfig | None = None) -> None:
+        self.config = config or DenseConfig()
+
+    def flow(self, image_i: np.ndarray, image_j: np.ndarray) -> DenseFlow:
+        """The raw validated flow field of a pair (see :func:`dense_flow`)."""
+        return dense_flow(image_i, image_j, self.config)
+
+    def match(self, image_i: np.ndarray, image_j: np.ndarray, i: int, j: int) -> Matches:
+        """Every ``stride``-th forward–backward consistent pixel of view i with its position in view j."""
+        return flow_to_matches(self.flow(image_i, image_j), i, j, self.config.stride, self.config.fb_sigma_px)
+
+
+@matchers.register("dense")
+def create_dense(**options: Any) -> DenseMatcher:
+    """Factory of the ``dense`` matcher; ``options`` are :class:`DenseConfig` fields."""
+    return DenseMatcher(config_from_options(DenseConfig, options, "dense"))

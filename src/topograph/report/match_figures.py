@@ -1,0 +1,168 @@
+"""Diagnostic figures of the matching stage: a pair's correspondences and the match-count matrix.
+
+Both writers take plain arrays (not live pipeline objects) and write PNG files atomically.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from topograph.io.atomic import atomic_path
+from topograph.types import Matches
+
+log = logging.getLogger("topograph")
+
+_INLIER_BGR = (60, 200, 60)
+_OUTLIER_BGR = (50, 50, 230)
+_UNKNOWN_BGR = (0, 200, 255)
+
+
+def _as_bgr(image: np.ndarray) -> np.ndarray:
+    img = np.asarray(image)
+    if img.ndim != 2:
+        raise ValueError(f"images must be 2-D (H, W), got shape {img.shape}")
+    if np.issubdtype(img.dtype, np.floating):
+        img = np.clip(np.nan_to_num(img.astype(np.float32)) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    else:
+        img = np.clip(img, 0, 255).astype(np.uint8)
+    return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
+
+
+def select_lines(n: int, max_lines: int, inlier_mask: np.ndarray | None, seed: int = 0) -> np.ndarray:
+    """Indices of at most ``max_lines`` of ``n`` matches, drawn without replacement.
+
+    With an inlier mask, inliers and outliers are drawn in proportion to their counts (each class keeps at
+    least one line when present), so the figure shows the real outlier rate.
+    """
+    rng = np.random.default_rng(seed)
+    if n <= max_lines:
+        return np.arange(n)
+    if inlier_mask is None:
+        return np.sort(rng.choice(n, size=max_lines, replace=False))
+    inl = np.flatnonzero(inlier_mask)
+    out = np.flatnonzero(~inlier_mask)
+    k_out = round(max_lines * out.size / n)
+    k_out = min(out.size, max(k_out, 1 if out.size else 0))
+    k_in = min(inl.size, max_lines - k_out)
+    picks = [rng.choice(inl, size=k_in, replace=False), rng.choice(out, size=k_out, replace=False)]
+    return np.sort(np.concatenate(picks))
+
+
+def draw_matches(
+    image_i: np.ndarray,
+    image_j: np.ndarray,
+    matches: Matches,
+    path: str | os.PathLike[str],
+    max_lines: int = 300,
+    inlier_mask: np.ndarray | None = None,
+    seed: int = 0,
+) -> Path:
+    """Write views i and j side by side with lines joining matched points.
+
+    Lines are green for inliers and red for outliers when ``inlier_mask`` is given, amber otherwise.
+    At most ``max_lines`` matches are drawn (see :func:`select_lines`); a caption band above the images
+    gives the counts.
+
+    Args:
+        image_i: View i, (H, W) float in [0, 1] or uint8.
+        image_j: View j, (H', W') float in [0, 1] or uint8.
+        matches: Correspondences; ``xy_i`` in view i, ``xy_j`` in view j (px).
+        path: Output image file (PNG recommended); written atomically.
+        max_lines: Most lines drawn.
+        inlier_mask: Optional (N,) bool, True for inliers.
+        seed: Seed of the line subsampling.
+
+    Returns:
+        ``path``.
+    """
+    a = _as_bgr(image_i)
+    b = _as_bgr(image_j)
+    n = len(matches)
+    mask = None
+    if inlier_mask is not None:
+        mask = np.asarray(inlier_mask, dtype=bool).reshape(-1)
+        if mask.shape != (n,):
+            raise ValueError(f"inlier_mask must have shape ({n},), got {mask.shape}")
+    h = max(a.shape[0], b.shape[0])
+    canvas = np.zeros((h, a.shape[1] + b.shape[1], 3), np.uint8)
+    canvas[: a.shape[0], : a.shape[1]] = a
+    canvas[: b.shape[0], a.shape[1] :] = b
+    side = max(canvas.shape[:2])
+    thickness = max(1, round(side / 1200))
+    radius = max(2, round(side / 500))
+    shift = 4  # sub-pixel drawing: coordinates in 1/16 px
+    offset = np.array([a.shape[1], 0.0])
+    for k in select_lines(n, max(int(max_lines), 0), mask, seed):
+        colour = _UNKNOWN_BGR if mask is None else (_INLIER_BGR if mask[k] else _OUTLIER_BGR)
+        p = tuple(int(v) for v in np.round(matches.xy_i[k] * (1 << shift)))
+        q = tuple(int(v) for v in np.round((matches.xy_j[k] + offset) * (1 << shift)))
+        cv2.line(canvas, p, q, colour, thickness, cv2.LINE_AA, shift)
+        cv2.circle(canvas, p, radius << shift, colour, thickness, cv2.LINE_AA, shift)
+        cv2.circle(canvas, q, radius << shift, colour, thickness, cv2.LINE_AA, shift)
+    caption = f"views {matches.i}-{matches.j}: {n} matches"
+    if mask is not None:
+        caption += f", {int(mask.sum())} inliers ({100.0 * mask.mean() if n else 0.0:.1f}%)"
+    scale = max(0.5, side / 1600)
+    (tw, th), base = cv2.getTextSize(caption, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    header = np.zeros((th + base + 12, canvas.shape[1], 3), np.uint8)
+    cv2.putText(header, caption, (8, th + 6), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thickness, cv2.LINE_AA)
+    canvas = np.vstack([header, canvas])
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        if not cv2.imwrite(str(tmp), canvas):
+            raise ValueError(f"OpenCV could not write an image with the suffix of {out.name}")
+    log.debug("wrote %s (%d matches)", out, n)
+    return out
+
+
+def draw_match_count_matrix(counts: np.ndarray, names: Sequence[str], path: str | os.PathLike[str]) -> Path:
+    """Write the (F, F) match-count matrix as an annotated heat map.
+
+    Args:
+        counts: (F, F) non-negative counts; entry (i, j) is the number of matches between views i and j.
+        names: F view names (axis labels).
+        path: Output image file (PNG recommended); written atomically.
+
+    Returns:
+        ``path``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    c = np.asarray(counts, dtype=float)
+    if c.ndim != 2 or c.shape[0] != c.shape[1]:
+        raise ValueError(f"counts must be a square (F, F) matrix, got shape {c.shape}")
+    f = c.shape[0]
+    if len(names) != f:
+        raise ValueError(f"expected {f} names for a {f}×{f} matrix, got {len(names)}")
+    size = min(2.0 + 0.6 * f, 16.0)
+    fig = Figure(figsize=(size + 1.5, size), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    shown = np.ma.masked_invalid(c)
+    vmax = float(np.nanmax(c)) if np.isfinite(c).any() and np.nanmax(c) > 0 else 1.0
+    im = ax.imshow(shown, cmap="viridis", vmin=0.0, vmax=vmax)
+    ax.set_xticks(range(f), labels=list(names), rotation=45, ha="right")
+    ax.set_yticks(range(f), labels=list(names))
+    ax.set_xlabel("view j")
+    ax.set_ylabel("view i")
+    ax.set_title("matches per view pair")
+    if f <= 20:
+        for i in range(f):
+            for j in range(f):
+                if np.isfinite(c[i, j]):
+                    colour = "black" if c[i, j] > 0.6 * vmax else "white"
+                    ax.text(j, i, f"{c[i, j]:.0f}", ha="center", va="center", color=colour, fontsize=8)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    out = Path(path)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp)
+    log.debug("wrote %s", out)
+    return out

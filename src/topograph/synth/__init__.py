@@ -1,0 +1,1 @@
+"""Synthetic scenes and renderers with exact ground truth, for tests and benchmarks."""

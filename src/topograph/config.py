@@ -154,3 +154,45 @@ def apply_overrides(cfg: T, overrides: dict[str, Any]) -> T:
             raise TopographError(f"unknown configuration key '{dotted}'", "see `topograph config show`")
         node[parts[-1]] = to_dict(value) if dataclasses.is_dataclass(value) else value
     return from_dict(type(cfg), data)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a dataclass (the string literal under each field), read from its source."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs: dict[str, str] = {}
+    for prev, node in zip(body, body[1:]):
+        if (
+            isinstance(prev, ast.AnnAssign)
+            and isinstance(prev.target, ast.Name)
+            and isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
+            docs[prev.target.id] = " ".join(node.value.value.split())
+    return docs
+
+
+def to_commented_yaml(cfg: Any, indent: int = 0) -> str:
+    """YAML of a config with each key's documentation as a comment above it (loads back with from_yaml)."""
+    lines: list[str] = []
+    pad = "  " * indent
+    docs = field_docs(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in docs:
+            lines.append(f"{pad}# {docs[f.name]}")
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{pad}{f.name}:")
+            lines.append(to_commented_yaml(value, indent + 1).rstrip("\n"))
+        else:
+            dumped = yaml.safe_dump({f.name: to_dict(value)}, default_flow_style=True, allow_unicode=True).strip()
+            lines.append(f"{pad}{dumped.strip('{}')}")
+    return "\n".join(lines) + "\n"

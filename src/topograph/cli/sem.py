@@ -1,0 +1,142 @@
+"""``topograph sem``: reconstruct an SEM tilt series."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from topograph.config import apply_overrides, from_yaml
+from topograph.errors import TopographError
+from topograph.sem.config import SemConfig
+
+console = Console(stderr=True)
+
+
+def parse_float_list(text: str | None, what: str) -> list[float] | None:
+    """Parse ``"0,5,10"`` into floats; a clear error names the option."""
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
+    except ValueError as exc:
+        raise TopographError(
+            f"{what} must be numbers separated by commas, got '{text}'", "e.g. --tilts 0,5,10"
+        ) from exc
+
+
+def load_sem_config(config: Path | None) -> SemConfig:
+    return from_yaml(SemConfig, config) if config else SemConfig()
+
+
+def print_series_table(rows: list[dict]) -> None:
+    table = Table(title="Input series", title_justify="left")
+    for col in ("#", "image", "size", "tilt °", "pixel µm", "WD mm", "vendor", "from"):
+        table.add_column(col)
+    for k, r in enumerate(rows):
+        table.add_row(
+            str(k),
+            str(r.get("name")),
+            str(r.get("size")),
+            _fmt(r.get("tilt_deg")),
+            _fmt(r.get("pixel_size_um"), 5),
+            _fmt(r.get("working_distance_mm")),
+            str(r.get("vendor") or "—"),
+            str(r.get("source") or "—"),
+        )
+    console.print(table)
+
+
+def _fmt(v: object, digits: int = 3) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        return f"{v:.{digits}g}"
+    return str(v)
+
+
+def print_camera_table(run) -> None:  # noqa: ANN001 - SemRun, imported lazily
+    recon = run.reconstruction
+    unit = "px/µm" if run.unit == "um" else "px/px"
+    table = Table(title=f"Cameras ({recon.camera_source})", title_justify="left")
+    for col in ("#", "image", "rel. tilt °", f"scale {unit}", "RMS before px", "RMS after px"):
+        table.add_column(col, justify="right")
+    for f, im in enumerate(run.images.images):
+        table.add_row(
+            str(f),
+            im.name,
+            f"{recon.tilts_deg[f]:+.3f}",
+            f"{recon.cameras[f].scale:.5f}",
+            f"{recon.rms_px_before[f]:.3f}",
+            f"{recon.rms_px_after[f]:.3f}",
+        )
+    console.print(table)
+    console.print(f"tilt axis in the image: {run.cameras.tilt_axis_deg:.2f}° from the x axis")
+    for note in recon.notes:
+        console.print(f"• {note}")
+
+
+def register(app: typer.Typer, synth_app: typer.Typer) -> None:
+    @app.command("sem")
+    def sem_command(
+        images: list[Path] = typer.Argument(..., help="SEM images (TIFF/PNG/JPEG) or one folder."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+        config: Optional[Path] = typer.Option(
+            None, "--config", help="YAML configuration (see `topograph config show sem`)."
+        ),
+        tilts: Optional[str] = typer.Option(None, "--tilts", help="Stage tilts in degrees, one per image: 0,5,10."),
+        tilt_axis_deg: Optional[float] = typer.Option(
+            None,
+            "--tilt-axis-deg",
+            help="Tilt-axis direction in the image, degrees from the x axis (default: estimated).",
+        ),
+        pixel_size_um: Optional[float] = typer.Option(None, "--pixel-size-um", help="Pixel size in µm (output in µm)."),
+        sidecar: Optional[Path] = typer.Option(None, "--sidecar", help="YAML/JSON file with tilts / pixel size."),
+        crop: Optional[int] = typer.Option(None, "--crop", help="Rows to remove at the bottom (data bar)."),
+        matcher: Optional[str] = typer.Option(None, "--matcher", help="Sparse matcher: sift (default), dense, roma."),
+        roma_weights: Optional[Path] = typer.Option(None, "--roma-weights", help="Local RoMa weights file."),
+        roma_dinov2_weights: Optional[Path] = typer.Option(None, "--roma-dinov2-weights", help="Local DINOv2 weights."),
+        cameras: Optional[str] = typer.Option(None, "--cameras", help="auto, metadata or factorization."),
+        flip_relief: bool = typer.Option(False, "--flip-relief", help="Invert the relief (mirror ambiguity)."),
+        no_dense: bool = typer.Option(False, "--sparse-only", help="Stop after the sparse reconstruction."),
+        mask: Optional[Path] = typer.Option(None, "--mask", help="Grain mask image for the reference view."),
+    ) -> None:
+        """Reconstruct a tilt series: cameras, sparse and dense clouds, height map, mesh and grain metrics."""
+        from topograph.io.images import describe_series
+        from topograph.io.sidecar import MetadataOverrides
+        from topograph.sem.pipeline import command_line, run_sem
+
+        cfg = load_sem_config(config)
+        cfg = apply_overrides(
+            cfg,
+            {
+                "load.crop_rows": crop,
+                "matching.matcher": matcher,
+                "matching.roma_weights": str(roma_weights) if roma_weights else None,
+                "matching.roma_dinov2_weights": str(roma_dinov2_weights) if roma_dinov2_weights else None,
+                "cameras.source": cameras,
+                "cameras.flip_relief": True if flip_relief else None,
+                "dense.enabled": False if no_dense else None,
+                "dense.mask": str(mask) if mask else None,
+            },
+        )
+        overrides = MetadataOverrides(
+            tilts_deg=parse_float_list(tilts, "--tilts"), tilt_axis_deg=tilt_axis_deg, pixel_size_um=pixel_size_um
+        )
+        with console.status("loading") as status:
+            run = run_sem(
+                images,
+                out,
+                cfg,
+                overrides=overrides,
+                sidecar=sidecar,
+                command=command_line(),
+                on_stage=lambda name: status.update(f"[bold]{name}[/]"),
+                # Show what was parsed before the long work starts.
+                on_loaded=lambda series: print_series_table(describe_series(series)),
+            )
+        print_camera_table(run)
+        console.print(f"[green]done[/] in {run.timings_s['total']:.1f} s → {out}")

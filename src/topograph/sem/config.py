@@ -1,0 +1,94 @@
+"""Configuration of the SEM engine: one dataclass per stage, nested in :class:`SemConfig`.
+
+Every field maps onto a CLI option of ``topograph sem`` or a key of a ``--config`` YAML file
+(``topograph config show sem`` prints the defaults).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class LoadConfig:
+    auto_crop: bool = True
+    """Detect and remove the instrument data bar at the bottom of each image."""
+    crop_rows: int | None = None
+    """Remove exactly this many rows at the bottom (overrides detection)."""
+    histogram_match: bool = True
+    """Match every image's grey-level histogram to the first one (charging / brightness drift)."""
+
+
+@dataclass(frozen=True)
+class MatchingConfig:
+    matcher: str = "sift"
+    """Sparse matcher for the cameras: sift, dense, roma or a plugin name."""
+    ratio: float = 0.8
+    """Lowe ratio test threshold (sift)."""
+    ransac_threshold_px: float = 1.0
+    """Inlier threshold of RANSAC on the affine epipolar constraint, pixels."""
+    min_inliers: int = 20
+    """Fewest inlier matches for a pair to be used."""
+    roma_weights: str | None = None
+    """Local path to RoMa weights (roma matcher only; nothing is downloaded)."""
+    roma_dinov2_weights: str | None = None
+    """Local path to the DINOv2 backbone weights RoMa needs (roma matcher only)."""
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    source: Literal["auto", "metadata", "factorization"] = "auto"
+    """auto: metadata cameras when every view has a tilt, else factorization (≥ 3 views)."""
+    model: Literal["scaled_orthographic", "orthographic"] = "scaled_orthographic"
+    """Factorization model: Poelman–Kanade scaled orthographic or Tomasi–Kanade orthographic."""
+    flip_relief: bool = False
+    """Invert the chosen branch of the depth-reversal (mirror) ambiguity."""
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    enabled: bool = True
+    loss: Literal["linear", "soft_l1", "huber", "cauchy"] = "soft_l1"
+    f_scale_px: float = 1.0
+    """Residual scale of the robust loss, pixels."""
+    refine_rotations: bool = True
+    """Refine the rotations of factorization cameras."""
+    trust_metadata_rotations: bool = True
+    """Keep rotations from stage metadata fixed: with a few small tilts the data constrain the tilt angle
+    only weakly (it trades against depth), so a calibrated stage reading is the better estimate."""
+    max_nfev: int = 100
+
+
+@dataclass(frozen=True)
+class DenseConfig:
+    enabled: bool = True
+    """Run the dense stage (dense cloud, height map, mesh, grain metrics)."""
+    stride: int = 1
+    """Keep every stride-th pixel of the reference grid."""
+    fb_threshold_px: float = 0.5
+    """Forward–backward consistency threshold of the dense flow, pixels."""
+    epipolar_threshold_px: float = 1.0
+    """Reject dense correspondences farther than this from their epipolar line, pixels."""
+    flow_passes: int = 2
+    """Dense-flow passes (the second solves the residual flow after warping; removes smoothing bias)."""
+    flow_smoothness: float = 50.0
+    """Smoothness weight of the flow's variational refinement (OpenCV DIS alpha)."""
+    min_views: int = 2
+    """A fused point needs at least this many views."""
+    outlier_neighbors: int = 16
+    outlier_std_ratio: float = 3.0
+    mask: str | None = None
+    """User mask image of the grain in the reference view (white = grain); default: automatic."""
+    closure: Literal["base", "mirrored"] = "base"
+    """How the unseen underside is closed for volume metrics."""
+
+
+@dataclass(frozen=True)
+class SemConfig:
+    load: LoadConfig = field(default_factory=LoadConfig)
+    matching: MatchingConfig = field(default_factory=MatchingConfig)
+    cameras: CameraConfig = field(default_factory=CameraConfig)
+    bundle: BundleConfig = field(default_factory=BundleConfig)
+    dense: DenseConfig = field(default_factory=DenseConfig)

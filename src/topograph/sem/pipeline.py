@@ -1,0 +1,267 @@
+"""The SEM pipeline: load → match → tracks → cameras → triangulate + bundle adjust → (dense) → outputs.
+
+``run_sem`` is the Python API behind ``topograph sem``. Orchestration only: the work is in the stage
+functions of :mod:`topograph.sem.sparse` and :mod:`topograph.sem.dense`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from topograph import __version__
+from topograph.config import to_yaml
+from topograph.errors import TopographError
+from topograph.io.atomic import write_json, write_text
+from topograph.io.exports import write_ply
+from topograph.io.images import describe_series, load_sem_series, series_warnings
+from topograph.io.sidecar import MetadataOverrides
+from topograph.io.staging import staged_output
+from topograph.sem.config import SemConfig
+from topograph.sem.sparse import (
+    CameraEstimate,
+    SparseMatches,
+    camera_summary,
+    estimate_cameras,
+    match_series,
+    refine,
+    series_tracks,
+)
+from topograph.types import ImageSet, Reconstruction
+
+log = logging.getLogger("topograph")
+
+
+@dataclass
+class SemRun:
+    """Everything a run produced (in memory); the files are in ``out_dir``."""
+
+    images: ImageSet
+    matches: SparseMatches
+    cameras: CameraEstimate
+    reconstruction: Reconstruction
+    pixel_size_um: float | None
+    unit: str
+    out_dir: Path | None
+    timings_s: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    dense: Any = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+def series_pixel_size_um(images: ImageSet) -> float | None:
+    """The pixel size shared by the series (µm), or None when any view lacks one."""
+    sizes = [im.metadata.pixel_size_um for im in images.images]
+    if any(s is None for s in sizes):
+        return None
+    return float(sizes[0])
+
+
+def series_tilt_axis_deg(images: ImageSet) -> float | None:
+    axes = [im.metadata.tilt_axis_deg for im in images.images if im.metadata.tilt_axis_deg is not None]
+    return float(axes[0]) if axes else None
+
+
+StageHook = Callable[[str], None]
+
+
+def run_sem(
+    inputs: Sequence[str | Path],
+    out_dir: str | Path | None,
+    cfg: SemConfig | None = None,
+    overrides: MetadataOverrides | None = None,
+    sidecar: str | Path | None = None,
+    command: str | None = None,
+    on_stage: StageHook | None = None,
+    on_loaded: Callable[[ImageSet], None] | None = None,
+) -> SemRun:
+    """Reconstruct a tilt series.
+
+    Args:
+        inputs: image files or one folder.
+        out_dir: output folder (written only when the run succeeds), or None to keep results in memory.
+        cfg: configuration (defaults when None).
+        overrides: tilts / tilt axis / pixel size given on the command line (they win over file tags).
+        sidecar: YAML/JSON file with metadata for the series.
+        command: the command line, saved for reproducibility.
+        on_stage: called with the name of each stage as it starts (progress display).
+        on_loaded: called with the loaded series before matching (to show the parsed metadata).
+
+    Returns:
+        The :class:`SemRun` with cameras, sparse cloud, quality figures and (when enabled) the dense results.
+    """
+    cfg = cfg or SemConfig()
+    stage = on_stage or (lambda name: None)
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+
+    stage("load")
+    t0 = time.perf_counter()
+    images = load_sem_series(
+        inputs,
+        overrides=overrides,
+        sidecar=Path(sidecar) if sidecar else None,
+        crop_rows=cfg.load.crop_rows,
+        auto_crop=cfg.load.auto_crop,
+        histogram_match=cfg.load.histogram_match,
+        min_images=2,
+    )
+    if on_loaded is not None:
+        on_loaded(images)
+    warnings = series_warnings(images)
+    for w in warnings:
+        log.warning(w)
+    pixel_size = series_pixel_size_um(images)
+    unit = "um" if pixel_size is not None else "px"
+    if pixel_size is None:
+        log.warning("no pixel size known: the cloud is in pixel units (give --pixel-size-um for µm)")
+    timings["load"] = time.perf_counter() - t0
+
+    stage("match")
+    t0 = time.perf_counter()
+    matches = match_series(images, cfg.matching)
+    tracks = series_tracks(images, matches)
+    timings["match"] = time.perf_counter() - t0
+
+    stage("cameras")
+    t0 = time.perf_counter()
+    cams = estimate_cameras(images, tracks, matches, cfg.cameras, series_tilt_axis_deg(images), pixel_size)
+    for note in cams.notes:
+        log.info(note)
+    timings["cameras"] = time.perf_counter() - t0
+
+    stage("bundle")
+    t0 = time.perf_counter()
+    recon = refine(cams.cameras, tracks, cfg.bundle, unit, cams.source, cams.notes)
+    timings["bundle"] = time.perf_counter() - t0
+    _log_cameras(images, recon)
+
+    run = SemRun(images, matches, cams, recon, pixel_size, unit, Path(out_dir) if out_dir else None, timings, warnings)
+
+    if cfg.dense.enabled:
+        from topograph.sem.dense import run_dense
+
+        stage("dense")
+        t0 = time.perf_counter()
+        run.dense = run_dense(images, recon, cfg.dense, pixel_size)
+        timings["dense"] = time.perf_counter() - t0
+
+    timings["total"] = time.perf_counter() - t_all
+    run.summary = build_summary(run, cfg, command)
+    if out_dir is not None:
+        stage("write")
+        with staged_output(out_dir) as tmp:
+            write_outputs(run, cfg, tmp, command)
+        from topograph.report.html import write_report
+
+        report = write_report(out_dir)
+        log.info("results written to %s (report: %s)", out_dir, report)
+    return run
+
+
+def _log_cameras(images: ImageSet, recon: Reconstruction) -> None:
+    for f, im in enumerate(images.images):
+        log.info(
+            "view %d %s: tilt %+.3f° rel. to view 0, scale %.5f, reprojection RMS %.3f → %.3f px",
+            f,
+            im.name,
+            recon.tilts_deg[f],
+            recon.cameras[f].scale,
+            recon.rms_px_before[f],
+            recon.rms_px_after[f],
+        )
+
+
+def build_summary(run: SemRun, cfg: SemConfig, command: str | None) -> dict[str, Any]:
+    """Machine-readable summary of a run (also written as summary.json)."""
+    recon = run.reconstruction
+    full = recon.tracks.visible.all(axis=0)
+    summary: dict[str, Any] = {
+        "topograph_version": __version__,
+        "engine": "sem",
+        "command": command,
+        "images": [im.name for im in run.images.images],
+        "unit": run.unit,
+        "pixel_size_um": run.pixel_size_um,
+        "camera_source": recon.camera_source,
+        "tilt_axis_deg": run.cameras.tilt_axis_deg,
+        "relative_tilts_deg": recon.tilts_deg,
+        "scales": [c.scale for c in recon.cameras],
+        "n_tracks": recon.tracks.n_tracks,
+        "n_tracks_all_views": int(full.sum()),
+        "reprojection_rms_px_before": recon.rms_px_before,
+        "reprojection_rms_px_after": recon.rms_px_after,
+        "match_counts": run.matches.counts,
+        "notes": list(recon.notes),
+        "warnings": run.warnings,
+        "timings_s": run.timings_s,
+    }
+    if run.dense is not None and hasattr(run.dense, "summary"):
+        summary["dense"] = run.dense.summary()
+    return summary
+
+
+def write_outputs(run: SemRun, cfg: SemConfig, out: Path, command: str | None) -> None:
+    """Write every artefact of a run into ``out`` (a staging folder)."""
+    from topograph.report.match_figures import draw_match_count_matrix, draw_matches
+    from topograph.report.thumbnails import write_thumbnails
+
+    recon = run.reconstruction
+    unit_text = "micrometres" if run.unit == "um" else "pixel units of view 0 (no pixel size known)"
+    write_ply(
+        out / "sparse.ply",
+        recon.points,
+        comments=[f"topograph {__version__} sparse SEM cloud", f"unit {run.unit}", f"unit_description {unit_text}"],
+    )
+    cameras = {
+        "unit": run.unit,
+        "pixel_size_um": run.pixel_size_um,
+        "model": "x = k [[1,0,0],[s,1,0]] R X + t",
+        "source": recon.camera_source,
+        "tilt_axis_deg": run.cameras.tilt_axis_deg,
+        "notes": list(recon.notes),
+        "views": [
+            {
+                "name": im.name,
+                "metadata_tilt_deg": im.metadata.tilt_deg,
+                "relative_tilt_deg": float(recon.tilts_deg[f]),
+                "reprojection_rms_px_before": float(recon.rms_px_before[f]),
+                "reprojection_rms_px_after": float(recon.rms_px_after[f]),
+                **camera_summary(recon.cameras)[f],
+            }
+            for f, im in enumerate(run.images.images)
+        ],
+    }
+    write_json(out / "cameras.json", cameras)
+    names = run.images.names
+    figs = out / "figures"
+    for p in run.matches.pairs:
+        i, j = p.raw.i, p.raw.j
+        draw_matches(
+            run.images[i].pixels, run.images[j].pixels, p.raw, figs / f"matches_{i}_{j}.png", inlier_mask=p.inlier_mask
+        )
+    draw_match_count_matrix(run.matches.counts, names, figs / "match_counts.png")
+    header = "," + ",".join(names)
+    rows = [header] + [names[f] + "," + ",".join(str(int(c)) for c in run.matches.counts[f]) for f in range(len(names))]
+    write_text(out / "match_counts.csv", "\n".join(rows) + "\n")
+    write_json(out / "series.json", describe_series(run.images))
+    write_thumbnails([im.pixels for im in run.images.images], names, out / "thumbnails")
+    write_text(out / "config.yaml", to_yaml(cfg))
+    if run.dense is not None:
+        run.dense.write(out, run)
+    write_json(out / "summary.json", run.summary)
+
+
+def command_line() -> str:
+    """The command as typed (for reproducibility records)."""
+    return " ".join(["topograph", *sys.argv[1:]])
+
+
+def require_inputs(inputs: Sequence[str | Path]) -> None:
+    if not inputs:
+        raise TopographError("no input images given", "pass image files or a folder: topograph sem IMAGES... -o OUT")

@@ -1,0 +1,272 @@
+"""Sparse stages of the SEM engine: pairwise matching, tracks, cameras, triangulation, bundle adjustment.
+
+Each stage is a function taking and returning typed containers; :mod:`topograph.sem.pipeline` wires them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from topograph.errors import TopographError
+from topograph.geometry.affine import camera_from_stage, decompose_affine_matrix
+from topograph.geometry.bundle import bundle_adjust
+from topograph.geometry.epipolar import ransac_affine_fundamental, tilt_axis_from_fundamental
+from topograph.geometry.factorization import factorize, resolve_mirror
+from topograph.geometry.tracks import build_tracks, match_count_matrix
+from topograph.geometry.triangulation import per_view_rms_px, triangulate
+from topograph.matching.base import create_matcher
+from topograph.sem.config import BundleConfig, CameraConfig, MatchingConfig
+from topograph.types import AffineCamera, ImageSet, Matches, PointCloud, Reconstruction, Tracks
+
+log = logging.getLogger("topograph")
+
+
+@dataclass(frozen=True)
+class PairMatches:
+    """Matches of one view pair with their RANSAC verdict."""
+
+    raw: Matches
+    inlier_mask: np.ndarray
+    """(N,) bool over ``raw``."""
+    fundamental: np.ndarray | None
+    """Affine fundamental matrix (3, 3) fitted on the inliers, None when RANSAC failed."""
+    epipolar_rms_px: float
+
+    @property
+    def inliers(self) -> Matches:
+        return self.raw.subset(self.inlier_mask)
+
+
+@dataclass(frozen=True)
+class SparseMatches:
+    pairs: tuple[PairMatches, ...]
+    counts: np.ndarray
+    """(F, F) inlier match counts."""
+    tilt_axis_deg: float | None
+    """Tilt-axis direction in the image estimated from the epipolar geometry (median over pairs)."""
+
+
+def match_series(images: ImageSet, cfg: MatchingConfig) -> SparseMatches:
+    """Match every view pair, reject outliers by RANSAC on the affine epipolar constraint."""
+    options: dict[str, object] = {}
+    if cfg.matcher == "sift":
+        options["ratio"] = cfg.ratio
+    if cfg.matcher == "roma":
+        options["weights"] = cfg.roma_weights
+        options["dinov2_weights"] = cfg.roma_dinov2_weights
+    matcher = create_matcher(cfg.matcher, **options)
+    n = len(images)
+    pairs: list[PairMatches] = []
+    axes: list[float] = []
+    features = None
+    if hasattr(matcher, "detect") and hasattr(matcher, "match_features"):
+        features = [matcher.detect(im.pixels) for im in images.images]
+    for i, j in itertools.combinations(range(n), 2):
+        if features is not None:
+            raw = matcher.match_features(features[i], features[j], i, j)
+        else:
+            raw = matcher.match(images[i].pixels, images[j].pixels, i, j)
+        fit = ransac_affine_fundamental(raw.xy_i, raw.xy_j, threshold_px=cfg.ransac_threshold_px, seed=cfg.seed)
+        if not fit or int(np.sum(fit.inliers)) < cfg.min_inliers:
+            n_in = int(np.sum(fit.inliers)) if fit else 0
+            log.warning(
+                "pair %s–%s: only %d consistent matches of %d raw; the pair is not used",
+                images[i].name,
+                images[j].name,
+                n_in,
+                len(raw),
+            )
+            pairs.append(PairMatches(raw, np.zeros(len(raw), dtype=bool), None, float("nan")))
+            continue
+        pair = PairMatches(raw, np.asarray(fit.inliers, dtype=bool), fit.F, float(fit.rms_px))
+        pairs.append(pair)
+        axes.append(tilt_axis_from_fundamental(fit.F))
+        log.info(
+            "pair %s–%s: %d matches, %d inliers (epipolar RMS %.2f px)",
+            images[i].name,
+            images[j].name,
+            len(raw),
+            len(pair.inliers),
+            fit.rms_px,
+        )
+    counts = match_count_matrix([p.inliers for p in pairs], n)
+    return SparseMatches(tuple(pairs), counts, _circular_median_axis(axes) if axes else None)
+
+
+def _circular_median_axis(axes_deg: list[float]) -> float:
+    """Average of axis directions (period 180°) by doubling the angle."""
+    a = np.deg2rad(2.0 * np.asarray(axes_deg))
+    mean = 0.5 * np.rad2deg(np.arctan2(np.sin(a).mean(), np.cos(a).mean()))
+    return float(mean - 180.0 if mean > 90.0 else mean)
+
+
+def series_tracks(images: ImageSet, matches: SparseMatches, min_tracks: int = 8) -> Tracks:
+    """Chain the inlier matches into tracks; fail clearly when the series does not hold together."""
+    tracks = build_tracks([p.inliers for p in matches.pairs], len(images))
+    seen = tracks.visible.sum(axis=1)
+    lonely = [images[f].name for f in range(len(images)) if seen[f] < min_tracks]
+    if tracks.n_tracks < min_tracks or lonely:
+        who = ", ".join(lonely) if lonely else "the series"
+        raise TopographError(
+            f"too few matches: {who} shares fewer than {min_tracks} consistent points with the other views",
+            "check that the images show the same area, are in focus and differ by a small tilt (3–15°)",
+        )
+    log.info("%d tracks (%d seen in all %d views)", tracks.n_tracks, int(tracks.visible.all(axis=0).sum()), len(images))
+    return tracks
+
+
+def metadata_cameras(
+    images: ImageSet, tracks: Tracks, tilt_axis_deg: float, pixel_size_um: float | None
+) -> tuple[AffineCamera, ...]:
+    """Cameras from stage metadata: R from tilt, axis and rotation, k = 1 / pixel size, s = 0.
+
+    The translations are not in the metadata; they follow from the track centroids (with the world
+    origin at the centroid of the points seen in every view, ``t_f = mean_p x_fp``).
+    """
+    tilts = np.array([im.metadata.tilt_deg for im in images.images], dtype=float)
+    rots = np.array([im.metadata.stage_rotation_deg or 0.0 for im in images.images], dtype=float)
+    rots = rots - rots[0]
+    full = tracks.visible.all(axis=0)
+    if full.sum() < 4:
+        raise TopographError(
+            "too few points are seen in every view to place the metadata cameras",
+            "add views with more overlap or use fewer, closer tilts",
+        )
+    centroids = np.nanmean(tracks.xy[:, full, :], axis=1)
+    # The tilt of the first view is kept: the world frame is the untilted stage frame.
+    return tuple(
+        camera_from_stage(float(tilts[f]), tilt_axis_deg, float(rots[f]), pixel_size_um, translation_px=centroids[f])
+        for f in range(len(images))
+    )
+
+
+@dataclass(frozen=True)
+class CameraEstimate:
+    cameras: tuple[AffineCamera, ...]
+    source: str
+    tilt_axis_deg: float
+    notes: tuple[str, ...]
+
+
+def estimate_cameras(
+    images: ImageSet,
+    tracks: Tracks,
+    matches: SparseMatches,
+    cfg: CameraConfig,
+    tilt_axis_deg: float | None,
+    pixel_size_um: float | None,
+) -> CameraEstimate:
+    """Cameras from metadata when every view has a tilt, otherwise by factorization (≥ 3 views)."""
+    tilts = images.tilts_deg
+    have_tilts = all(t is not None for t in tilts)
+    notes: list[str] = []
+    axis = tilt_axis_deg
+    if axis is None:
+        axis = matches.tilt_axis_deg if matches.tilt_axis_deg is not None else 0.0
+        notes.append(f"tilt axis estimated from the matches: {axis:.2f}° from the image x axis")
+    use_metadata = cfg.source == "metadata" or (cfg.source == "auto" and have_tilts)
+    if use_metadata:
+        if not have_tilts:
+            missing = [im.name for im in images.images if im.metadata.tilt_deg is None]
+            raise TopographError(
+                f"no tilt angle for {', '.join(missing)}",
+                "give --tilts (one per image), a sidecar file, or use --cameras factorization",
+            )
+        cams = metadata_cameras(images, tracks, axis, pixel_size_um)
+        if cfg.flip_relief:
+            notes.append("--flip-relief has no effect with metadata cameras: the tilt signs fix the relief")
+        notes.append("cameras from metadata tilts (s = 0, k = 1 / pixel size)")
+        return CameraEstimate(cams, "metadata", axis, tuple(notes))
+    if len(images) < 3:
+        raise TopographError(
+            f"{len(images)} images without tilt metadata: factorization needs at least 3 views",
+            "add a third tilt, or give the tilts with --tilts (and the pixel size with --pixel-size-um)",
+        )
+    fact = factorize(tracks, model=cfg.model)
+    known = list(tilts) if any(t is not None for t in tilts) else None
+    fact = resolve_mirror(fact, known_tilts_deg=known, flip=cfg.flip_relief)
+    cams = fact.cameras
+    if pixel_size_um is not None:
+        # World in µm: the first view's scale k = 1 px/px becomes 1 / pixel size in px/µm.
+        cams = tuple(AffineCamera(c.rotation, c.scale / pixel_size_um, c.skew, c.translation) for c in cams)
+    notes.extend(fact.notes)
+    return CameraEstimate(cams, "factorization", float(fact.tilt_axis_deg), tuple(notes))
+
+
+def refine(
+    cameras: tuple[AffineCamera, ...], tracks: Tracks, cfg: BundleConfig, unit: str, source: str, notes: tuple[str, ...]
+) -> Reconstruction:
+    """Triangulate every track and refine cameras and points by bundle adjustment."""
+    points = triangulate(cameras, tracks)
+    ok = np.isfinite(points).all(axis=1)
+    tracks = Tracks(tracks.xy[:, ok])
+    points = points[ok]
+    rms_before = per_view_rms_px(cameras, points, tracks)
+    if cfg.enabled:
+        ba = bundle_adjust(
+            cameras,
+            points,
+            tracks,
+            refine_rotations=cfg.refine_rotations and not (source == "metadata" and cfg.trust_metadata_rotations),
+            loss=cfg.loss,
+            f_scale_px=cfg.f_scale_px,
+            max_nfev=cfg.max_nfev,
+        )
+        cameras, points = tuple(ba.cameras), ba.points
+    rms_after = per_view_rms_px(cameras, points, tracks)
+    tilts = relative_tilts_deg(cameras)
+    cloud = PointCloud(np.asarray(points, dtype=np.float64), unit=unit)
+    return Reconstruction(
+        cameras=tuple(cameras),
+        points=cloud,
+        tracks=tracks,
+        rms_px_before=np.asarray(rms_before),
+        rms_px_after=np.asarray(rms_after),
+        tilts_deg=tilts,
+        camera_source=source,
+        notes=notes,
+    )
+
+
+def relative_tilts_deg(cameras: tuple[AffineCamera, ...]) -> np.ndarray:
+    """Signed tilt of every view relative to the first about the common rotation axis, degrees.
+
+    The relative rotation ``R_f R_1ᵀ`` is turned into axis–angle form; the sign is positive when its
+    axis points along +x of the image (the convention of :mod:`topograph.geometry.factorization`).
+    """
+    from scipy.spatial.transform import Rotation
+
+    out = [0.0]
+    r0 = cameras[0].rotation
+    for c in cameras[1:]:
+        rv = Rotation.from_matrix(c.rotation @ r0.T).as_rotvec()
+        ang = float(np.rad2deg(np.linalg.norm(rv)))
+        axis = rv / (np.linalg.norm(rv) + 1e-300)
+        # Axis direction in the first view's image plane decides the sign.
+        ax_img = r0 @ axis
+        sign = 1.0 if (ax_img[0] > 0 or (ax_img[0] == 0 and ax_img[1] > 0)) else -1.0
+        out.append(sign * ang)
+    return np.asarray(out)
+
+
+def camera_summary(cameras: tuple[AffineCamera, ...]) -> list[dict[str, object]]:
+    """JSON-ready description of each camera (R, k, s, t and the decomposed scale/skew)."""
+    rows = []
+    for c in cameras:
+        k, s, _ = decompose_affine_matrix(c.matrix)
+        rows.append(
+            {
+                "rotation": c.rotation,
+                "scale": c.scale,
+                "skew": c.skew,
+                "translation_px": c.translation,
+                "matrix": c.matrix,
+                "effective_scale": k,
+                "effective_skew": s,
+            }
+        )
+    return rows

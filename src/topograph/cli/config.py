@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -34,7 +33,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
     @config_app.command("init")
     def init(
         engine: str = typer.Argument(..., help="sem or meso"),
-        path: Optional[Path] = typer.Argument(None, help="File to write (default: ENGINE.yaml)."),
+        path: Path | None = typer.Argument(None, help="File to write (default: ENGINE.yaml)."),
         force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
     ) -> None:
         """Write the default configuration of ENGINE to a YAML file to edit and pass with --config."""

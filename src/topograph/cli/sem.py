@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -84,25 +83,25 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
     def sem_command(
         images: list[Path] = typer.Argument(..., help="SEM images (TIFF/PNG/JPEG) or one folder."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
-        config: Optional[Path] = typer.Option(
+        config: Path | None = typer.Option(
             None, "--config", help="YAML configuration (see `topograph config show sem`)."
         ),
-        tilts: Optional[str] = typer.Option(None, "--tilts", help="Stage tilts in degrees, one per image: 0,5,10."),
-        tilt_axis_deg: Optional[float] = typer.Option(
+        tilts: str | None = typer.Option(None, "--tilts", help="Stage tilts in degrees, one per image: 0,5,10."),
+        tilt_axis_deg: float | None = typer.Option(
             None,
             "--tilt-axis-deg",
             help="Tilt-axis direction in the image, degrees from the x axis (default: estimated).",
         ),
-        pixel_size_um: Optional[float] = typer.Option(None, "--pixel-size-um", help="Pixel size in µm (output in µm)."),
-        sidecar: Optional[Path] = typer.Option(None, "--sidecar", help="YAML/JSON file with tilts / pixel size."),
-        crop: Optional[int] = typer.Option(None, "--crop", help="Rows to remove at the bottom (data bar)."),
-        matcher: Optional[str] = typer.Option(None, "--matcher", help="Sparse matcher: sift (default), dense, roma."),
-        roma_weights: Optional[Path] = typer.Option(None, "--roma-weights", help="Local RoMa weights file."),
-        roma_dinov2_weights: Optional[Path] = typer.Option(None, "--roma-dinov2-weights", help="Local DINOv2 weights."),
-        cameras: Optional[str] = typer.Option(None, "--cameras", help="auto, metadata or factorization."),
+        pixel_size_um: float | None = typer.Option(None, "--pixel-size-um", help="Pixel size in µm (output in µm)."),
+        sidecar: Path | None = typer.Option(None, "--sidecar", help="YAML/JSON file with tilts / pixel size."),
+        crop: int | None = typer.Option(None, "--crop", help="Rows to remove at the bottom (data bar)."),
+        matcher: str | None = typer.Option(None, "--matcher", help="Sparse matcher: sift (default), dense, roma."),
+        roma_weights: Path | None = typer.Option(None, "--roma-weights", help="Local RoMa weights file."),
+        roma_dinov2_weights: Path | None = typer.Option(None, "--roma-dinov2-weights", help="Local DINOv2 weights."),
+        cameras: str | None = typer.Option(None, "--cameras", help="auto, metadata or factorization."),
         flip_relief: bool = typer.Option(False, "--flip-relief", help="Invert the relief (mirror ambiguity)."),
         no_dense: bool = typer.Option(False, "--sparse-only", help="Stop after the sparse reconstruction."),
-        mask: Optional[Path] = typer.Option(None, "--mask", help="Grain mask image for the reference view."),
+        mask: Path | None = typer.Option(None, "--mask", help="Grain mask image for the reference view."),
     ) -> None:
         """Reconstruct a tilt series: cameras, sparse and dense clouds, height map, mesh and grain metrics."""
         from topograph.io.images import describe_series

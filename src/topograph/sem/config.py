@@ -71,6 +71,10 @@ class DenseConfig:
     """Forward–backward consistency threshold of the dense flow, pixels."""
     epipolar_threshold_px: float = 1.0
     """Reject dense correspondences farther than this from their epipolar line, pixels."""
+    reference_view: str = "median"
+    """View whose pixel grid carries the dense cloud and the height map: median, first, last or an index."""
+    chain_pairs: bool = True
+    """Add independent observations through pairs without the reference view (x_b = x_a + u_ab(x_a))."""
     flow_passes: int = 2
     """Dense-flow passes (the second solves the residual flow after warping; removes smoothing bias)."""
     flow_smoothness: float = 50.0

@@ -121,10 +121,23 @@ def _tmp_png(path: Path) -> Path:
     return path.with_name(f".{path.stem}.tmp.png")
 
 
-def choose_reference_view(recon: Reconstruction) -> int:
-    """The view with the median relative tilt."""
+def choose_reference_view(recon: Reconstruction, choice: str = "median") -> int:
+    """The reference view: "median" (median tilt: occlusions split evenly), "first" or "last" (by tilt:
+    the longest baselines), or a view index."""
     order = np.argsort(recon.tilts_deg)
-    return int(order[len(order) // 2])
+    if choice == "median":
+        return int(order[len(order) // 2])
+    if choice == "first":
+        return int(order[0])
+    if choice == "last":
+        return int(order[-1])
+    try:
+        idx = int(choice)
+    except ValueError as exc:
+        raise TopographError(f"unknown reference view '{choice}'", "use median, first, last or a view index") from exc
+    if not 0 <= idx < len(recon.cameras):
+        raise TopographError(f"reference view {idx} does not exist", f"use 0 … {len(recon.cameras) - 1}")
+    return idx
 
 
 def fuse_dense(
@@ -164,6 +177,11 @@ def fuse_dense(
         )
         acc.add_view(cams[f], xy, mask)
         observations.append((f, xy.astype(np.float32), mask))
+    if cfg.chain_pairs:
+        chained = _chained_observations(images, recon, ref, observations, flow_cfg, cfg)
+        for f, xy, mask in chained:
+            acc.add_view(cams[f], xy.astype(np.float64), mask)
+        observations.extend(chained)
     points = acc.solve(min_views=max(2, cfg.min_views))
     # One pass of residual rejection: a view whose reprojection error is large is dropped for that pixel.
     finite = np.isfinite(points).all(axis=1)
@@ -182,10 +200,54 @@ def fuse_dense(
             acc.count[bad] -= 1
     visible: list[np.ndarray | None] = [None] * len(images)
     for f, _xy, mask in observations:
-        visible[f] = mask.reshape(h, w)
+        visible[f] = mask.reshape(h, w) if visible[f] is None else (visible[f] | mask.reshape(h, w))
     if bad_any:
         points = acc.solve(min_views=max(2, cfg.min_views))
     return points.reshape(h, w, 3), acc.count.reshape(h, w).astype(np.int16), visible
+
+
+def _chained_observations(
+    images: ImageSet,
+    recon: Reconstruction,
+    ref: int,
+    direct: list[tuple[int, np.ndarray, np.ndarray]],
+    flow_cfg: FlowConfig,
+    cfg: DenseConfig,
+) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Second, independent observations from pairs without the reference view.
+
+    For a pair (a, b), the reference pixel's direct match ``x_a`` is carried on by the a→b flow:
+    ``x_b' = x_a + u_ab(x_a)``. It enters the least squares as one more observation of view b (its noise
+    is independent of the direct ref→b flow). With three views every such pair is used; with more, the
+    pairs of neighbours in tilt order.
+    """
+    h, w = images[ref].shape
+    direct_by_view = {f: (xy, mask) for f, xy, mask in direct}
+    order = [int(v) for v in np.argsort(recon.tilts_deg) if int(v) != ref]
+    if len(images) <= 3:
+        pairs = [(a, b) for i, a in enumerate(order) for b in order[i + 1 :]]
+    else:
+        pairs = list(zip(order[:-1], order[1:]))
+    out: list[tuple[int, np.ndarray, np.ndarray]] = []
+    for a, b in pairs:
+        res = dense_flow(images[a].pixels, images[b].pixels, flow_cfg)
+        xy_a, mask_a = direct_by_view[a]
+        mx = xy_a[:, 0].reshape(h, w).astype(np.float32)
+        my = xy_a[:, 1].reshape(h, w).astype(np.float32)
+        flow_at = cv2.remap(res.flow, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=np.nan)
+        valid_at = cv2.remap(res.valid.astype(np.uint8), mx, my, cv2.INTER_NEAREST, borderValue=0) > 0
+        xy_b = xy_a.astype(np.float64) + flow_at.reshape(-1, 2)
+        ok = mask_a & valid_at.ravel() & np.isfinite(xy_b).all(axis=1)
+        ok_idx = np.flatnonzero(ok)
+        grid = np.stack(np.meshgrid(np.arange(w), np.arange(h)), axis=-1).reshape(-1, 2).astype(np.float64)
+        epi = epipolar_distance_px(recon.cameras[ref], recon.cameras[b], grid[ok_idx], xy_b[ok_idx])
+        keep = np.zeros(h * w, dtype=bool)
+        keep[ok_idx[epi <= cfg.epipolar_threshold_px]] = True
+        out.append((b, np.nan_to_num(xy_b).astype(np.float32), keep))
+        log.info(
+            "dense chain %s → %s: %.1f%% of the reference pixels", images[a].name, images[b].name, 100 * keep.mean()
+        )
+    return out
 
 
 def remove_grid_outliers(points_grid: np.ndarray, depth: np.ndarray, std_ratio: float, window: int = 5) -> np.ndarray:
@@ -264,7 +326,7 @@ def run_dense(images: ImageSet, recon: Reconstruction, cfg: DenseConfig, pixel_s
     from topograph.analysis.mesh import close_with_base, heightfield_mesh
     from topograph.analysis.surface import areal_parameters
 
-    ref = choose_reference_view(recon)
+    ref = choose_reference_view(recon, cfg.reference_view)
     unit = recon.points.unit
     grid, nviews, visible = fuse_dense(images, recon, cfg, ref)
     h, w = nviews.shape

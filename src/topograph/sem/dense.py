@@ -227,7 +227,7 @@ def _chained_observations(
     if len(images) <= 3:
         pairs = [(a, b) for i, a in enumerate(order) for b in order[i + 1 :]]
     else:
-        pairs = list(zip(order[:-1], order[1:]))
+        pairs = list(zip(order[:-1], order[1:], strict=True))
     out: list[tuple[int, np.ndarray, np.ndarray]] = []
     for a, b in pairs:
         res = dense_flow(images[a].pixels, images[b].pixels, flow_cfg)

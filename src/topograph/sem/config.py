@@ -30,6 +30,8 @@ class MatchingConfig:
     """Inlier threshold of RANSAC on the affine epipolar constraint, pixels."""
     min_inliers: int = 20
     """Fewest inlier matches for a pair to be used."""
+    refine_tracks: bool = True
+    """Refine track positions to sub-pixel accuracy by Lucas–Kanade patch alignment."""
     roma_weights: str | None = None
     """Local path to RoMa weights (roma matcher only; nothing is downloaded)."""
     roma_dinov2_weights: str | None = None

@@ -30,6 +30,7 @@ from topograph.sem.sparse import (
     estimate_cameras,
     match_series,
     refine,
+    refine_tracks,
     series_tracks,
 )
 from topograph.types import ImageSet, Reconstruction
@@ -126,6 +127,8 @@ def run_sem(
     t0 = time.perf_counter()
     matches = match_series(images, cfg.matching)
     tracks = series_tracks(images, matches)
+    if cfg.matching.refine_tracks:
+        tracks = refine_tracks(images, tracks)
     timings["match"] = time.perf_counter() - t0
 
     stage("cameras")

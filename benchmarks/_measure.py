@@ -1,0 +1,37 @@
+"""Whole-process wall time and peak memory (RSS, including child processes) of a command."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import time
+
+import psutil
+
+
+def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float, int]:
+    """Run ``cmd``; return (wall seconds, peak RSS in MB summed over the process tree, exit code)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    ps = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            rss = ps.memory_info().rss + sum(c.memory_info().rss for c in ps.children(recursive=True))
+            peak = max(peak, rss)
+        except psutil.Error:
+            pass
+        time.sleep(0.02)
+    return time.perf_counter() - t0, peak / 2**20, proc.returncode
+
+
+def median_of(cmd: list[str], repeats: int, env: dict | None = None) -> tuple[float, float, list[float]]:
+    """Median wall time, max peak RSS (MB) and all wall times over ``repeats`` runs; raises on failure."""
+    walls, peaks = [], []
+    for _ in range(repeats):
+        wall, peak, code = run_measured(cmd, env)
+        if code != 0:
+            raise SystemExit(f"command failed ({code}): {' '.join(cmd)}")
+        walls.append(wall)
+        peaks.append(peak)
+    return statistics.median(walls), max(peaks), walls

@@ -1,0 +1,60 @@
+"""SEM engine speed: whole `topograph sem` process on the quartz series (sparse only and full), and on a
+rendered 3 × 2000² series (memory must follow one image pair, not the series).
+
+    python benchmarks/bench_sem.py [--repeats 3] [--skip-large]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _measure import median_of  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+QUARTZ = Path(os.environ.get("TOPOGRAPH_SHARED_DATA", REPO.parent / "shared" / "data")) / "sem" / "quartz"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--skip-large", action="store_true")
+    args = ap.parse_args()
+    exe = [sys.executable, "-m", "topograph", "--quiet", "sem"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if QUARTZ.is_dir():
+            for label, extra in (("sparse", ["--sparse-only"]), ("full", [])):
+                out = tmp / f"quartz_{label}"
+                wall, peak, walls = median_of([*exe, str(QUARTZ), "-o", str(out), *extra], args.repeats)
+                summary = json.loads((out / "summary.json").read_text())
+                dense = summary.get("dense", {})
+                print(
+                    f"quartz {label}: median {wall:.2f} s (runs {', '.join(f'{w:.2f}' for w in walls)}), "
+                    f"peak RSS {peak:.0f} MB, tracks in all views {summary['n_tracks_all_views']}, "
+                    f"tilts {[round(t, 3) for t in summary['relative_tilts_deg']]}, "
+                    f"RMS after BA {[round(r, 3) for r in summary['reprojection_rms_px_after']]} px, "
+                    f"dense points {dense.get('n_points', '—')}",
+                    flush=True,
+                )
+        if not args.skip_large:
+            from topograph.synth.sem import GrainSpec, render_sem_series, save_sem_dataset
+
+            ds = render_sem_series(GrainSpec(seed=5), tilts_deg=(0, 5, 10), image_size=(2000, 2000), seed=5)
+            data = save_sem_dataset(ds, tmp / "large")
+            del ds
+            out = tmp / "large_out"
+            wall, peak, walls = median_of([*exe, str(data), "-o", str(out)], 1)
+            summary = json.loads((out / "summary.json").read_text())
+            print(
+                f"rendered 3 × 2000²: {wall:.1f} s, peak RSS {peak:.0f} MB, dense points {summary['dense']['n_points']}"
+            )
+
+
+if __name__ == "__main__":
+    main()

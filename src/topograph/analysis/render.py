@@ -188,7 +188,7 @@ def height_map_png(
     scale_bar = AnchoredSizeBar(
         ax.transData,
         bar,
-        _format_length_um(bar),
+        _format_length_um(bar) if unit in ("µm", "um") else f"{bar:g} {unit}",
         "lower right",
         pad=0.4,
         color="black",

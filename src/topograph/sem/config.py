@@ -45,6 +45,9 @@ class CameraConfig:
     """auto: metadata cameras when every view has a tilt, else factorization (≥ 3 views)."""
     model: Literal["scaled_orthographic", "orthographic"] = "scaled_orthographic"
     """Factorization model: Poelman–Kanade scaled orthographic or Tomasi–Kanade orthographic."""
+    relief_prior: Literal["dome", "tilt_order"] = "dome"
+    """Without tilt metadata: dome = the specimen protrudes toward the detector (a grain on a substrate);
+    tilt_order = the series is ordered by increasing tilt."""
     flip_relief: bool = False
     """Invert the chosen branch of the depth-reversal (mirror) ambiguity."""
 

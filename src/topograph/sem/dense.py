@@ -110,7 +110,12 @@ class DenseResult:
             write_mesh(self.grain_mesh, out / "grain_mesh.stl")
         if self.surface_mesh is not None:
             write_mesh(self.surface_mesh, out / "surface_mesh.ply")
-        render_cloud_views(self.cloud.xyz, self.cloud.intensity, out / "figures" / "dense_cloud_views.png")
+        render_cloud_views(
+            self.cloud.xyz,
+            self.cloud.intensity,
+            out / "figures" / "dense_cloud_views.png",
+            unit="µm" if self.unit == "um" else "px",
+        )
         if self.metrics is not None:
             write_json(out / "grain_metrics.json", {"unit": self.unit, **self.metrics.to_dict()})
         if self.areal is not None:
@@ -347,10 +352,25 @@ def run_dense(images: ImageSet, recon: Reconstruction, cfg: DenseConfig, pixel_s
     border[:bw] = border[-bw:] = True
     border[:, :bw] = border[:, -bw:] = True
     pts = grid[finite]
+    border_cover = float((finite & border).sum()) / float(border.sum())
     plane = fit_substrate_plane(pts, grid[finite & border], toward)
+    stage_normal = np.array([0.0, 0.0, 1.0])  # metadata frame: the stage; factorization: the first view
+    tilt_off = float(np.degrees(np.arccos(np.clip(abs(plane.normal @ stage_normal), 0.0, 1.0))))
+    if border_cover < 0.25 or tilt_off > 25.0:  # noqa: PLR2004 - see the log message
+        # A featureless substrate gives (almost) no points at the image border; a plane fitted there runs
+        # through the grain. Fall back to the plane facing the detector through the lowest points.
+        depth_n = pts @ stage_normal
+        plane = Plane(stage_normal, float(np.percentile(depth_n, 2.0)))
+        log.warning(
+            "the substrate is hardly matched (%.0f%% of the image border has depth, fitted plane tilted %.0f°): "
+            "heights are measured from the plane facing the detector through the lowest 2%% of points",
+            100 * border_cover,
+            tilt_off,
+        )
     height = np.where(finite, grid @ plane.normal - plane.offset, np.nan).astype(np.float32)
     sub = height[finite & border]
-    plane_noise = float(1.4826 * np.median(np.abs(sub - np.median(sub)))) if sub.size else 0.0
+    fallback = border_cover < 0.25 or tilt_off > 25.0
+    plane_noise = float(1.4826 * np.median(np.abs(sub - np.median(sub)))) if sub.size and not fallback else 0.0
     if cfg.mask:
         mask = load_user_mask(cfg.mask, (h, w))
     else:
@@ -377,7 +397,7 @@ def run_dense(images: ImageSet, recon: Reconstruction, cfg: DenseConfig, pixel_s
             top, base_z=0.0, closure=cfg.closure, pixel_size=px_world, origin=origin, mask=footprint
         )
         metrics = grain_metrics(grain_mesh, unit=unit, closure=cfg.closure)
-        areal = areal_parameters(np.where(mask, height, np.nan), px_world, form="none")
+        areal = areal_parameters(np.where(mask, height, np.nan), px_world, form="none", unit=unit)
     else:
         log.warning("no grain found above the substrate: metrics skipped (give --mask to select it)")
     return DenseResult(
@@ -433,8 +453,6 @@ def grain_top_grid(
     that closing the top with a base adds no spurious holes or vertical cliffs.
     Returns ``(height (H, W), footprint (H, W) bool, origin (x, y))``.
     """
-    from scipy.interpolate import griddata
-
     from topograph.analysis.mesh import rasterize_cloud
 
     pts = grain_points if outline is None or not len(outline) else np.vstack([grain_points, outline])
@@ -456,13 +474,9 @@ def grain_top_grid(
     footprint = ndimage.binary_fill_holes(ndimage.binary_closing(footprint, iterations=2)) | known
     missing = footprint & ~known
     if missing.any():
-        rk, ck = np.nonzero(known)
-        rm, cm = np.nonzero(missing)
-        vals = griddata((rk, ck), z[known], (rm, cm), method="linear")
-        bad = ~np.isfinite(vals)
-        if bad.any():
-            vals[bad] = griddata((rk, ck), z[known], (rm[bad], cm[bad]), method="nearest")
-        z[rm, cm] = vals
+        # Fill the footprint's gaps from their known surroundings (fast marching inpainting).
+        filled = cv2.inpaint(np.where(known, z, 0.0).astype(np.float32), missing.astype(np.uint8), 3, cv2.INPAINT_TELEA)
+        z[missing] = filled[missing]
     z = np.maximum(z, 0.0)
     return np.where(footprint, z, np.nan), footprint, hm.origin
 

@@ -5,6 +5,7 @@ Each stage is a function taking and returning typed containers; :mod:`topograph.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from topograph.errors import TopographError
 from topograph.geometry.affine import camera_from_stage, decompose_affine_matrix
 from topograph.geometry.bundle import bundle_adjust
 from topograph.geometry.epipolar import ransac_affine_fundamental, tilt_axis_from_fundamental
-from topograph.geometry.factorization import factorize, resolve_mirror
+from topograph.geometry.factorization import factorize, mirror, resolve_mirror
 from topograph.geometry.tracks import build_tracks, match_count_matrix
 from topograph.geometry.triangulation import per_view_rms_px, triangulate
 from topograph.matching.base import create_matcher
@@ -235,13 +236,44 @@ def estimate_cameras(
         )
     fact = factorize(tracks, model=cfg.model)
     known = list(tilts) if any(t is not None for t in tilts) else None
-    fact = resolve_mirror(fact, known_tilts_deg=known, flip=cfg.flip_relief)
+    fact = resolve_mirror(fact, known_tilts_deg=known, flip=False)
+    if known is None and cfg.relief_prior == "dome":
+        score = dome_score(fact.points)
+        if score < 0:
+            cams_m, pts_m = mirror(fact.cameras, fact.points)
+            fact = dataclasses.replace(
+                fact, cameras=tuple(cams_m), points=pts_m, relative_tilts_deg=-np.asarray(fact.relative_tilts_deg)
+            )
+        notes.append(
+            "mirror branch: no tilt metadata; the specimen is taken to protrude toward the detector "
+            f"(dome prior, centre-minus-rim depth {abs(score):.3g}) — use --flip-relief if it is a pit"
+        )
+    else:
+        notes.extend(n for n in fact.notes if n.startswith("mirror branch"))
+    if cfg.flip_relief:
+        cams_m, pts_m = mirror(fact.cameras, fact.points)
+        fact = dataclasses.replace(
+            fact, cameras=tuple(cams_m), points=pts_m, relative_tilts_deg=-np.asarray(fact.relative_tilts_deg)
+        )
+        notes.append("relief inverted by --flip-relief")
     cams = fact.cameras
     if pixel_size_um is not None:
         # World in µm: the first view's scale k = 1 px/px becomes 1 / pixel size in px/µm.
         cams = tuple(AffineCamera(c.rotation, c.scale / pixel_size_um, c.skew, c.translation) for c in cams)
-    notes.extend(fact.notes)
+    notes.extend(n for n in fact.notes if not n.startswith("mirror branch"))
     return CameraEstimate(cams, "factorization", float(fact.tilt_axis_deg), tuple(notes))
+
+
+def dome_score(points: np.ndarray) -> float:
+    """Depth of the centre minus depth of the rim of a cloud in the first view's frame (Z toward the
+    detector): positive when the specimen protrudes toward the detector, as a grain on a substrate does."""
+    xy = points[:, :2]
+    r = np.linalg.norm(xy - np.median(xy, axis=0), axis=1)
+    r_max = np.percentile(r, 95) + 1e-12
+    inner, outer = r < 0.4 * r_max, r > 0.7 * r_max
+    if inner.sum() < 3 or outer.sum() < 3:
+        return 0.0
+    return float(np.median(points[inner, 2]) - np.median(points[outer, 2]))
 
 
 def refine(

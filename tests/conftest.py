@@ -26,3 +26,16 @@ def quartz_dir(shared_data: Path) -> Path:
     if not (d / "Quarz_01.png").is_file():
         pytest.skip("quartz series not present")
     return d
+
+
+@pytest.fixture(autouse=True)
+def _reset_topograph_logger():
+    """The CLI configures the package logger (rich handler, no propagation); undo it after in-process CLI
+    tests so that later tests can capture log records with caplog."""
+    import logging
+
+    yield
+    logger = logging.getLogger("topograph")
+    logger.handlers.clear()
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)

@@ -49,7 +49,8 @@ def demo_sem(out: Path, size: int, seed: int) -> dict:
         "RMS distance to the true surface": f"{grain['rms_distance']:.3f} µm ({grain['rms_distance_pct']:.3f} % of D)",
         "median distance": f"{grain['median_distance']:.3f} µm ({grain['median_distance_pct']:.3f} % of D)",
         "coverage of the visible grain": f"{100 * res['completeness']:.1f} %",
-        "volume (closed on the substrate)": f"{run.dense.metrics.volume:.0f} µm³ (true {truth.true_volume_um3:.0f} µm³)",
+        "volume (closed on the substrate)": f"{run.dense.metrics.volume:.0f} µm³ "
+        f"(true {truth.true_volume_um3:.0f} µm³)",
         "time": f"{run.timings_s['total']:.1f} s",
     }
     return {"rows": rows, "report": out / "result" / "report.html", "result": out / "result", "data": data}

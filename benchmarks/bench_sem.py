@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+import _measure  # noqa: E402
 from _measure import median_of  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,7 +36,8 @@ def main() -> None:
                 summary = json.loads((out / "summary.json").read_text())
                 dense = summary.get("dense", {})
                 print(
-                    f"quartz {label}: median {wall:.2f} s (runs {', '.join(f'{w:.2f}' for w in walls)}), "
+                    f"quartz {label}: median {wall:.2f} s (runs {', '.join(f'{w:.2f}' for w in walls)}; "
+                    f"CPU {_measure.CPU_MEDIAN_S:.1f} s), "
                     f"peak RSS {peak:.0f} MB, tracks in all views {summary['n_tracks_all_views']}, "
                     f"tilts {[round(t, 3) for t in summary['relative_tilts_deg']]}, "
                     f"RMS after BA {[round(r, 3) for r in summary['reprojection_rms_px_after']]} px, "
@@ -52,7 +54,8 @@ def main() -> None:
             wall, peak, walls = median_of([*exe, str(data), "-o", str(out)], 1)
             summary = json.loads((out / "summary.json").read_text())
             print(
-                f"rendered 3 × 2000²: {wall:.1f} s, peak RSS {peak:.0f} MB, dense points {summary['dense']['n_points']}"
+                f"rendered 3 × 2000²: {wall:.1f} s (CPU {_measure.CPU_MEDIAN_S:.1f} s), peak RSS {peak:.0f} MB, "
+                f"dense points {summary['dense']['n_points']}"
             )
 
 

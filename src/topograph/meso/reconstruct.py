@@ -1,0 +1,289 @@
+"""Orchestration of one mesoscopic reconstruction: checks -> initialisation -> rounds -> scale -> mosaic."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from topograph.errors import TopographError
+from topograph.meso.config import LevelConfig, MesoConfig, validate_config
+from topograph.meso.data import check_inputs, resolve_intrinsics
+from topograph.meso.engine import LevelData, make_level, render_mosaic, solve_level
+from topograph.meso.functional.scale import camera_heights_mm, magnification_from_points
+from topograph.meso.functional.splat import GridSpec
+from topograph.meso.gauge import fit_dominant_plane, level_model
+from topograph.meso.init_positions import InitialPositions, estimate_initial_positions
+from topograph.meso.models.camera import MesoModel
+from topograph.meso.models.distortion import distortion_models
+from topograph.meso.models.heights import HeightMaps
+from topograph.meso.optim.coarse_to_fine import coarse_to_fine
+from topograph.meso.progress import NullProgress, ProgressSink
+from topograph.meso.types import CameraEstimate, InputChecks, Intrinsics, MesoImages
+from topograph.types import HeightMap
+
+log = logging.getLogger("topograph")
+
+
+@dataclass(frozen=True)
+class ScaleResult:
+    """Absolute scale of a reconstruction (Eqs. 7-8).
+
+    ``magnification`` of the reference image (None = unknown); ``camera_heights_mm`` (N,) (NaN when
+    unknown); ``height_factors`` (N,) converting each image's camera-centric heights (object units) to
+    ``height_unit``; ``mm_per_unit`` the lateral size of one object unit (None when unknown).
+    """
+
+    magnification: float | None
+    camera_heights_mm: np.ndarray
+    height_factors: np.ndarray
+    mm_per_unit: float | None
+    height_unit: str
+    source: str
+
+
+@dataclass
+class MesoReconstruction:
+    """Everything a mesoscopic reconstruction produced.
+
+    ``ortho`` (H, W, 3) float32 in [0, 1]; ``height`` (H, W) float32 in ``scale.height_unit`` (NaN where no
+    image); ``weight`` (H, W) splat weight; ``grid`` the mosaic grid in object units; ``model`` the
+    optimised deformation model (CPU); ``history`` one dict per iteration.
+    """
+
+    names: tuple[str, ...]
+    ortho: np.ndarray
+    height: np.ndarray
+    weight: np.ndarray
+    grid: GridSpec
+    scale: ScaleResult
+    cameras: CameraEstimate
+    intrinsics: Intrinsics
+    checks: InputChecks
+    init: InitialPositions
+    model: MesoModel
+    history: list[dict[str, Any]]
+    config: MesoConfig
+    timings: dict[str, float] = field(default_factory=dict)
+    image_size: tuple[int, int] = (0, 0)
+    """``(width, height)`` of the input images."""
+
+    @property
+    def pixel_size_mm(self) -> float | None:
+        """Lateral size of one mosaic pixel in mm (None when the scale is unknown)."""
+        return None if self.scale.mm_per_unit is None else self.grid.cell * self.scale.mm_per_unit
+
+    def height_map(self) -> HeightMap:
+        """The height map as a :class:`topograph.types.HeightMap` (lateral unit mm, or px if unscaled)."""
+        if self.pixel_size_mm is None:
+            return HeightMap(
+                self.height, pixel_size=self.grid.cell, unit="px", lateral_unit="px", origin=self.grid.origin
+            )
+        k = self.scale.mm_per_unit
+        return HeightMap(
+            self.height,
+            pixel_size=self.pixel_size_mm,
+            unit=self.scale.height_unit,
+            lateral_unit="mm",
+            origin=(self.grid.origin[0] * k, self.grid.origin[1] * k),
+        )
+
+
+def effective_downsample(downsample: int, long_side: int, min_size: int) -> int:
+    """``downsample`` reduced so that the downsampled long side stays at least ``min_size`` pixels."""
+    return max(1, min(int(downsample), long_side // max(1, min_size)))
+
+
+def select_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; ``cpu`` / ``cuda`` as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TopographError("CUDA was requested but is not available", "use --device cpu")
+    return torch.device(name)
+
+
+def build_model(
+    n_images: int, image_size: tuple[int, int], focal_px: float, positions: np.ndarray, cfg: MesoConfig
+) -> MesoModel:
+    """The deformation model with the configured distortion and height models."""
+    distortion = distortion_models.create(
+        cfg.distortion.model,
+        image_size,
+        optimise_centre=cfg.distortion.optimise_centre,
+        n_knots=cfg.distortion.n_knots,
+        poly_terms=cfg.distortion.poly_terms,
+    )
+    heights = HeightMaps(n_images, image_size, cfg.heights.downsample)
+    return MesoModel(
+        n_images,
+        focal_px,
+        distortion,
+        heights,
+        positions=torch.as_tensor(positions, dtype=torch.float32),
+        rectification=cfg.model.rectification,
+        projection=cfg.model.projection,
+        reference_image=cfg.scale.reference_image,
+    )
+
+
+@torch.no_grad()
+def resolve_scale(model: MesoModel, intrinsics: Intrinsics, cfg: MesoConfig) -> ScaleResult:
+    """Magnification of the reference image -> camera heights in mm and unit conversions (Eqs. 7-8).
+
+    The magnification is given, or measured from two points of known separation in the reference image
+    after undistortion with the recovered profile. Without either, heights stay in object units
+    (about one mosaic pixel) and a warning is logged.
+    """
+    j = cfg.scale.reference_image
+    n = model.n_images
+    z = model.camera_heights().cpu().numpy().astype(float)
+    m = intrinsics.magnification
+    source = "magnification"
+    if m is None and cfg.scale.scale_points is not None:
+        x1, y1, x2, y2 = cfg.scale.scale_points
+        pts = torch.tensor([[x1, y1], [x2, y2]], dtype=torch.float32, device=model.log_focal.device)
+        und = model.distortion.undistort(pts)
+        sep = float(torch.linalg.norm(und[1] - und[0]))
+        if sep <= 0:
+            raise TopographError("the two scale points coincide", "give two distinct pixel positions")
+        m = magnification_from_points(sep, float(cfg.scale.scale_distance_mm), intrinsics.pixel_pitch_mm)
+        source = "scale points"
+        log.info(
+            "magnification of %s from scale points: %.5f (%.1f px for %.3f mm)", j, m, sep, cfg.scale.scale_distance_mm
+        )
+    if m is None:
+        log.warning("no absolute scale (give --magnification or --scale-points): heights are in mosaic pixels")
+        return ScaleResult(None, np.full(n, np.nan), np.ones(n), None, "px", "none")
+    z_mm = camera_heights_mm(intrinsics.focal_mm, m, z / z[j])
+    rel_scale = float(model.pose.relative_scale()[j])
+    mm_per_unit = intrinsics.pixel_pitch_mm / (m * rel_scale)
+    return ScaleResult(m, z_mm, z_mm / z * 1000.0, mm_per_unit, "um", source)
+
+
+@torch.no_grad()
+def camera_estimate(model: MesoModel, names: tuple[str, ...], scale: ScaleResult) -> CameraEstimate:
+    """Plain-array camera parameters of the optimised model."""
+    pose = model.pose
+    return CameraEstimate(
+        names=names,
+        positions=model.nadirs().cpu().numpy().astype(float),
+        heights=model.camera_heights().cpu().numpy().astype(float),
+        tilts=pose.tilt.cpu().numpy().astype(float),
+        angles_deg=np.degrees(pose.angle.cpu().numpy().astype(float)),
+        gains=torch.exp(pose.log_gain - pose.log_gain.mean()).cpu().numpy().astype(float),
+        biases=(pose.bias - pose.bias.mean()).cpu().numpy().astype(float),
+        focal_px=float(model.focal()),
+        distortion=model.distortion.describe(),
+        heights_mm=scale.camera_heights_mm,
+        mm_per_unit=scale.mm_per_unit,
+    )
+
+
+def reconstruct(
+    images: MesoImages, cfg: MesoConfig | None = None, progress: ProgressSink | None = None
+) -> MesoReconstruction:
+    """Jointly register, stitch and rectify a phone sequence; return the orthomosaic and height map.
+
+    Args:
+        images: the ordered images (at least 2, one size).
+        cfg: configuration (defaults when None).
+        progress: progress sink (e.g. :class:`topograph.meso.progress.RichProgress`).
+
+    Returns:
+        The reconstruction (mosaic, heights in micrometres when the scale is known, cameras, history).
+
+    Raises:
+        TopographError: bad input (see :func:`topograph.meso.data.load_images`,
+            :func:`~topograph.meso.data.resolve_intrinsics`,
+            :func:`~topograph.meso.init_positions.estimate_initial_positions`).
+    """
+    cfg = cfg or MesoConfig()
+    validate_config(cfg)
+    if len(images) < 2:
+        raise TopographError(f"the mesoscopic engine needs at least 2 images, got {len(images)}", "add images")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    device = select_device(cfg.device)
+    torch.set_num_threads(cfg.threads if cfg.threads > 0 else max(1, os.cpu_count() or 1))
+    torch.manual_seed(cfg.seed)
+    progress = progress or NullProgress()
+
+    checks = check_inputs(images, cfg.checks)
+    intrinsics = resolve_intrinsics(images, cfg.scale)
+    log.info(
+        "%d images %dx%d; focal %.3f mm (%s), pitch %.3f um (%s), f = %.1f px",
+        len(images),
+        *images.size,
+        intrinsics.focal_mm,
+        intrinsics.source["focal_mm"],
+        intrinsics.pixel_pitch_mm * 1000,
+        intrinsics.source["pixel_pitch"],
+        intrinsics.focal_px,
+    )
+    init = estimate_initial_positions(images.pixels, images.names, cfg.init)
+    checks = replace(checks, overlap=init.overlap)
+    timings["checks_init_s"] = time.perf_counter() - t0
+
+    model = build_model(len(images), images.size, intrinsics.focal_px, init.positions, cfg).to(device)
+    history: list[dict[str, Any]] = []
+    cache: dict[int, LevelData] = {}
+
+    long_side = max(images.size)
+
+    def solve(level: LevelConfig, state: MesoModel) -> MesoModel:
+        d = effective_downsample(level.downsample, long_side, cfg.min_level_size)
+        if d != level.downsample:
+            level = replace(level, downsample=d)
+        if level.downsample not in cache:
+            cache.clear()
+            cache[level.downsample] = make_level(images.pixels, level.downsample, device)
+        t = time.perf_counter()
+        out = solve_level(
+            state, cache[level.downsample], level, cfg.lr, cfg.loss, history, progress, grid_cell=level.grid_cell
+        )
+        timings[f"round_{level.name}_s"] = time.perf_counter() - t
+        return out
+
+    try:
+        model = coarse_to_fine(cfg.schedule, solve, model)
+    finally:
+        progress.stop()
+    cache.clear()
+    model.eval()
+    t = time.perf_counter()
+    if cfg.model.level_plane:
+        coarse = 4.0 * cfg.output.downsample
+        _, h_units, _, g = render_mosaic(model, images.pixels, coarse, None, device)
+        plane = fit_dominant_plane(h_units, g)
+        level_model(model, plane, images.size)
+        log.info("levelled to the dominant plane: slopes %.2e, %.2e; offset %.3g units", *plane)
+    scale = resolve_scale(model, intrinsics, cfg)
+    ortho, height, weight, grid = render_mosaic(
+        model, images.pixels, float(cfg.output.downsample), scale.height_factors, device, cfg.output.min_views
+    )
+    timings["mosaic_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t0
+    model = model.cpu()
+    return MesoReconstruction(
+        names=images.names,
+        ortho=ortho,
+        height=height,
+        weight=weight,
+        grid=grid,
+        scale=scale,
+        cameras=camera_estimate(model, images.names, scale),
+        intrinsics=intrinsics,
+        checks=checks,
+        init=init,
+        model=model,
+        history=history,
+        config=cfg,
+        timings=timings,
+        image_size=images.size,
+    )

@@ -1,0 +1,125 @@
+"""Running the coarse-to-fine schedule: round data, the per-round solver, checkpoints and resume.
+
+Rounds run in order with :func:`topograph.meso.solver.solve_round` on images kept as uint8 at the
+round's resolution (converted to float32 one batch at a time). With a checkpoint path, the run state is
+saved inside rounds (at most every ``robust.save_interval_s`` seconds) and after each round; ``resume``
+continues from that file: finished rounds are skipped and an interrupted round continues from its saved
+iteration, so the resumed run ends where an uninterrupted run with the same seed ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from topograph.config import to_dict
+from topograph.meso.batching import BatchedLevel, make_batched_level
+from topograph.meso.checkpoint import Checkpoint, RoundState, load_checkpoint, run_fingerprint, save_checkpoint
+from topograph.meso.config import LearningRates, MesoConfig
+from topograph.meso.models.camera import MesoModel
+from topograph.meso.models.cnn import HeightCNN
+from topograph.meso.progress import NullProgress, ProgressSink
+from topograph.meso.solver import solve_round
+
+log = logging.getLogger("topograph")
+
+_NOT_COMPUTATIONAL = ("threads", "device", "output")
+
+
+def config_fingerprint(names: tuple[str, ...], image_shape: tuple[int, ...], cfg: MesoConfig) -> str:
+    """Fingerprint of a run for checkpoints: images and every setting that changes the computation."""
+    data = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_COMPUTATIONAL}
+    return run_fingerprint(names, image_shape, data)
+
+
+def effective_learning_rates(cfg: MesoConfig, model: MesoModel) -> LearningRates:
+    """The configured rates, with the CNN's Adam rate for the ``height`` group when the heights are a CNN."""
+    if isinstance(model.heights, HeightCNN):
+        return replace(cfg.lr, height=cfg.heights.cnn_lr)
+    return cfg.lr
+
+
+def run_rounds(
+    model: MesoModel,
+    pixels: np.ndarray,
+    cfg: MesoConfig,
+    history: list[dict[str, Any]],
+    timings: dict[str, float],
+    progress: ProgressSink | None = None,
+    device: torch.device | str = "cpu",
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    fingerprint: str = "",
+) -> MesoModel:
+    """Optimise ``model`` over every round of ``cfg.schedule``.
+
+    Args:
+        model: the deformation model (modified in place; loaded from the checkpoint when resuming).
+        pixels: (N, H, W, 3) uint8 images.
+        cfg: configuration (schedule, learning rates, loss, batching, robustness, seed).
+        history: per-iteration records are appended (replaced by the checkpoint's when resuming).
+        timings: ``round_<name>_s`` wall times are added.
+        progress: progress sink.
+        device: compute device.
+        checkpoint: file for resumable checkpoints (None = no files).
+        resume: continue from ``checkpoint``.
+        fingerprint: identifies the run (:func:`config_fingerprint`); a checkpoint of another run is refused.
+
+    Returns:
+        The model.
+
+    Raises:
+        TopographError: ``resume`` without a usable checkpoint of this run.
+    """
+    progress = progress or NullProgress()
+    start_round, round_state = 0, None
+    if resume:
+        if checkpoint is None:
+            raise ValueError("resume needs a checkpoint path")
+        ck = load_checkpoint(checkpoint, fingerprint)
+        model.load_state_dict(ck.model)
+        history[:] = ck.history
+        start_round, round_state = ck.next_round, ck.round_state
+        where = "finished" if start_round >= len(cfg.schedule) else f"round {start_round}"
+        if round_state is not None:
+            where += f", iteration {round_state.iteration}"
+        log.info("resuming from %s (%s)", checkpoint, where)
+    lr = effective_learning_rates(cfg, model)
+    cache: dict[int, BatchedLevel] = {}
+    for r, level in enumerate(cfg.schedule):
+        if r < start_round:
+            continue
+        if level.downsample not in cache:
+            cache.clear()
+            cache[level.downsample] = make_batched_level(pixels, level.downsample, device)
+
+        def save(state: RoundState, r: int = r) -> None:
+            save_checkpoint(checkpoint, Checkpoint(model.state_dict(), r, state, list(history), fingerprint))
+
+        t = time.perf_counter()
+        solve_round(
+            model,
+            cache[level.downsample],
+            level,
+            r,
+            lr,
+            cfg.loss,
+            cfg.batching,
+            cfg.robust,
+            history,
+            seed=cfg.seed,
+            progress=progress,
+            resume=round_state if r == start_round else None,
+            on_checkpoint=save if checkpoint is not None else None,
+        )
+        timings[f"round_{level.name}_s"] = time.perf_counter() - t
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, Checkpoint(model.state_dict(), r + 1, None, list(history), fingerprint))
+    cache.clear()
+    return model

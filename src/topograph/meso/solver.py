@@ -1,0 +1,240 @@
+"""One coarse-to-fine round with batches, a running reconstruction, automatic rollback and checkpoints.
+
+Each iteration draws a batch of images (a pure function of seed, round and iteration, so runs are
+reproducible and resumable), updates the running reconstruction where the batch lands (Eq. 12) and takes
+one Adam step on the batch's stitching loss. Learning rates decay exponentially over the round.
+
+Divergence -- a non-finite loss or gradient, a loss above ``explode_factor`` x the round's lowest, or a
+camera-centric height beyond ``max_height_fraction`` of the camera height -- rolls the model, the
+optimiser and the reconstruction back to the last in-memory checkpoint and multiplies every learning
+rate by ``lr_backoff``; the round then continues from the checkpoint's iteration. After
+``max_rollbacks`` rollbacks in one round the round ends at its last good state (with a warning), so a
+run always finishes.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from topograph.meso.batching import (
+    BatchedLevel,
+    RunningReconstruction,
+    batch_loss,
+    batch_order,
+    fill_reconstruction,
+    footprint_grid,
+)
+from topograph.meso.checkpoint import RoundState
+from topograph.meso.config import LearningRates, LevelConfig, LossConfig
+from topograph.meso.models.camera import MesoModel
+from topograph.meso.optim.optimizer import build_optimizer
+from topograph.meso.progress import NullProgress, ProgressSink
+
+log = logging.getLogger("topograph")
+
+
+@dataclass
+class BatchingConfig:
+    """Batches across images with a running-average reconstruction (paper Sec. 3.4)."""
+
+    batch_size: int = 6
+    """Images per optimisation step; 0 (or at least the number of images) = every image each step."""
+    momentum: float = 0.5
+    """``m`` of Eq. 12: how much of the old reconstruction a batch keeps where it lands. Unused when one
+    batch holds every image (the reconstruction is then rebuilt each step, Eq. 9)."""
+
+
+@dataclass
+class RobustConfig:
+    """Divergence detection, rollback and checkpoints."""
+
+    checkpoint_every: int = 20
+    """Iterations between in-memory rollback checkpoints."""
+    explode_factor: float = 10.0
+    """A loss above this multiple of the round's lowest loss counts as divergence."""
+    max_height_fraction: float = 0.25
+    """A camera-centric height beyond this fraction of the mean camera height counts as divergence."""
+    lr_backoff: float = 0.5
+    """Learning rates are multiplied by this after each rollback."""
+    max_rollbacks: int = 8
+    """Rollbacks allowed per round before the round ends at its last good state."""
+    save_interval_s: float = 60.0
+    """Minimum seconds between checkpoint files on disk (0 = at every in-memory checkpoint)."""
+
+
+def batch_at(iteration: int, n_images: int, batch_size: int, seed: int, round_index: int) -> torch.Tensor:
+    """The batch of one iteration: epoch ``iteration // batches_per_epoch`` is a permutation drawn from a
+    generator seeded with ``(seed, round_index, epoch)``; every image appears once per epoch."""
+    if batch_size <= 0 or batch_size >= n_images:
+        return torch.arange(n_images)
+    n_batches = math.ceil(n_images / batch_size)
+    epoch, k = divmod(iteration, n_batches)
+    gen = torch.Generator().manual_seed(1_000_003 * (seed + 1) + 10_007 * round_index + epoch)
+    return batch_order(n_images, batch_size, gen)[k]
+
+
+def _finite_grads(opt: torch.optim.Optimizer) -> bool:
+    for g in opt.param_groups:
+        for p in g["params"]:
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                return False
+    return True
+
+
+@dataclass
+class _Snapshot:
+    iteration: int
+    model: dict
+    optimizer: dict
+    recon: dict
+    history_len: int
+
+
+def solve_round(
+    model: MesoModel,
+    level: BatchedLevel,
+    level_cfg: LevelConfig,
+    round_index: int,
+    lr: LearningRates,
+    loss: LossConfig,
+    batching: BatchingConfig,
+    robust: RobustConfig,
+    history: list[dict],
+    seed: int = 0,
+    progress: ProgressSink | None = None,
+    resume: RoundState | None = None,
+    on_checkpoint: Callable[[RoundState], None] | None = None,
+) -> MesoModel:
+    """Optimise one round (see the module docstring).
+
+    Args:
+        model: modified in place.
+        level: the round's images.
+        level_cfg: iterations, trained groups, learning-rate scale and decay, robust loss scale.
+        round_index: position of the round in the schedule (seeds the batches).
+        lr: base learning rates.
+        loss: loss weights.
+        batching: batch size and momentum.
+        robust: divergence and checkpoint settings.
+        history: one dict per accepted iteration is appended; rolled-back iterations are removed.
+        seed: run seed.
+        progress: progress sink.
+        resume: continue this round from a saved state (the model must hold the saved parameters).
+        on_checkpoint: called with the round's state at in-memory checkpoints, at most every
+            ``robust.save_interval_s`` seconds (to write a resumable checkpoint file).
+
+    Returns:
+        The model.
+    """
+    progress = progress or NullProgress()
+    n = level.n_images
+    opt = build_optimizer(model.groups(), level_cfg.train, lr, level_cfg.lr_scale)
+    iterations = int(level_cfg.iterations)
+    if opt is None or iterations == 0:
+        return model
+    gamma = level_cfg.lr_final ** (1.0 / max(1, iterations))
+    train_heights = "height" in level_cfg.train
+    all_in_one = batching.batch_size <= 0 or batching.batch_size >= n
+    momentum = 0.0 if all_in_one else float(batching.momentum)
+    recon = RunningReconstruction(
+        footprint_grid(model, level, getattr(level_cfg, "grid_cell", 1.0)), 4, level.pixels.device
+    )
+    if resume is not None:
+        opt.load_state_dict(resume.optimizer)
+        recon.load_state_dict(resume.recon)
+        start, best, rollbacks = resume.iteration, resume.best, resume.rollbacks
+    else:
+        if not all_in_one:
+            fill_reconstruction(model, level, recon, batching.batch_size)
+        start, best, rollbacks = 0, math.inf, 0
+
+    def snapshot(it: int) -> _Snapshot:
+        return _Snapshot(
+            iteration=it,
+            model={k: v.detach().clone() for k, v in model.state_dict().items()},
+            optimizer=copy.deepcopy(opt.state_dict()),
+            recon=recon.state_dict(),
+            history_len=len(history),
+        )
+
+    def round_state(it: int) -> RoundState:
+        return RoundState(round_index, it, copy.deepcopy(opt.state_dict()), recon.state_dict(), best, rollbacks)
+
+    snap = snapshot(start)
+    last_save = time.monotonic()
+    with torch.no_grad():
+        z_mean = float(model.camera_heights().mean())
+    height_limit = robust.max_height_fraction * z_mean
+    progress.start(f"{level_cfg.name} (1/{level.downsample})", iterations - start)
+    it = start
+    while it < iterations:
+        index = batch_at(it, n, batching.batch_size, seed, round_index)
+        opt.zero_grad(set_to_none=True)
+        terms = batch_loss(model, level, index, recon, loss, momentum, train_heights, level_cfg.robust_scale)
+        value = float(terms.total.detach())
+        reason = ""
+        if not math.isfinite(value):
+            reason = "non-finite loss"
+        elif value > robust.explode_factor * best:
+            reason = f"loss {value:.3g} > {robust.explode_factor:g} x best {best:.3g}"
+        elif train_heights and terms.max_abs_height > height_limit:
+            reason = f"height {terms.max_abs_height:.3g} beyond {height_limit:.3g}"
+        if not reason:
+            terms.total.backward()
+            if not _finite_grads(opt):
+                reason = "non-finite gradient"
+        if reason:
+            rollbacks += 1
+            model.load_state_dict(snap.model)
+            opt.load_state_dict(copy.deepcopy(snap.optimizer))
+            recon.load_state_dict(snap.recon)
+            del history[snap.history_len :]
+            if rollbacks > robust.max_rollbacks:
+                log.warning(
+                    "round %s: %s at iteration %d after %d rollbacks; ending the round at iteration %d",
+                    level_cfg.name, reason, it, rollbacks - 1, snap.iteration,
+                )  # fmt: skip
+                break
+            for g in opt.param_groups:
+                g["lr"] *= robust.lr_backoff
+            snap.optimizer = copy.deepcopy(opt.state_dict())
+            log.warning(
+                "round %s: %s at iteration %d; rolled back to iteration %d, learning rates x%g",
+                level_cfg.name, reason, it, snap.iteration, robust.lr_backoff,
+            )  # fmt: skip
+            it = snap.iteration
+            progress.update(value)
+            continue
+        opt.step()
+        for g in opt.param_groups:
+            g["lr"] *= gamma
+        best = min(best, value)
+        history.append(
+            {
+                "level": level_cfg.name,
+                "iteration": it,
+                "loss": value,
+                "mse_rgb": terms.mse_rgb,
+                "mse_height": terms.mse_height,
+                "tv": terms.tv,
+                "batch": index.tolist(),
+            }
+        )
+        progress.update(value)
+        it += 1
+        if it % robust.checkpoint_every == 0 and it < iterations:
+            snap = snapshot(it)
+            if on_checkpoint is not None and time.monotonic() - last_save >= robust.save_interval_s:
+                on_checkpoint(round_state(it))
+                last_save = time.monotonic()
+    if history:
+        log.info("round %s: loss %.4e (rgb %.4e), %d rollbacks", level_cfg.name, history[-1]["loss"],
+                 history[-1]["mse_rgb"], rollbacks)  # fmt: skip
+    return model

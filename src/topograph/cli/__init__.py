@@ -29,7 +29,18 @@ app.add_typer(synth_app, name="synth")
 err_console = Console(stderr=True)
 
 # Modules that add commands; each defines ``register(app, synth_app)``.
-_COMMAND_MODULES: list[str] = ["sem", "config", "analyze", "report", "synth_sem", "batch", "eval", "meso", "synth_meso", "demo"]
+_COMMAND_MODULES: list[str] = [
+    "sem",
+    "config",
+    "analyze",
+    "report",
+    "synth_sem",
+    "batch",
+    "eval",
+    "meso",
+    "synth_meso",
+    "demo",
+]
 
 
 @app.callback()

@@ -133,7 +133,7 @@ def test_orthorectification_matches_eq5_for_points_of_known_height(truth):
         assert np.abs(est[i] - true).max() / truth.gsd_mm < 0.02
     # Eq. 5 read backwards: the signed shift toward the vanishing point gives the height back
     rect = orthorectify(rel.double(), torch.tensor(h_mm / unit).expand(n, p), z.double())
-    shift = (rect.norm(dim=-1) - rel.double().norm(dim=-1))  # signed dr along (r - R)/|r - R|
+    shift = rect.norm(dim=-1) - rel.double().norm(dim=-1)  # signed dr along (r - R)/|r - R|
     h_back = height_from_shift(shift, rel.double().norm(dim=-1), z.double()[:, None])
     assert torch.allclose(h_back, torch.tensor(h_mm / unit).expand(n, p), atol=1e-6)
 
@@ -195,7 +195,10 @@ def test_eq8_camera_heights_from_magnification(truth):
     m0 = float(truth.magnifications[0])
     z = camera_heights_mm(truth.focal_mm, m0, truth.heights_mm / truth.heights_mm[0])
     # the rendered camera focuses once (f_ph fixed); Eq. 8 assumes per-image focus: they differ by f_eff * dZ/Z
-    assert np.abs(z - truth.heights_mm).max() < truth.focal_mm * np.abs(truth.heights_mm / truth.heights_mm[0] - 1).max() + 1e-6
+    assert (
+        np.abs(z - truth.heights_mm).max()
+        < truth.focal_mm * np.abs(truth.heights_mm / truth.heights_mm[0] - 1).max() + 1e-6
+    )
     assert abs(z[0] - truth.heights_mm[0]) < 1e-9
     d_px = 400.0
     m = magnification_from_points(d_px, d_px * truth.gsd_mm, truth.pixel_pitch_mm)
@@ -245,4 +248,6 @@ def test_table1_protocol_on_known_map():
     assert abs(res.rescale - 1.25) < 0.01  # cov(h_true, h_est) / var(h_est) undoes the 0.8
     assert abs(res.shift - (np.mean([0, 300, 600]) - np.mean([50, 290, 530]))) < 1.0
     assert abs(res.mean_precision - 5.0) < 0.5
-    assert abs(res.mean_accuracy - np.mean(np.abs(np.array([50, 290, 530]) + res.shift - np.array([0, 300, 600])))) < 1.0
+    assert (
+        abs(res.mean_accuracy - np.mean(np.abs(np.array([50, 290, 530]) + res.shift - np.array([0, 300, 600])))) < 1.0
+    )

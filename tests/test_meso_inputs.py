@@ -112,7 +112,9 @@ def test_image_without_overlap_is_named():
     pix = crops(scene, [(0, 0), (60, 10), (120, 20)], (200, 150))
     stranger = texture(150, 200, 99)[None]
     with pytest.raises(TopographError, match="im3.jpg overlap no other image"):
-        estimate_initial_positions(np.concatenate([pix, stranger]), ("im0.jpg", "im1.jpg", "im2.jpg", "im3.jpg"), InitConfig())
+        estimate_initial_positions(
+            np.concatenate([pix, stranger]), ("im0.jpg", "im1.jpg", "im2.jpg", "im3.jpg"), InitConfig()
+        )
 
 
 def test_initial_positions_and_overlap_matrix():
@@ -143,7 +145,11 @@ def test_autofocus_drift_is_reported():
     imgs = MesoImages(
         tuple(f"im{i}.jpg" for i in range(n)),
         pix,
-        (ExifInfo(focal_mm=4.3, focus_distance_m=0.07), ExifInfo(focal_mm=4.3, focus_distance_m=0.08), ExifInfo(focal_mm=4.3)),
+        (
+            ExifInfo(focal_mm=4.3, focus_distance_m=0.07),
+            ExifInfo(focal_mm=4.3, focus_distance_m=0.08),
+            ExifInfo(focal_mm=4.3),
+        ),
     )
     checks = check_inputs(imgs, CheckConfig())
     assert any("focus distance varies" in w for w in checks.warnings)

@@ -23,7 +23,9 @@ def expand_images(items: list[Path]) -> list[Path]:
         if item.is_dir():
             found = sorted(p for p in item.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
             if not found:
-                raise TopographError(f"no JPEG/PNG/TIFF images in folder {item}", "pass the image files or a folder with them")
+                raise TopographError(
+                    f"no JPEG/PNG/TIFF images in folder {item}", "pass the image files or a folder with them"
+                )
             out.extend(found)
         else:
             out.append(item)
@@ -37,7 +39,9 @@ def parse_points(text: str | None) -> list[float] | None:
     try:
         vals = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
     except ValueError as exc:
-        raise TopographError(f"--scale-points must be four numbers, got '{text}'", "e.g. --scale-points 10,20,400,20") from exc
+        raise TopographError(
+            f"--scale-points must be four numbers, got '{text}'", "e.g. --scale-points 10,20,400,20"
+        ) from exc
     if len(vals) != 4:
         raise TopographError(f"--scale-points needs four numbers x1,y1,x2,y2, got {len(vals)}", "e.g. 10,20,400,20")
     return vals
@@ -59,12 +63,20 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
     def meso_command(
         images: list[Path] = typer.Argument(..., help="Overlapping phone images in acquisition order, or a folder."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
-        config: Path | None = typer.Option(None, "--config", help="YAML configuration (see `topograph config show meso`)."),
+        config: Path | None = typer.Option(
+            None, "--config", help="YAML configuration (see `topograph config show meso`)."
+        ),
         focal_mm: float | None = typer.Option(None, "--focal-mm", help="Effective focal length in mm (default: EXIF)."),
-        pixel_pitch_um: float | None = typer.Option(None, "--pixel-pitch-um", help="Sensor pixel pitch in µm (default: EXIF)."),
-        magnification: float | None = typer.Option(None, "--magnification", help="Magnification of the reference image."),
+        pixel_pitch_um: float | None = typer.Option(
+            None, "--pixel-pitch-um", help="Sensor pixel pitch in µm (default: EXIF)."
+        ),
+        magnification: float | None = typer.Option(
+            None, "--magnification", help="Magnification of the reference image."
+        ),
         scale_points: str | None = typer.Option(None, "--scale-points", help="x1,y1,x2,y2 in the reference image ..."),
-        scale_distance_mm: float | None = typer.Option(None, "--scale-distance-mm", help="... and their distance in mm."),
+        scale_distance_mm: float | None = typer.Option(
+            None, "--scale-distance-mm", help="... and their distance in mm."
+        ),
         reference_image: int | None = typer.Option(None, "--reference-image", help="Index of the reference image (0)."),
         distortion: str | None = typer.Option(None, "--distortion", help="piecewise (default), poly or none."),
         init: str | None = typer.Option(None, "--init", help="Initial positions: auto (default), zero or xcorr."),
@@ -72,7 +84,9 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         device: str | None = typer.Option(None, "--device", help="auto (default), cpu or cuda."),
         threads: int | None = typer.Option(None, "--threads", help="CPU threads (0 = all cores)."),
         seed: int | None = typer.Option(None, "--seed", help="Random seed."),
-        sets: list[str] | None = typer.Option(None, "--set", help="Any config key: --set loss.tv_weight=1e-4 (repeatable)."),
+        sets: list[str] | None = typer.Option(
+            None, "--set", help="Any config key: --set loss.tv_weight=1e-4 (repeatable)."
+        ),
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
     ) -> None:
         """Jointly register, stitch and rectify the images: orthomosaic, height map (µm), mesh, cameras."""
@@ -111,12 +125,19 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             tilt = float(abs(complex(*cams.tilts[i])))
             z = cams.heights_mm[i] if cams.mm_per_unit else cams.heights[i]
             table.add_row(
-                str(i), name, f"{cams.positions[i, 0] * k:.3f}", f"{cams.positions[i, 1] * k:.3f}", f"{z:.3f}",
-                f"{__import__('math').degrees(tilt):.2f}", f"{cams.angles_deg[i]:+.2f}",
+                str(i),
+                name,
+                f"{cams.positions[i, 0] * k:.3f}",
+                f"{cams.positions[i, 1] * k:.3f}",
+                f"{z:.3f}",
+                f"{__import__('math').degrees(tilt):.2f}",
+                f"{cams.angles_deg[i]:+.2f}",
             )
         console.print(table)
-        console.print(f"positions and heights in {unit}; mosaic {rec.height.shape[1]}x{rec.height.shape[0]} px"
-                      + (f" at {rec.pixel_size_mm * 1000:.1f} µm/px" if rec.pixel_size_mm else " (no absolute scale)"))
+        console.print(
+            f"positions and heights in {unit}; mosaic {rec.height.shape[1]}x{rec.height.shape[0]} px"
+            + (f" at {rec.pixel_size_mm * 1000:.1f} µm/px" if rec.pixel_size_mm else " (no absolute scale)")
+        )
         for w in rec.checks.warnings:
             console.print(f"[yellow]warning:[/] {w}")
         console.print(f"[green]done[/] in {rec.timings.get('total_s', 0.0):.1f} s → {out} ({len(files)} files)")

@@ -227,7 +227,10 @@ def _scene(cfg: MesoSynthConfig, gsd: float, extent: tuple[float, float, float, 
         amp = cfg.relief_amplitude_gsd * gsd
         rel = np.zeros((h, w))
         for _ in range(5):
-            px, py = rng.uniform(x0 + 0.2 * span_x, x1 - 0.2 * span_x), rng.uniform(y0 + 0.2 * span_y, y1 - 0.2 * span_y)
+            px, py = (
+                rng.uniform(x0 + 0.2 * span_x, x1 - 0.2 * span_x),
+                rng.uniform(y0 + 0.2 * span_y, y1 - 0.2 * span_y),
+            )
             s = rng.uniform(0.06, 0.14) * span_x
             rel += rng.uniform(0.4, 1.0) * np.exp(-((xx - px) ** 2 + (yy - py) ** 2) / (2 * s * s))
         rel += 0.5 * np.exp(-((yy - cy - 0.1 * (xx - cx)) ** 2) / (2 * (0.05 * span_y) ** 2))
@@ -529,7 +532,9 @@ def write_meso_dataset(data: MesoSynthData, out_dir: str | Path) -> Path:
         )
     write_text(tdir / "poses.csv", _csv(pose_rows))
     r = np.linspace(0.0, 1.15 * t.distortion_radius_norm_px, 101)
-    dist_rows = [["radius_px", "magnification"]] + [[f"{a:.3f}", f"{b:.8f}"] for a, b in zip(r, t.distortion_magnification(r), strict=True)]
+    dist_rows = [["radius_px", "magnification"]] + [
+        [f"{a:.3f}", f"{b:.8f}"] for a, b in zip(r, t.distortion_magnification(r), strict=True)
+    ]
     write_text(tdir / "distortion.csv", _csv(dist_rows))
     meta = {
         "scene": t.scene,

@@ -102,6 +102,9 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         flip_relief: bool = typer.Option(False, "--flip-relief", help="Invert the relief (mirror ambiguity)."),
         no_dense: bool = typer.Option(False, "--sparse-only", help="Stop after the sparse reconstruction."),
         mask: Path | None = typer.Option(None, "--mask", help="Grain mask image for the reference view."),
+        no_cache: bool = typer.Option(
+            False, "--no-cache", help="Recompute every stage (default: reuse OUT/cache when inputs and settings match)."
+        ),
     ) -> None:
         """Reconstruct a tilt series: cameras, sparse and dense clouds, height map, mesh and grain metrics."""
         from topograph.io.images import describe_series
@@ -136,6 +139,9 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
                 on_stage=lambda name: status.update(f"[bold]{name}[/]"),
                 # Show what was parsed before the long work starts.
                 on_loaded=lambda series: print_series_table(describe_series(series)),
+                use_cache=not no_cache,
             )
         print_camera_table(run)
+        if run.cached_stages:
+            console.print(f"reused from {out / 'cache'}: {', '.join(run.cached_stages)} (use --no-cache to recompute)")
         console.print(f"[green]done[/] in {run.timings_s['total']:.1f} s → {out}")

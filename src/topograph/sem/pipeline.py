@@ -6,6 +6,9 @@ functions of :mod:`topograph.sem.sparse` and :mod:`topograph.sem.dense`.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import logging
 import sys
 import time
@@ -14,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from topograph import __version__
 from topograph.config import to_yaml
 from topograph.errors import TopographError
@@ -21,6 +26,7 @@ from topograph.io.atomic import write_json, write_text
 from topograph.io.exports import write_ply
 from topograph.io.images import describe_series, load_sem_series, series_warnings
 from topograph.io.sidecar import MetadataOverrides
+from topograph.io.stage_cache import StageCache, fingerprint
 from topograph.io.staging import staged_output
 from topograph.sem.config import SemConfig
 from topograph.sem.sparse import (
@@ -53,6 +59,8 @@ class SemRun:
     warnings: list[str] = field(default_factory=list)
     dense: Any = None
     summary: dict[str, Any] = field(default_factory=dict)
+    cached_stages: list[str] = field(default_factory=list)
+    """Stages whose result came from the run folder's cache instead of being recomputed."""
 
 
 def series_pixel_size_um(images: ImageSet) -> float | None:
@@ -71,6 +79,21 @@ def series_tilt_axis_deg(images: ImageSet) -> float | None:
 StageHook = Callable[[str], None]
 
 
+def series_fingerprint(images: ImageSet) -> str:
+    """Digest of the loaded series: pixels after cropping and histogram matching, plus the metadata used.
+
+    Hashing what was loaded (not the files) covers the load options, the sidecar and the CLI overrides.
+    """
+    h = hashlib.sha256()
+    for im in images.images:
+        h.update(im.name.encode())
+        h.update(str((im.pixels.shape, im.pixels.dtype.str)).encode())
+        h.update(np.ascontiguousarray(im.pixels).data)
+        meta = {k: v for k, v in dataclasses.asdict(im.metadata).items() if k not in ("source", "original")}
+        h.update(json.dumps(meta, sort_keys=True, default=str).encode())
+    return h.hexdigest()
+
+
 def run_sem(
     inputs: Sequence[str | Path],
     out_dir: str | Path | None,
@@ -80,6 +103,7 @@ def run_sem(
     command: str | None = None,
     on_stage: StageHook | None = None,
     on_loaded: Callable[[ImageSet], None] | None = None,
+    use_cache: bool = True,
 ) -> SemRun:
     """Reconstruct a tilt series.
 
@@ -92,6 +116,8 @@ def run_sem(
         command: the command line, saved for reproducibility.
         on_stage: called with the name of each stage as it starts (progress display).
         on_loaded: called with the loaded series before matching (to show the parsed metadata).
+        use_cache: reuse the sparse stages (matching, cameras, bundle adjustment) cached in ``out_dir/cache``
+            by an earlier run with the same images and the same settings of those stages.
 
     Returns:
         The :class:`SemRun` with cameras, sparse cloud, quality figures and (when enabled) the dense results.
@@ -123,28 +149,38 @@ def run_sem(
         log.warning("no pixel size known: the cloud is in pixel units (give --pixel-size-um for µm)")
     timings["load"] = time.perf_counter() - t0
 
-    stage("match")
-    t0 = time.perf_counter()
-    matches = match_series(images, cfg.matching)
-    tracks = series_tracks(images, matches)
-    if cfg.matching.refine_tracks:
-        tracks = refine_tracks(images, tracks)
-    timings["match"] = time.perf_counter() - t0
+    store = StageCache(out_dir, enabled=use_cache)
+    sparse_fp = fingerprint("sparse", series_fingerprint(images), cfg.matching, cfg.cameras, cfg.bundle)
+    cached = store.load("sparse", sparse_fp)
+    if cached is not None:
+        matches, cams, recon = cached
+        for note in cams.notes:
+            log.info(note)
+    else:
+        stage("match")
+        t0 = time.perf_counter()
+        matches = match_series(images, cfg.matching)
+        tracks = series_tracks(images, matches)
+        if cfg.matching.refine_tracks:
+            tracks = refine_tracks(images, tracks)
+        timings["match"] = time.perf_counter() - t0
 
-    stage("cameras")
-    t0 = time.perf_counter()
-    cams = estimate_cameras(images, tracks, matches, cfg.cameras, series_tilt_axis_deg(images), pixel_size)
-    for note in cams.notes:
-        log.info(note)
-    timings["cameras"] = time.perf_counter() - t0
+        stage("cameras")
+        t0 = time.perf_counter()
+        cams = estimate_cameras(images, tracks, matches, cfg.cameras, series_tilt_axis_deg(images), pixel_size)
+        for note in cams.notes:
+            log.info(note)
+        timings["cameras"] = time.perf_counter() - t0
 
-    stage("bundle")
-    t0 = time.perf_counter()
-    recon = refine(cams.cameras, tracks, cfg.bundle, unit, cams.source, cams.notes)
-    timings["bundle"] = time.perf_counter() - t0
+        stage("bundle")
+        t0 = time.perf_counter()
+        recon = refine(cams.cameras, tracks, cfg.bundle, unit, cams.source, cams.notes)
+        timings["bundle"] = time.perf_counter() - t0
+        store.save("sparse", sparse_fp, (matches, cams, recon))
     _log_cameras(images, recon)
 
     run = SemRun(images, matches, cams, recon, pixel_size, unit, Path(out_dir) if out_dir else None, timings, warnings)
+    run.cached_stages = store.hits
 
     if cfg.dense.enabled:
         from topograph.sem.dense import run_dense
@@ -160,6 +196,7 @@ def run_sem(
         stage("write")
         with staged_output(out_dir) as tmp:
             write_outputs(run, cfg, tmp, command)
+            store.write(tmp)
         from topograph.report.html import write_report
 
         report = write_report(out_dir)
@@ -203,6 +240,7 @@ def build_summary(run: SemRun, cfg: SemConfig, command: str | None) -> dict[str,
         "notes": list(recon.notes),
         "warnings": run.warnings,
         "timings_s": run.timings_s,
+        "cached_stages": list(run.cached_stages),
     }
     if run.dense is not None and hasattr(run.dense, "summary"):
         summary["dense"] = run.dense.summary()

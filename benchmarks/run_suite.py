@@ -143,7 +143,9 @@ def worker_topograph(kind: str, data: Path, out: Path) -> dict[str, Any]:
     if kind in ("sem", "sem-real"):
         from topograph.sem.pipeline import run_sem
 
-        run = run_sem(sem_images(data), out, command="benchmarks/run_suite.py (topograph.sem.pipeline.run_sem)")
+        run = run_sem(
+            sem_images(data), out, command="benchmarks/run_suite.py (topograph.sem.pipeline.run_sem)", use_cache=False
+        )
         info: dict[str, Any] = {"timings_s": run.timings_s, "camera_source": run.reconstruction.camera_source}
         info["n_sparse_points"] = len(run.reconstruction.points)
         info["reprojection_rms_px"] = [float(v) for v in run.reconstruction.rms_px_after]

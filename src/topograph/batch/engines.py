@@ -256,7 +256,7 @@ class MesoEngine:
                 "update topograph, or run this dataset with another engine",
             ) from exc
         cfg = _load_config(MesoConfig, self._with_scale(options))
-        _rec, files = run_meso(list(inputs), out_dir, cfg)
+        _rec, files = run_meso(list(inputs), out_dir, cfg, command=command)
         summary = _read_summary(out_dir) or {"engine": "meso", "command": command, "files": sorted(files)}
         return to_jsonable(summary)
 

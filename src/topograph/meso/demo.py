@@ -39,7 +39,7 @@ def run_demo(out: Path, size: int = 0, seed: int = 0, console: Any = None) -> di
     paths = sorted(p for p in data.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
     status("reconstructing (registration, stitching, height maps)")
     t0 = time.perf_counter()
-    rec, _files = run_meso(paths, out / "result")
+    rec, _files = run_meso(paths, out / "result", command="topograph demo meso")
     elapsed = time.perf_counter() - t0
     ev = evaluate_synthetic(rec, phantom.truth)
     summary = ev.to_dict()

@@ -11,22 +11,27 @@ Files in the output folder:
 * ``cameras.json``: poses, focal length, distortion profile and centre, scale
 * ``loss.png``, ``distortion.png``: figures; ``history.csv``: loss per iteration
 * ``input_checks.json``: sharpness, overlap matrix, EXIF drift warnings; ``config.yaml``: resolved config
-* ``summary.json``: units, pixel size, scale source, timings
+* ``summary.json``: engine, command, version, units, pixel size, scale source, quality figures, timings
+* ``series.json`` and ``thumbnails/``: the inputs (:func:`write_inputs`)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
+from topograph import __version__
 from topograph.config import to_yaml
 from topograph.io.atomic import atomic_path, write_json, write_text
 from topograph.meso.figures import distortion_figure, height_figure, loss_figure
 from topograph.meso.reconstruct import MesoReconstruction
+from topograph.meso.types import MesoImages
 
 
 def write_height_tiff(
@@ -136,7 +141,39 @@ def _history_csv(history: list[dict]) -> str:
     return buf.getvalue()
 
 
-def write_outputs(rec: MesoReconstruction, out_dir: str | Path) -> dict[str, Path]:
+def run_quality(rec: MesoReconstruction) -> dict[str, Any]:
+    """Quality figures a run can state without ground truth: the final loss terms, the share of the
+    mosaic seen by at least ``min_views`` images, and the mean number of images per mosaic pixel."""
+    last: dict[str, Any] = rec.history[-1] if rec.history else {}
+    cell_area = rec.grid.cell**2
+    seen = rec.weight > 0.25 * cell_area
+    return {
+        "final_loss": last.get("loss"),
+        "final_mse_rgb": last.get("mse_rgb"),
+        "final_mse_height": last.get("mse_height"),
+        "iterations": len(rec.history),
+        "height_coverage": float(np.isfinite(rec.height).mean()) if rec.height.size else 0.0,
+        "mean_images_per_pixel": float((rec.weight[seen] / cell_area).mean()) if seen.any() else 0.0,
+    }
+
+
+def write_inputs(images: MesoImages, out_dir: str | Path) -> list[Path]:
+    """``series.json`` (names, size, EXIF facts) and ``thumbnails/`` of the input images."""
+    from topograph.report.thumbnails import write_thumbnails
+
+    out = Path(out_dir)
+    h, w = images.pixels.shape[1:3]
+    series = [
+        {"name": name, "width_px": int(w), "height_px": int(h), **dataclasses.asdict(exif)}
+        for name, exif in zip(images.names, images.exif, strict=True)
+    ]
+    return [
+        write_json(out / "series.json", series),
+        *write_thumbnails(list(images.pixels), list(images.names), out / "thumbnails"),
+    ]
+
+
+def write_outputs(rec: MesoReconstruction, out_dir: str | Path, command: str | None = None) -> dict[str, Path]:
     """Write every output file of ``rec`` into ``out_dir`` (created if needed).
 
     Returns:
@@ -186,7 +223,11 @@ def write_outputs(rec: MesoReconstruction, out_dir: str | Path) -> dict[str, Pat
     files["config_yaml"] = write_text(out / "config.yaml", to_yaml(rec.config))
     finite = rec.height[np.isfinite(rec.height)]
     summary = {
+        "topograph_version": __version__,
+        "engine": "meso",
+        "command": command,
         "images": list(rec.names),
+        "unit": lateral,
         "height_unit": unit,
         "lateral_unit": lateral,
         "pixel_size": px,
@@ -194,6 +235,7 @@ def write_outputs(rec: MesoReconstruction, out_dir: str | Path) -> dict[str, Pat
         "height_range": [float(finite.min()), float(finite.max())] if finite.size else None,
         "scale_source": rec.scale.source,
         "init_method": rec.init.method,
+        "quality": run_quality(rec),
         "timings_s": rec.timings,
         "warnings": list(rec.checks.warnings),
     }

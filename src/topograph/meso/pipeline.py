@@ -6,9 +6,10 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from topograph.io.staging import staged_output
 from topograph.meso.config import MesoConfig
 from topograph.meso.data import load_images
-from topograph.meso.outputs import write_outputs
+from topograph.meso.outputs import write_inputs, write_outputs
 from topograph.meso.progress import ProgressSink
 from topograph.meso.reconstruct import MesoReconstruction, reconstruct
 
@@ -20,6 +21,7 @@ def run_meso(
     out_dir: str | Path,
     cfg: MesoConfig | None = None,
     progress: ProgressSink | None = None,
+    command: str | None = None,
 ) -> tuple[MesoReconstruction, dict[str, Path]]:
     """Reconstruct a phone sequence and write the orthomosaic, height map, mesh, cameras and figures.
 
@@ -28,6 +30,10 @@ def run_meso(
         out_dir: output folder (created).
         cfg: configuration (defaults when None).
         progress: optional progress sink (e.g. :class:`topograph.meso.progress.RichProgress`).
+        command: the command line, saved in summary.json and the report for reproducibility.
+
+    The files appear in ``out_dir`` only when everything was written (staged output), with
+    ``report.html`` last.
 
     Returns:
         The reconstruction and the written files by name.
@@ -37,6 +43,13 @@ def run_meso(
     """
     images = load_images(paths)
     rec = reconstruct(images, cfg, progress)
-    files = write_outputs(rec, out_dir)
-    log.info("wrote %d files to %s", len(files), out_dir)
+    out = Path(out_dir)
+    with staged_output(out) as tmp:
+        staged = write_outputs(rec, tmp, command)
+        write_inputs(images, tmp)
+    files = {name: out / path.relative_to(tmp) for name, path in staged.items()}
+    from topograph.report.html import write_report
+
+    files["report_html"] = write_report(out)
+    log.info("wrote %d files to %s (report: %s)", len(files), out, files["report_html"])
     return rec, files

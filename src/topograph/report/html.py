@@ -64,6 +64,9 @@ _OTHER_STAGE = "Other figures"
 _KNOWN_CAPTIONS = {
     "match_counts": "Match counts per image pair",
     "height_map": "Height map",
+    "height": "Height map (colour bar and scale bar)",
+    "loss": "Loss curves of the coarse-to-fine rounds",
+    "distortion": "Radial lens distortion profile",
     "orthomosaic": "Orthomosaic",
     "grain_mask": "Grain mask (reference view)",
     "dense_cloud_views": "Dense cloud, rendered views",

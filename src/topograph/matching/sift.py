@@ -113,8 +113,7 @@ def nearest_neighbours(
     best1 = np.empty(n, dtype=np.float32)
     best2 = np.empty(n, dtype=np.float32)
     col_best = np.full(m, np.inf, dtype=np.float32)
-    nn_ji = np.zeros(m, dtype=np.int64)
-    cols = np.arange(m)
+    col_block = np.zeros(m, dtype=np.int64)
     step = max(int(chunk_size), 1)
     for s in range(0, n, step):
         dist = a[s : s + step] @ b.T  # (c, M) dot products, turned in place into squared distances
@@ -122,16 +121,24 @@ def nearest_neighbours(
         dist += sq_b[None, :]
         dist += sq_a[s : s + step, None]
         rows = np.arange(dist.shape[0])
-        kc = np.argmin(dist, axis=0)
-        vc = dist[kc, cols]
+        # Column minima only (a min along axis 0 is vectorised, an argmin is not): remember the block.
+        vc = dist.min(axis=0)
         better = vc < col_best
         col_best[better] = vc[better]
-        nn_ji[better] = kc[better] + s
+        col_block[better] = s
         k1 = np.argmin(dist, axis=1)
         best1[s : s + step] = dist[rows, k1]
         dist[rows, k1] = np.inf
         best2[s : s + step] = dist.min(axis=1)
         nn_ij[s : s + step] = k1
+    # j -> i: for the columns whose minimum lies in a block, find the row there (small products, row argmin).
+    nn_ji = np.zeros(m, dtype=np.int64)
+    for s in np.unique(col_block):
+        cols = np.flatnonzero(col_block == s)
+        sub = b[cols] @ a[s : s + step].T
+        sub *= -2.0
+        sub += sq_a[None, s : s + step]
+        nn_ji[cols] = np.argmin(sub, axis=1) + s
     d1 = np.sqrt(np.maximum(best1, 0.0))
     d2 = np.sqrt(np.maximum(best2, 0.0))
     return nn_ij, d1, d2, nn_ji

@@ -132,6 +132,14 @@ def test_quartz_sparse(quartz_dir: Path) -> None:
     assert recon.camera_source == "factorization"
     assert int(recon.tracks.visible.all(axis=0).sum()) >= 500
     assert np.all(recon.rms_px_after < 1.0)
-    # The published research code finds 4.73° and 9.34° on this series.
+    # The published research code finds 4.73° and 9.34° on this series (from 181 tracks, mostly in the upper
+    # half of the image). The views deform slightly beyond the affine model, so the tilt depends on the image
+    # region by ~±0.7°/±1.3°: the run says so, and 3D-SEM's values lie within the uncertainty it reports.
     tilts = np.sort(np.abs(recon.tilts_deg))
     assert 3.5 < tilts[1] < 6.0 and 8.0 < tilts[2] < 11.0, tilts
+    unc = run.summary["relative_tilts_uncertainty_deg"]
+    assert unc is not None and not unc["consistent_across_image"]
+    assert np.all(np.asarray(unc["statistical"])[1:] < 0.15)
+    total = np.asarray(unc["total"])[np.argsort(np.abs(recon.tilts_deg))]
+    assert np.all(np.abs(tilts[1:] - [4.73, 9.34]) < total[1:]), (tilts, total)
+    assert any("depend on the image region" in w for w in run.warnings)

@@ -63,11 +63,12 @@ def print_camera_table(run) -> None:  # noqa: ANN001 - SemRun, imported lazily
     table = Table(title=f"Cameras ({recon.camera_source})", title_justify="left")
     for col in ("#", "image", "rel. tilt °", f"scale {unit}", "RMS before px", "RMS after px"):
         table.add_column(col, justify="right")
+    err = run.tilt_uncertainty.uncertainty_deg if run.tilt_uncertainty is not None else None
     for f, im in enumerate(run.images.images):
         table.add_row(
             str(f),
             im.name,
-            f"{recon.tilts_deg[f]:+.3f}",
+            f"{recon.tilts_deg[f]:+.3f}" + (f" ± {err[f]:.2f}" if err is not None and f > 0 else ""),
             f"{recon.cameras[f].scale:.5f}",
             f"{recon.rms_px_before[f]:.3f}",
             f"{recon.rms_px_after[f]:.3f}",

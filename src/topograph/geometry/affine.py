@@ -33,9 +33,7 @@ def tilt_axis_vector(tilt_axis_deg: float) -> np.ndarray:
     return np.array([np.cos(a), np.sin(a), 0.0])
 
 
-def stage_rotation_matrix(
-    tilt_deg: float, tilt_axis_deg: float = 0.0, stage_rotation_deg: float = 0.0
-) -> np.ndarray:
+def stage_rotation_matrix(tilt_deg: float, tilt_axis_deg: float = 0.0, stage_rotation_deg: float = 0.0) -> np.ndarray:
     """World→camera rotation of one view: ``R = Rot(u(a), θ) · Rz(φ)`` (module docstring)."""
     rz = rotation_about_axis(np.array([0.0, 0.0, 1.0]), np.deg2rad(stage_rotation_deg))
     return rotation_about_axis(tilt_axis_vector(tilt_axis_deg), np.deg2rad(tilt_deg)) @ rz

@@ -34,7 +34,8 @@ def grain_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_factorization_on_rendered_grain_recovers_tilts_and_shape(grain_png: Path) -> None:
-    run = run_sem([grain_png], None, SPARSE_ONLY)
+    # Affine track refinement (matching.track_refinement); the default LK gives ~0.5 % here.
+    run = run_sem([grain_png], None, apply_overrides(SPARSE_ONLY, {"matching.track_refinement": "affine"}))
     truth = load_sem_truth(grain_png)
     recon = run.reconstruction
     assert recon.camera_source == "factorization"
@@ -51,10 +52,14 @@ def test_factorization_on_rendered_grain_recovers_tilts_and_shape(grain_png: Pat
         specimen_size=truth.grain_diameter_um,
         mode="similarity",
         allow_mirror=True,
+        point_groups={"grain": _grain_selector(truth)},
     )
-    # Issue target: < 0.2 %. Measured 0.57 %: the sparse points are limited by the keypoint precision
-    # (~0.3 px here, the same error with the true cameras); the dense cloud reaches < 0.12 % (test below).
-    assert res["median_distance_pct"] < 0.75, res
+    # Issue target: < 0.2 %. Points on the grain (the group the dense test measures): 0.160 %. The whole
+    # cloud: 0.224 % — half of its points lie on the substrate, whose texture is barely above the noise
+    # (contrast 0.022 vs noise 0.013 per pixel): their tracks are good to ~0.11 px in the parallax
+    # direction (0.32 % of D), grain tracks to ~0.08 px (0.16–0.19 %). Same figures with the true cameras.
+    assert res["groups"]["grain"]["median_distance_pct"] < 0.2, res["groups"]["grain"]
+    assert res["median_distance_pct"] < 0.3, res
     assert not res["alignment"]["mirrored"]
 
 

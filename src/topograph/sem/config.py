@@ -32,6 +32,11 @@ class MatchingConfig:
     """Fewest inlier matches for a pair to be used."""
     refine_tracks: bool = True
     """Refine track positions to sub-pixel accuracy by Lucas–Kanade patch alignment."""
+    track_refinement: Literal["lk", "affine"] = "lk"
+    """lk: translation-only pyramidal LK (fast); affine: affine warp + gain/bias on float images with adaptive
+    windows — ~2.5x more precise positions (a sparse cloud of ~0.16 % of the grain size instead of ~0.5 %
+    on rendered grains), ~5x slower, and its slight bias on grain flanks moves factorization tilts by
+    ~0.05° (the dense cloud does not gain)."""
     roma_weights: str | None = None
     """Local path to RoMa weights (roma matcher only; nothing is downloaded)."""
     roma_dinov2_weights: str | None = None

@@ -165,7 +165,7 @@ def run_sem(
         matches = match_series(images, cfg.matching)
         tracks = series_tracks(images, matches)
         if cfg.matching.refine_tracks:
-            tracks = refine_tracks(images, tracks)
+            tracks = refine_tracks(images, tracks, cfg.matching.track_refinement)
         timings["match"] = time.perf_counter() - t0
 
         stage("cameras")

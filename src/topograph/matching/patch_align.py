@@ -1,0 +1,240 @@
+"""Affine Lucas–Kanade patch alignment of track positions (forward-additive Gauss–Newton, float images).
+
+A translation-only window cannot follow the foreshortening of a sloped surface between the views of a
+tilt series, and a uint8 image loses the fine intensity steps of a weakly textured substrate. Here each
+observation is aligned with an affine warp plus a photometric gain and bias, on float images, with the
+largest window whose residual stays close to that of the smallest.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from topograph.errors import TopographError
+from topograph.types import ImageSet, Tracks
+
+log = logging.getLogger("topograph")
+
+
+@dataclass(frozen=True)
+class PatchFit:
+    """Affine patch alignments of N anchor points into a target view (:func:`align_patches`)."""
+
+    xy: np.ndarray
+    """(N, 2) position of the anchor point in the target view, px."""
+    affine: np.ndarray
+    """(N, 2, 2) local linear map ``A`` from anchor-view offsets to target-view offsets."""
+    gain: np.ndarray
+    """(N,) photometric gain ``g``."""
+    bias: np.ndarray
+    """(N,) photometric bias ``b``."""
+    residual_var: np.ndarray
+    """(N,) weighted mean squared intensity residual at the solution."""
+    converged: np.ndarray
+    """(N,) bool: the position update fell below the tolerance within the iteration budget."""
+
+
+def _bilinear(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Bilinear interpolation of ``img`` (H, W) at (x, y) px (pixel centres at integers; clamped at the border)."""
+    hh, ww = img.shape
+    x = np.clip(x, 0.0, ww - 1.0)
+    y = np.clip(y, 0.0, hh - 1.0)
+    x0 = np.minimum(np.floor(x), ww - 2).astype(np.intp)
+    y0 = np.minimum(np.floor(y), hh - 2).astype(np.intp)
+    fx, fy = x - x0, y - y0
+    flat = img.ravel()
+    k = y0 * ww + x0
+    top = flat.take(k) * (1.0 - fx) + flat.take(k + 1) * fx
+    bottom = flat.take(k + ww) * (1.0 - fx) + flat.take(k + ww + 1) * fx
+    return top * (1.0 - fy) + bottom * fy
+
+
+def align_patches(
+    template: np.ndarray,
+    target: np.ndarray,
+    anchor_xy: np.ndarray,
+    init: PatchFit,
+    radius_px: int,
+    max_iterations: int = 30,
+    tol_px: float = 1e-3,
+    stride_px: int = 1,
+) -> PatchFit:
+    """Gauss–Newton alignment of square template patches to a target image under an affine + gain/bias model.
+
+    For every anchor point ``a`` the template pixels ``p`` of the (2r+1)² window around ``round(a)`` are
+    mapped to ``q = c + A (p − a)`` and the parameters ``(c, A, g, b)`` minimise
+    ``Σ_p w(p) [I_t(q) − g I_a(p) − b]²`` with Gaussian weights ``w`` (σ = r / 2) — forward-additive
+    Lucas–Kanade with an affine warp (the local foreshortening of a sloped surface between tilts) and a
+    photometric gain and bias (the secondary-electron yield changes with the view). The target is sampled
+    bilinearly, its gradient by central differences; the template is read at integer pixels only.
+
+    Args:
+        template: (H, W) float anchor image.
+        target: (H, W) float target image.
+        anchor_xy: (N, 2) anchor positions in ``template``, px.
+        init: starting parameters (only ``xy``, ``affine``, ``gain`` and ``bias`` are read).
+        radius_px: half-width r of the window, px.
+        max_iterations: Gauss–Newton iterations at most.
+        tol_px: convergence threshold on the position update, px.
+        stride_px: spacing of the template pixels within the window (2 on smooth images quarters the work).
+
+    Returns:
+        :class:`PatchFit` at the solution (N rows, in the order of ``anchor_xy``).
+    """
+    n = anchor_xy.shape[0]
+    off = np.arange(-radius_px, radius_px + 1, stride_px, dtype=np.float64)
+    oy, ox = (v.ravel()[None, :] for v in np.meshgrid(off, off, indexing="ij"))
+    hh, ww = template.shape
+    px = np.round(anchor_xy[:, :1]) + ox
+    py = np.round(anchor_xy[:, 1:]) + oy
+    inside = (px >= 0) & (px <= ww - 1) & (py >= 0) & (py <= hh - 1)
+    tmpl = template[np.clip(py, 0, hh - 1).astype(np.intp), np.clip(px, 0, ww - 1).astype(np.intp)].astype(np.float64)
+    dx, dy = px - anchor_xy[:, :1], py - anchor_xy[:, 1:]
+    sigma_w = 0.5 * radius_px
+    w = np.exp(-(dx * dx + dy * dy) / (2.0 * sigma_w * sigma_w)) * inside
+    gy, gx = np.gradient(np.asarray(target, dtype=np.float64))
+    tgt = np.asarray(target, dtype=np.float64)
+
+    c = init.xy.astype(np.float64).copy()
+    a = init.affine.astype(np.float64).copy()
+    g = init.gain.astype(np.float64).copy()
+    b = init.bias.astype(np.float64).copy()
+    converged = np.zeros(n, dtype=bool)
+    res_var = np.full(n, np.inf)
+    active = np.arange(n)
+    for _ in range(max_iterations):
+        if active.size == 0:
+            break
+        ddx, ddy, wa, ta = dx[active], dy[active], w[active], tmpl[active]
+        aa = a[active]
+        qx = c[active, :1] + aa[:, 0, :1] * ddx + aa[:, 0, 1:] * ddy
+        qy = c[active, 1:] + aa[:, 1, :1] * ddx + aa[:, 1, 1:] * ddy
+        ix, iy = _bilinear(gx, qx, qy), _bilinear(gy, qx, qy)
+        r = _bilinear(tgt, qx, qy) - g[active, None] * ta - b[active, None]
+        jac = np.stack([ix, iy, ix * ddx, ix * ddy, iy * ddx, iy * ddy, -ta, -np.ones_like(ta)], axis=1)  # (n, 8, P)
+        jw = jac * wa[:, None, :]
+        hess = jw @ jac.transpose(0, 2, 1)
+        hess += 1e-9 * np.trace(hess, axis1=1, axis2=2)[:, None, None] * np.eye(8)
+        grad = (jw @ r[:, :, None])[..., 0]
+        res_var[active] = (wa * r * r).sum(axis=1) / np.maximum(wa.sum(axis=1), 1e-12)
+        try:
+            step = -np.linalg.solve(hess, grad[..., None])[..., 0]
+        except np.linalg.LinAlgError:
+            step = -np.einsum("nij,nj->ni", np.linalg.pinv(hess), grad)
+        c[active] += step[:, :2]
+        a[active] += step[:, 2:6].reshape(-1, 2, 2)
+        g[active] += step[:, 6]
+        b[active] += step[:, 7]
+        done = np.hypot(step[:, 0], step[:, 1]) < tol_px
+        converged[active[done]] = True
+        active = active[~done]
+    ok = np.isfinite(c).all(axis=1) & np.isfinite(a).all(axis=(1, 2))
+    return PatchFit(c, a, g, b, res_var, converged & ok)
+
+
+def _replace_rows(fit: PatchFit, rows: np.ndarray, other: PatchFit, pick: np.ndarray) -> PatchFit:
+    """``fit`` with the parameters of ``rows`` replaced by those of ``other[pick]``."""
+    out = [v.copy() for v in (fit.xy, fit.affine, fit.gain, fit.bias)]
+    for arr, new in zip(out, (other.xy, other.affine, other.gain, other.bias), strict=True):
+        arr[rows] = new[pick]
+    return PatchFit(*out, fit.residual_var, fit.converged)
+
+
+def refine_tracks_affine(
+    images: ImageSet,
+    tracks: Tracks,
+    radii_px: tuple[int, ...] = (12, 18, 25),
+    max_shift_px: float = 2.0,
+    prefilter_sigma_px: float = 0.8,
+    residual_ratio: float = 1.25,
+) -> Tracks:
+    """Sub-pixel refinement of the track positions by affine Lucas–Kanade patch alignment.
+
+    Keypoint positions of a feature detector are repeatable to a few tenths of a pixel only, which the
+    small tilts of a series turn into large depth errors (depth error ≈ position error / sin Δθ). Each
+    track keeps its position in its first view (the anchor); its positions in the other views are
+    re-estimated by :func:`align_patches` (affine warp + gain/bias, Gauss–Newton) on float images
+    smoothed by a Gaussian of ``prefilter_sigma_px`` (it averages the pixel noise of both images).
+
+    The window is chosen per observation: the smallest radius first, then each larger one (started from
+    the previous solution) is kept while its residual variance stays below ``residual_ratio`` times that
+    of the smallest window — large windows average more noise on flat, weakly textured parts (substrate),
+    but on a curved grain surface the affine model stops holding and the residual grows. A refinement
+    that does not converge or moves the matched position by more than ``max_shift_px`` is not applied.
+
+    Args:
+        images: the series (float pixels).
+        tracks: (F, P, 2) matched tracks, px.
+        radii_px: window half-widths tried, smallest first, px.
+        max_shift_px: largest accepted move from the matched position, px.
+        prefilter_sigma_px: Gaussian pre-smoothing of both images, px (0 disables).
+        residual_ratio: a larger window is accepted while its residual variance is below this ratio times
+            the residual variance of the smallest window.
+
+    Returns:
+        :class:`Tracks` with refined positions (same visibility).
+    """
+    import cv2
+
+    if not radii_px or min(radii_px) < 2:
+        raise TopographError(f"track refinement windows must have radius ≥ 2 px, got {radii_px}", "e.g. (12, 18, 25)")
+    radii = sorted(int(r) for r in radii_px)
+    xy = tracks.xy.copy()
+    vis = tracks.visible
+    anchor = np.argmax(vis, axis=0)
+    pix = []
+    for im in images.images:
+        p = np.asarray(im.pixels, dtype=np.float32)
+        if prefilter_sigma_px > 0:
+            p = cv2.GaussianBlur(p, (0, 0), prefilter_sigma_px, borderType=cv2.BORDER_REFLECT)
+        pix.append(p)
+    moved, sizes = [], []
+    for a in range(tracks.n_views):
+        for f in range(tracks.n_views):
+            sel = np.flatnonzero((anchor == a) & vis[f]) if f != a else np.zeros(0, dtype=np.intp)
+            if sel.size == 0:
+                continue
+            start = xy[f, sel]
+            identity = np.tile(np.eye(2), (sel.size, 1, 1))
+            none = np.zeros(0)
+            fit = align_patches(
+                pix[a],
+                pix[f],
+                xy[a, sel],
+                PatchFit(start, identity, np.ones(sel.size), np.zeros(sel.size), none, none),
+                radii[0],
+            )
+            ok = fit.converged & (np.linalg.norm(fit.xy - start, axis=1) <= max_shift_px)
+            cur = fit
+            radius = np.full(sel.size, radii[0])
+            grow = ok.copy()
+            for r in radii[1:]:
+                idx = np.flatnonzero(grow)
+                if idx.size == 0:
+                    break
+                init = PatchFit(cur.xy[idx], cur.affine[idx], cur.gain[idx], cur.bias[idx], none, none)
+                big = align_patches(pix[a], pix[f], xy[a, sel[idx]], init, r, stride_px=max(1, round(r / radii[0])))
+                accept = (
+                    big.converged
+                    & (np.linalg.norm(big.xy - start[idx], axis=1) <= max_shift_px)
+                    & (big.residual_var < residual_ratio * fit.residual_var[idx])
+                )
+                cur = _replace_rows(cur, idx[accept], big, accept)
+                radius[idx[accept]] = r
+                grow[idx[~accept]] = False
+            xy[f, sel[ok]] = cur.xy[ok]
+            moved.append(np.linalg.norm(cur.xy[ok] - start[ok], axis=1))
+            sizes.append(radius[ok])
+    if moved:
+        shifts = np.concatenate(moved)
+        rad = np.concatenate(sizes)
+        log.info(
+            "track refinement: %d positions, median shift %.3f px, windows %s",
+            shifts.size,
+            float(np.median(shifts)) if shifts.size else 0.0,
+            {int(r): int(np.sum(rad == r)) for r in radii},
+        )
+    return Tracks(xy)

@@ -1,0 +1,105 @@
+"""Accuracy of the sparse SEM chain: conventions (truth → triangulation → evaluation) and track refinement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from topograph.analysis.evaluate_sem import evaluate_cloud
+from topograph.geometry.triangulation import triangulate
+from topograph.matching.patch_align import PatchFit, align_patches
+from topograph.sem.config import MatchingConfig
+from topograph.sem.sparse import match_series, refine_tracks, series_tracks
+from topograph.synth.sem import GrainSpec, SemDataset, cast_rays, render_sem_series
+from topograph.types import ImageSet, SemImage, SemMetadata, Tracks
+
+
+def _texture(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Smooth analytic texture (sum of plane waves, wavelengths 5–16 px): exact at any warped position."""
+    rng = np.random.default_rng(3)
+    out = np.zeros_like(x, dtype=np.float64)
+    for _ in range(24):
+        lam = rng.uniform(5.0, 16.0)
+        ang, phase = rng.uniform(0, 2 * np.pi, 2)
+        out += np.cos(2 * np.pi * (np.cos(ang) * x + np.sin(ang) * y) / lam + phase)
+    return 0.5 + 0.04 * out
+
+
+def test_affine_patch_alignment_recovers_warp_gain_and_bias() -> None:
+    """I_t(c + A (p − a)) = g I_a(p) + b exactly; the fit must find c to < 0.01 px where translation-only LK cannot."""
+    yy, xx = np.mgrid[0:160, 0:160].astype(np.float64)
+    template = _texture(xx, yy)
+    a_true = np.array([[1.0, 0.05], [0.08, 0.82]])  # a steep facet seen 10° apart: strong y foreshortening
+    gain, bias = 1.3, -0.1
+    anchors = np.array([[60.3, 70.6], [90.5, 85.2], [75.0, 95.7]])
+    centres = anchors + np.array([[3.2, -1.7], [2.4, 0.9], [-1.1, 1.3]])
+    # target pixel x shows template point a + A⁻¹ (x − c) for the anchor it belongs to (one warp per test image)
+    for a, c in zip(anchors, centres, strict=True):
+        inv = np.linalg.inv(a_true)
+        u = a[0] + inv[0, 0] * (xx - c[0]) + inv[0, 1] * (yy - c[1])
+        v = a[1] + inv[1, 0] * (xx - c[0]) + inv[1, 1] * (yy - c[1])
+        target = gain * _texture(u, v) + bias
+        init = PatchFit(np.round(c)[None] + 0.4, np.eye(2)[None], np.ones(1), np.zeros(1), np.zeros(0), np.zeros(0))
+        fit = align_patches(template, target, a[None], init, radius_px=12)
+        assert fit.converged[0]
+        assert np.linalg.norm(fit.xy[0] - c) < 0.01, (fit.xy[0], c)
+        np.testing.assert_allclose(fit.affine[0], a_true, atol=5e-3)
+        # gain/bias absorb the contrast loss of bilinear sampling (~4 % on 5 px waves): loose bounds
+        assert abs(fit.gain[0] - gain) < 0.1 and abs(fit.bias[0] - bias) < 0.05
+
+
+@pytest.fixture(scope="module")
+def rendered() -> SemDataset:
+    return render_sem_series(GrainSpec(seed=5), tilts_deg=(0.0, 5.0, 10.0), image_size=(320, 320), seed=5)
+
+
+def _true_positions(ds: SemDataset, tracks: Tracks) -> tuple[np.ndarray, np.ndarray]:
+    """True positions in every view of the surface point under each track's view-0 position, and that point."""
+    hits = cast_rays(ds.surface, ds.cameras[0], tracks.xy[0])
+    return np.stack([c.project(hits.points) for c in ds.cameras]), hits.points
+
+
+def test_true_projections_triangulate_and_evaluate_to_zero(rendered: SemDataset) -> None:
+    """Renderer, triangulation and evaluation share one convention: exact projections give ~0 % error."""
+    rng = np.random.default_rng(0)
+    xy0 = rng.uniform(40, 280, size=(600, 2))
+    pts = cast_rays(rendered.surface, rendered.cameras[0], xy0).points
+    obs = Tracks(np.stack([c.project(pts) for c in rendered.cameras]))
+    assert np.abs(obs.xy[0] - xy0).max() < 1e-9
+    rec = triangulate(rendered.cameras, obs)
+    assert np.abs(rec - pts).max() < 1e-9
+    res = evaluate_cloud(
+        rec * 1.7,  # an arbitrary scale: the similarity alignment must undo it
+        rendered.surface_points(),
+        rendered.distance_to_surface,
+        specimen_size=rendered.grain_diameter_um,
+        mode="similarity",
+    )
+    # Floor of the evaluation itself: the symmetric ICP pairs truth the partial cloud does not cover
+    # (measured 0.053 % here, 0.012 % with 1500 points at 500 px) — well below the 0.2 % target.
+    assert res["median_distance_pct"] < 0.08, res
+    assert abs(res["alignment"]["scale"] * 1.7 - 1.0) < 5e-3
+
+
+def test_refined_tracks_are_sub_tenth_pixel_on_the_grain(rendered: SemDataset) -> None:
+    """Parallax-direction (y) error of the refined tracks against the true projections, grain points."""
+    images = ImageSet(
+        tuple(SemImage(name=f"v{i}", pixels=im, metadata=SemMetadata()) for i, im in enumerate(rendered.images))
+    )
+    tracks = series_tracks(images, match_series(images, MatchingConfig()))
+    tracks = Tracks(tracks.xy[:, tracks.visible[0]])  # anchored in view 0: the truth follows from view 0
+    truth_xy, pts = _true_positions(rendered, tracks)
+    refined = refine_tracks(images, tracks, "affine")
+    on_grain = pts[:, 2] > 0.02 * rendered.grain_height_um
+    assert on_grain.sum() > 100
+    for label, tr in (("raw", tracks), ("refined", refined)):
+        err = np.abs(tr.xy[1:] - truth_xy[1:])[..., 1]
+        seen = tr.visible[1:] & on_grain[None]
+        med = float(np.median(err[seen]))
+        if label == "raw":
+            raw_med = med
+        else:
+            # Measured (seed 5, 320 px, float images): raw SIFT 0.171 px, refined 0.096 px (the former
+            # translation-only LK on uint8 images made grain tracks worse than raw SIFT at 500 px).
+            assert med < 0.12, med
+            assert med < 0.7 * raw_med, (med, raw_med)

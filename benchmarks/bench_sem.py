@@ -1,7 +1,9 @@
 """SEM engine speed: whole `topograph sem` process on the quartz series (sparse only and full), and on a
 rendered 3 × 2000² series (memory must follow one image pair, not the series).
 
-    python benchmarks/bench_sem.py [--repeats 3] [--skip-large]
+    python benchmarks/bench_sem.py [--repeats 3] [--skip-large] [--config settings.yaml]
+
+Each run also prints the dense stage's step timings (summary.json ``dense.timings_s``).
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-large", action="store_true")
+    ap.add_argument("--config", help="YAML configuration passed to every run (topograph sem --config)")
     args = ap.parse_args()
-    exe = [sys.executable, "-m", "topograph", "--quiet", "sem"]
+    exe = [sys.executable, "-m", "topograph", "--quiet", "sem", "--no-cache"]  # every run recomputes
+    if args.config:
+        exe += ["--config", args.config]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if QUARTZ.is_dir():
@@ -44,6 +49,9 @@ def main() -> None:
                     f"dense points {dense.get('n_points', '—')}",
                     flush=True,
                 )
+                if dense:
+                    steps = {**summary["timings_s"], **dense.get("timings_s", {})}
+                    print("  stage seconds (last run): " + ", ".join(f"{k} {v:.2f}" for k, v in steps.items()))
         if not args.skip_large:
             from topograph.synth.sem import GrainSpec, render_sem_series, save_sem_dataset
 
@@ -57,6 +65,8 @@ def main() -> None:
                 f"rendered 3 × 2000²: {wall:.1f} s (CPU {_measure.CPU_MEDIAN_S:.1f} s), peak RSS {peak:.0f} MB, "
                 f"dense points {summary['dense']['n_points']}"
             )
+            steps = {**summary["timings_s"], **summary["dense"].get("timings_s", {})}
+            print("  stage seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in steps.items()))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Dense SEM accuracy: topograph's multi-view fusion vs the plain two-view SGBM baseline, on rendered grains.
 
-    python benchmarks/bench_sem_dense.py [--seeds 21 22 23] [--size 600]
+    python benchmarks/bench_sem_dense.py [--seeds 21 22 23] [--size 600] [--set dense.fb_threshold_px=0.75]
 
 Both methods use the same refined cameras (metadata tilts); both clouds are evaluated with the same code
 (rigid ICP alignment, distances of the points over the grain to the true surface, completeness of the
@@ -16,11 +16,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from sem_baseline import sgbm_two_view  # noqa: E402
 
 from topograph.analysis.evaluate_sem import evaluate_cloud  # noqa: E402
+from topograph.config import apply_overrides  # noqa: E402
 from topograph.sem.config import SemConfig  # noqa: E402
 from topograph.sem.pipeline import run_sem  # noqa: E402
 from topograph.synth.sem import GrainSpec, load_sem_truth, render_sem_series, save_sem_dataset  # noqa: E402
@@ -51,7 +53,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[21, 22, 23])
     ap.add_argument("--size", type=int, default=600)
     ap.add_argument("--views", type=int, nargs="+", default=[3, 5])
+    ap.add_argument("--set", nargs="*", default=[], help="config overrides key=value (dense.fb_threshold_px=0.75)")
     args = ap.parse_args()
+    overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
+    cfg = apply_overrides(SemConfig(), overrides)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n_views in args.views:
@@ -63,7 +68,7 @@ def main() -> None:
                 path = save_sem_dataset(ds, Path(tmp) / f"g{seed}_{n_views}")
                 truth = load_sem_truth(path)
                 t0 = time.perf_counter()
-                run = run_sem([path], None, SemConfig())
+                run = run_sem([path], None, cfg)
                 t_ours = time.perf_counter() - t0
                 ours = evaluate(run.dense.cloud.xyz, truth, run.dense.reference_view)
                 order = np.argsort(run.reconstruction.tilts_deg)

@@ -18,11 +18,56 @@ from topograph.io.atomic import atomic_path
 
 log = logging.getLogger("topograph")
 
-MAX_RENDER_POINTS = 200_000
+MAX_RENDER_POINTS = 2_000_000
+"""Clouds beyond this many points are subsampled for the preview."""
 
 
 def _pretty(unit: str) -> str:
     return "µm" if unit == "um" else unit
+
+
+def view_basis(elevation_deg: float, azimuth_deg: float) -> np.ndarray:
+    """(3, 3) rows: screen right ``r``, screen up ``u`` and the direction toward the viewer ``e``.
+
+    Same convention as matplotlib's 3-D axes: ``e = (cos el cos az, cos el sin az, sin el)``,
+    ``r = (−sin az, cos az, 0)``, ``u = e × r`` rotated to point up: ``u = (−sin el cos az, −sin el sin az, cos el)``.
+    """
+    el, az = np.radians(elevation_deg), np.radians(azimuth_deg)
+    e = np.array([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)])
+    r = np.array([-np.sin(az), np.cos(az), 0.0])
+    u = np.array([-np.sin(el) * np.cos(az), -np.sin(el) * np.sin(az), np.cos(el)])
+    return np.vstack([r, u, e])
+
+
+def splat_orthographic(
+    xyz: np.ndarray,
+    values: np.ndarray,
+    basis: np.ndarray,
+    centre: np.ndarray,
+    half_extent: float,
+    size_px: int,
+    splat_px: int = 2,
+) -> np.ndarray:
+    """Orthographic z-buffered point rendering: (size_px, size_px) float image, NaN where no point.
+
+    Each point ``p`` lands at screen ``(r·(p − c), u·(p − c))`` scaled so that ``±half_extent`` spans the
+    image, as a ``splat_px × splat_px`` square; where squares overlap the point nearest the viewer
+    (largest ``e·p``) wins — the points are drawn far to near, and NumPy's fancy assignment keeps the
+    last write.
+    """
+    q = (xyz - centre) @ basis.T  # (N, 3): right, up, toward the viewer
+    scale = (size_px - splat_px) / (2.0 * half_extent)
+    col = np.clip(((q[:, 0] + half_extent) * scale).astype(np.int64), 0, size_px - splat_px)
+    row = np.clip(((half_extent - q[:, 1]) * scale).astype(np.int64), 0, size_px - splat_px)
+    order = np.argsort(q[:, 2], kind="stable")
+    col, row, val = col[order], row[order], values[order]
+    image = np.full((size_px, size_px), np.nan, dtype=np.float32)
+    flat = image.ravel()
+    offsets = [dy * size_px + dx for dy in range(splat_px) for dx in range(splat_px)]
+    base = row * size_px + col
+    idx = (base[:, None] + np.asarray(offsets)[None, :]).ravel()  # far-to-near order kept per point
+    flat[idx] = np.repeat(val.astype(np.float32), len(offsets))
+    return image
 
 
 def render_cloud_views(
@@ -35,21 +80,26 @@ def render_cloud_views(
     max_points: int = MAX_RENDER_POINTS,
     seed: int = 0,
     title: str | None = None,
+    size_px: int = 560,
 ) -> Path:
-    """Render a point cloud from several viewpoints side by side (3-D scatter, equal axis scaling).
+    """Render a point cloud from several viewpoints side by side (orthographic, z-buffered point splats).
 
-    Points are coloured by ``intensity`` (grey) when given, else by height z (viridis). Clouds with more
-    than ``max_points`` points are subsampled uniformly at random with ``seed``.
+    Points are coloured by ``intensity`` (grey) when given, else by height z (viridis), stretched between
+    the 1st and 99th percentiles. Every panel uses the same scale (the cloud's bounding box fits the
+    panel in every view) and carries a scale bar. Clouds with more
+    than ``max_points`` points are subsampled uniformly at random with ``seed``. The splats are drawn with
+    NumPy (:func:`splat_orthographic`), so a million points take a fraction of a second.
 
     Args:
         points: (N, 3) coordinates in ``unit``.
         intensity: (N,) values in [0, 1] or None.
         path_png: output PNG path (written atomically).
-        views: (elevation°, azimuth°) per panel.
-        unit: length unit for the axis labels.
+        views: (elevation°, azimuth°) per panel, matplotlib's 3-D convention.
+        unit: length unit for the scale bar.
         max_points: subsampling limit.
         seed: random seed of the subsampling.
         title: optional figure title.
+        size_px: side of each panel's raster, pixels.
 
     Returns:
         The written path.
@@ -57,8 +107,10 @@ def render_cloud_views(
     Raises:
         TopographError: empty cloud, bad shapes or no views.
     """
+    import matplotlib as mpl
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from mpl_toolkits.axes_grid1.anchored_artists import AnchoredSizeBar
 
     xyz = np.asarray(points, dtype=float)
     if xyz.ndim != 2 or xyz.shape[1] != 3:
@@ -78,34 +130,40 @@ def render_cloud_views(
         idx = np.sort(np.random.default_rng(seed).choice(len(xyz), max_points, replace=False))
         xyz = xyz[idx]
         intensity = None if intensity is None else intensity[idx]
-    if intensity is not None:
-        colour, cmap, vmin, vmax = intensity, "gray", 0.0, 1.0
-    else:
-        colour, cmap, vmin, vmax = xyz[:, 2], "viridis", None, None
+    colour, cmap = (intensity, "gray") if intensity is not None else (xyz[:, 2], "viridis")
+    vmin, vmax = (float(v) for v in np.percentile(colour, [1.0, 99.0]))
+    if vmax <= vmin:
+        vmin, vmax = vmin - 0.5, vmax + 0.5
     lo, hi = xyz.min(axis=0), xyz.max(axis=0)
     centre = 0.5 * (lo + hi)
-    half = 0.5 * float(np.max(hi - lo)) or 1.0
-    size = max(0.2, min(4.0, 2e4 / len(xyz)))
+    bases = [view_basis(elev, azim) for elev, azim in views]
+    # one scale for all panels: the largest screen extent of the bounding box's corners over the views
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    half = 1.02 * max(float(np.abs((corners - centre) @ b[:2].T).max()) for b in bases) or 1.0
+    splat = int(np.clip(np.round(1.5 * size_px / np.sqrt(len(xyz))), 1, 6))
+    colours = mpl.colormaps[cmap].with_extremes(bad="#d5dde6")
     u = _pretty(unit)
+    bar = nice_length(2.0 * half / 5.0)
 
-    fig = Figure(figsize=(5.0 * len(views), 5.0), dpi=110)
+    fig = Figure(figsize=(4.6 * len(views), 4.9), dpi=110)
     FigureCanvasAgg(fig)
-    for k, (elev, azim) in enumerate(views):
-        ax = fig.add_subplot(1, len(views), k + 1, projection="3d")
-        ax.scatter(xyz[:, 0], xyz[:, 1], xyz[:, 2], c=colour, cmap=cmap, vmin=vmin, vmax=vmax, s=size, linewidths=0)
-        for setter, c in zip((ax.set_xlim, ax.set_ylim, ax.set_zlim), centre, strict=True):
-            setter(c - half, c + half)
-        ax.set_box_aspect((1.0, 1.0, 1.0))
-        ax.set_xlabel(f"x [{u}]")
-        ax.set_ylabel(f"y [{u}]")
-        if abs(elev) < 80:  # seen from (nearly) straight above, the z axis is edge-on and unreadable
-            ax.set_zlabel(f"z [{u}]")
-        else:
-            ax.set_zticks([])
-        ax.view_init(elev=elev, azim=azim)
+    for k, ((elev, azim), basis) in enumerate(zip(views, bases, strict=True)):
+        image = splat_orthographic(xyz, colour, basis, centre, half, size_px, splat)
+        ax = fig.add_subplot(1, len(views), k + 1)
+        extent = (-half, half, -half, half)
+        ax.imshow(
+            np.ma.masked_invalid(image), cmap=colours, vmin=vmin, vmax=vmax, extent=extent, interpolation="nearest"
+        )
+        label = _format_length_um(bar) if unit == "um" else f"{bar:g} {u}"
+        ax.add_artist(
+            AnchoredSizeBar(ax.transData, bar, label, "lower right", pad=0.4, frameon=False, fontproperties={"size": 8})
+        )
+        ax.set_xticks([])
+        ax.set_yticks([])
         ax.set_title(f"elevation {elev:g}°, azimuth {azim:g}°", fontsize=9)
     if title:
         fig.suptitle(title)
+    log.debug("rendered %d points from %d viewpoints (splat %d px)", len(xyz), len(views), splat)
     return _save(fig, path_png)
 
 

@@ -1,18 +1,24 @@
 """Per-pixel multi-view triangulation of dense correspondences with affine cameras.
 
-Every reference pixel ``p`` with correspondences ``x_f`` in views ``f`` gives the linear least-squares
-point ``X = argmin Σ_f w_f |M_f X + t_f − x_f|²``, i.e. the normal equations
-``(Σ_f w_f M_fᵀ M_f) X = Σ_f w_f M_fᵀ (x_f − t_f)``. They are accumulated view by view, so memory holds
-one view's flow at a time plus the (N, 3, 3) and (N, 3) accumulators.
+Every reference pixel ``p`` with correspondences ``x_k`` (observations ``k`` of views ``f(k)``) gives the
+linear least-squares point ``X = argmin Σ_k |M_k X + t_k − x_k|²``, i.e. the normal equations
+
+    (Σ_k M_kᵀ M_k) X = Σ_k M_kᵀ (x_k − t_k).
+
+The left-hand side depends only on *which* observations a pixel has, not on the pixel: it is one 3 × 3
+matrix per observation pattern (a bit mask over the observations). So memory holds the (N, 3) right-hand
+sides, one pattern code per pixel and the observations themselves (float32, for the residual check), and
+the solve inverts one matrix per distinct pattern (a handful) instead of one per pixel.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import numpy as np
 
 from topograph.types import AffineCamera
+
+MAX_OBSERVATIONS = 32
+"""Observation slots per accumulator (bits of the uint32 pattern code)."""
 
 
 def viewing_direction_nullspace(camera: AffineCamera) -> np.ndarray:
@@ -21,64 +27,118 @@ def viewing_direction_nullspace(camera: AffineCamera) -> np.ndarray:
     return d / np.linalg.norm(d)
 
 
+def epipolar_line_map(ref: AffineCamera, other: AffineCamera) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The affine epipolar geometry from ``ref`` to ``other`` as ``(B (2, 2), c (2,), e (2,))``.
+
+    The ray of a reference pixel ``p`` is ``X(λ) = X₀ + λ d`` with ``X₀ = M_ref⁺ (p − t_ref)`` and
+    ``M_ref d = 0``; its image in the other view is the line ``B p + c + λ e`` with ``B = M_o M_ref⁺``,
+    ``c = t_o − B t_ref`` and the unit direction ``e ∝ M_o d``.
+    """
+    b = other.matrix @ np.linalg.pinv(ref.matrix)
+    c = other.translation - b @ ref.translation
+    e = other.matrix @ viewing_direction_nullspace(ref)
+    return b, c, e / np.linalg.norm(e)
+
+
 def epipolar_distance_px(
     ref: AffineCamera, other: AffineCamera, xy_ref: np.ndarray, xy_other: np.ndarray
 ) -> np.ndarray:
-    """Distance (px) of ``xy_other`` from the affine epipolar line of ``xy_ref``.
+    """Distance (px) of ``xy_other`` (N, 2) from the affine epipolar line of ``xy_ref`` (N, 2).
 
-    The ray of a reference pixel is ``X(λ) = X₀ + λ d`` with ``X₀ = M_ref⁺ (p − t_ref)`` and ``M_ref d = 0``;
-    its image in the other view is the line ``M_o X₀ + t_o + λ M_o d``.
+    ``|(x_o − B p − c) × e|`` with ``B, c, e`` from :func:`epipolar_line_map`; float64 result (N,).
     """
-    m_pinv = np.linalg.pinv(ref.matrix)  # (3, 2)
-    x0 = (xy_ref - ref.translation) @ m_pinv.T  # (N, 3)
-    on_line = x0 @ other.matrix.T + other.translation
-    e = other.matrix @ viewing_direction_nullspace(ref)
-    e = e / np.linalg.norm(e)
-    diff = xy_other - on_line
-    return np.abs(diff[:, 0] * e[1] - diff[:, 1] * e[0])
-
-
-@dataclass
-class NormalEquations:
-    """Accumulator of the per-pixel normal equations (float64), one entry per reference pixel."""
-
-    n: int
-    ata: np.ndarray = field(init=False)
-    atb: np.ndarray = field(init=False)
-    count: np.ndarray = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.ata = np.zeros((self.n, 6))  # upper triangle of the symmetric 3×3 matrix
-        self.atb = np.zeros((self.n, 3))
-        self.count = np.zeros(self.n, dtype=np.int16)
-
-    def add_view(self, camera: AffineCamera, xy: np.ndarray, valid: np.ndarray) -> None:
-        """Add observations ``xy`` (N, 2) of one view where ``valid`` (N,) is true."""
-        m = camera.matrix
-        mtm = m.T @ m
-        idx = np.flatnonzero(valid)
-        self.ata[idx] += mtm[np.triu_indices(3)]
-        self.atb[idx] += (xy[idx] - camera.translation) @ m  # rows of Mᵀ(x − t)
-        self.count[idx] += 1
-
-    def solve(self, min_views: int = 2) -> np.ndarray:
-        """(N, 3) points; NaN where fewer than ``min_views`` views contributed."""
-        out = np.full((self.n, 3), np.nan)
-        ok = self.count >= min_views
-        if not ok.any():
-            return out
-        a = np.empty((int(ok.sum()), 3, 3))
-        iu = np.triu_indices(3)
-        a[:, iu[0], iu[1]] = self.ata[ok]
-        a[:, iu[1], iu[0]] = self.ata[ok]
-        det = np.linalg.det(a)
-        good = np.abs(det) > 1e-12 * np.abs(a).max(axis=(1, 2)) ** 3
-        sol = np.full((a.shape[0], 3), np.nan)
-        sol[good] = np.linalg.solve(a[good], self.atb[ok][good][..., None])[..., 0]
-        out[ok] = sol
-        return out
+    b, c, e = epipolar_line_map(ref, other)
+    p = np.asarray(xy_ref, dtype=np.float64)
+    q = np.asarray(xy_other, dtype=np.float64)
+    dx = q[:, 0] - (p[:, 0] * b[0, 0] + p[:, 1] * b[0, 1] + c[0])
+    dy = q[:, 1] - (p[:, 0] * b[1, 0] + p[:, 1] * b[1, 1] + c[1])
+    return np.abs(dx * e[1] - dy * e[0])
 
 
 def reprojection_error_px(camera: AffineCamera, points: np.ndarray, xy: np.ndarray) -> np.ndarray:
-    """|M X + t − x| per point, pixels."""
-    return np.linalg.norm(points @ camera.matrix.T + camera.translation - xy, axis=1)
+    """``|M X + t − x|`` per point (N,), pixels, for points (N, 3) and observations (N, 2)."""
+    proj = np.asarray(points, dtype=np.float64) @ camera.matrix.T + camera.translation
+    return np.hypot(proj[:, 0] - xy[:, 0], proj[:, 1] - xy[:, 1])
+
+
+class NormalEquations:
+    """Accumulator of the per-pixel normal equations, one entry per reference pixel.
+
+    Each :meth:`add_view` call is one observation slot (a view, or the same view reached by another
+    path); ``code[i]`` has bit ``k`` set when pixel ``i`` has observation ``k``. ``atb`` is float64 (N, 3);
+    the observations are kept as float32 (N, 2) only when ``keep_observations`` (for :meth:`reject`).
+    """
+
+    def __init__(self, n: int, keep_observations: bool = False) -> None:
+        self.n = int(n)
+        self.keep_observations = keep_observations
+        self.atb = np.zeros((self.n, 3))
+        self.code = np.zeros(self.n, dtype=np.uint32)
+        self.cameras: list[AffineCamera] = []
+        self.observations: list[np.ndarray | None] = []
+
+    @property
+    def count(self) -> np.ndarray:
+        """(N,) int16 number of observations of every pixel."""
+        c = np.zeros(self.n, dtype=np.int16)
+        for k in range(len(self.cameras)):
+            c += ((self.code >> np.uint32(k)) & np.uint32(1)).astype(np.int16)
+        return c
+
+    def add_view(self, camera: AffineCamera, xy: np.ndarray, valid: np.ndarray) -> int:
+        """Add observations ``xy`` (N, 2) of one view where ``valid`` (N,) is true; returns the slot index."""
+        k = len(self.cameras)
+        if k >= MAX_OBSERVATIONS:
+            raise ValueError(f"at most {MAX_OBSERVATIONS} observation slots per accumulator")
+        idx = np.flatnonzero(valid)
+        m = camera.matrix
+        sel = np.asarray(xy[idx], dtype=np.float64)
+        self.atb[idx] += (sel - camera.translation) @ m  # rows of Mᵀ(x − t)
+        self.code[idx] |= np.uint32(1 << k)
+        self.cameras.append(camera)
+        self.observations.append(np.asarray(xy, dtype=np.float32) if self.keep_observations else None)
+        return k
+
+    def _pattern_matrix(self, code: int) -> np.ndarray:
+        a = np.zeros((3, 3))
+        for k, cam in enumerate(self.cameras):
+            if code >> k & 1:
+                a += cam.matrix.T @ cam.matrix
+        return a
+
+    def solve(self, min_views: int = 2, dtype: type = np.float64) -> np.ndarray:
+        """(N, 3) points; NaN where fewer than ``min_views`` observations or a singular pattern."""
+        out = np.full((self.n, 3), np.nan, dtype=dtype)
+        codes, inverse = np.unique(self.code, return_inverse=True)
+        for j, code in enumerate(codes):
+            if bin(int(code)).count("1") < min_views:
+                continue
+            a = self._pattern_matrix(int(code))
+            if abs(np.linalg.det(a)) <= 1e-12 * np.abs(a).max() ** 3:
+                continue
+            sel = np.flatnonzero(inverse == j)
+            out[sel] = self.atb[sel] @ np.linalg.inv(a).T
+        return out
+
+    def reject(self, points: np.ndarray, threshold_px: float, keep_slots: tuple[int, ...] = ()) -> int:
+        """Drop every observation whose reprojection error with ``points`` (N, 3) exceeds ``threshold_px``.
+
+        Observations of the slots in ``keep_slots`` are never dropped (e.g. the reference pixel itself).
+        Needs ``keep_observations``. Returns the number of observations removed (solve again after it).
+        """
+        if not self.keep_observations:
+            raise ValueError("reject() needs an accumulator built with keep_observations=True")
+        finite = np.isfinite(points).all(axis=1)
+        removed = 0
+        for k, (cam, xy) in enumerate(zip(self.cameras, self.observations, strict=True)):
+            if k in keep_slots:
+                continue
+            bit = np.uint32(1 << k)
+            sel = np.flatnonzero(((self.code & bit) != 0) & finite)
+            err = reprojection_error_px(cam, points[sel], xy[sel])
+            bad = sel[err > threshold_px]
+            if bad.size:
+                self.atb[bad] -= (xy[bad].astype(np.float64) - cam.translation) @ cam.matrix
+                self.code[bad] &= ~bit
+                removed += int(bad.size)
+        return removed

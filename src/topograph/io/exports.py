@@ -208,3 +208,81 @@ def write_png(path: str | Path, array_uint8: np.ndarray) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(buf.tobytes())
     return Path(path)
+
+
+def write_mesh_ply(
+    path: str | Path, vertices: np.ndarray, faces: np.ndarray, comments: list[str] | None = None
+) -> Path:
+    """Write a triangle mesh as a binary little-endian PLY in one vectorised pass.
+
+    Layout: ``vertex`` with ``x y z`` float64, ``face`` with ``list uchar int vertex_indices``. Each face
+    record is packed as one (uchar 3, int32 × 3) row of a structured array, so a million faces take well
+    under a second (a per-face writer such as plyfile's list path takes ~10 µs per face).
+
+    Args:
+        path: target file (``.ply``).
+        vertices: (V, 3) positions.
+        faces: (F, 3) vertex indices (< 2³¹).
+        comments: header comment lines (one each, newlines replaced).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        TopographError: empty mesh or indices out of range.
+    """
+    v = np.ascontiguousarray(vertices, dtype="<f8")
+    f = np.asarray(faces)
+    if v.ndim != 2 or v.shape[1] != 3 or f.ndim != 2 or f.shape[1] != 3 or len(f) == 0:
+        raise TopographError(
+            f"a mesh needs (V, 3) vertices and (F ≥ 1, 3) faces, got {v.shape} and {f.shape}", "check the mesh"
+        )
+    if f.min() < 0 or f.max() >= len(v):
+        raise TopographError("the mesh has face indices outside its vertex list", "repair the mesh before writing it")
+    record = np.empty(len(f), dtype=[("n", "u1"), ("idx", "<i4", (3,))])
+    record["n"] = 3
+    record["idx"] = f
+    lines = ["ply", "format binary_little_endian 1.0"]
+    lines += [f"comment {c.replace(chr(10), ' ')}" for c in (comments or [])]
+    lines += [
+        f"element vertex {len(v)}",
+        "property double x",
+        "property double y",
+        "property double z",
+        f"element face {len(f)}",
+        "property list uchar int vertex_indices",
+        "end_header",
+    ]
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(("\n".join(lines) + "\n").encode("ascii", errors="replace"))
+        fh.write(v.tobytes())
+        fh.write(record.tobytes())
+    return Path(path)
+
+
+def write_stl(path: str | Path, vertices: np.ndarray, faces: np.ndarray, header: str = "topograph") -> Path:
+    """Write a triangle mesh as binary STL (80-byte header, uint32 count, 50-byte records).
+
+    Each record holds the unit facet normal ``n = (b − a) × (c − a) / ‖·‖`` (float32; zero for degenerate
+    triangles), the three corners (float32) and a zero attribute word.
+
+    Raises:
+        TopographError: empty mesh.
+    """
+    v = np.asarray(vertices, dtype=np.float64)
+    f = np.asarray(faces, dtype=np.int64)
+    if len(f) == 0:
+        raise TopographError("the mesh has no faces", "nothing to write")
+    tri = v[f]  # (F, 3, 3)
+    n = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+    norm = np.linalg.norm(n, axis=1, keepdims=True)
+    n = np.divide(n, norm, out=np.zeros_like(n), where=norm > 0)
+    record = np.zeros(len(f), dtype=[("normal", "<f4", (3,)), ("corners", "<f4", (3, 3)), ("attr", "<u2")])
+    record["normal"] = n
+    record["corners"] = tri
+    head = header.encode("ascii", errors="replace")[:80].ljust(80, b" ")
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(head)
+        fh.write(np.uint32(len(f)).tobytes())
+        fh.write(record.tobytes())
+    return Path(path)

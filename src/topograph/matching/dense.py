@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, NamedTuple
 
 import cv2
@@ -83,6 +83,15 @@ class DenseConfig:
     passes: int = 1
     """Flow passes: each further pass warps view j by the current flow and solves for the residual flow,
     which removes most of the smoothness bias on steep relief (see :func:`refine_flow`)."""
+    first_pass_variational_iterations: int | None = None
+    """DIS variational refinement iterations of the first pass when ``passes`` ≥ 2 (None: as the others).
+    The later passes solve the small residual flow and correct it, so fewer suffice here."""
+    parallel_max_pixels: int = 2_000_000
+    """Compute the forward and backward flows in parallel threads up to this image size, px (memory: see
+    :func:`_flow_pair`)."""
+    refine_backward: bool = True
+    """Check every further pass forward–backward too (one more flow per pass); False keeps the first
+    pass's check and validity."""
 
 
 class DenseFlow(NamedTuple):
@@ -98,8 +107,11 @@ class DenseFlow(NamedTuple):
 
 
 def _joint_limits(a: np.ndarray, b: np.ndarray, percent: float) -> tuple[float, float] | None:
+    """Shared contrast limits: the ``percent`` and ``100 − percent`` percentiles of both images' grey values
+    (every other row and column: the percentiles of a million-pixel image do not need every pixel)."""
     if percent <= 0:
         return None
+    a, b = a[::2, ::2], b[::2, ::2]
     both = np.concatenate([a[np.isfinite(a)], b[np.isfinite(b)]])
     if both.size == 0:
         return None
@@ -151,6 +163,18 @@ def _flow_field(src: np.ndarray, dst: np.ndarray, cfg: DenseConfig) -> np.ndarra
     return dis.calc(src, dst, None)
 
 
+def _flow_pair(a: np.ndarray, b: np.ndarray, cfg: DenseConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Forward (a → b) and backward (b → a) flows. They are independent and OpenCV releases the GIL, so
+    images up to ``cfg.parallel_max_pixels`` run them side by side; larger ones one after the other, so
+    that peak memory holds one DIS solver (~190 bytes per pixel) instead of two."""
+    if a.size > cfg.parallel_max_pixels:
+        return _flow_field(a, b, cfg), _flow_field(b, a, cfg)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        fut_forward = pool.submit(_flow_field, a, b, cfg)
+        fut_backward = pool.submit(_flow_field, b, a, cfg)
+        return fut_forward.result(), fut_backward.result()
+
+
 def forward_backward_error(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
     """Forward–backward consistency error ``e(x) = ‖u(x) + b(x + u(x))‖``, px.
 
@@ -162,15 +186,16 @@ def forward_backward_error(forward: np.ndarray, backward: np.ndarray) -> np.ndar
         (H, W) float32; inf where ``x + u(x)`` falls outside the grid.
     """
     h, w = forward.shape[:2]
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
-    map_x = gx + forward[..., 0]
-    map_y = gy + forward[..., 1]
+    map_x = forward[..., 0] + np.arange(w, dtype=np.float32)[None, :]
+    map_y = forward[..., 1] + np.arange(h, dtype=np.float32)[:, None]
     back = cv2.remap(
         backward.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=np.nan
     )
-    err = np.sqrt(np.sum((forward + back) ** 2, axis=2))
-    inside = (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1)
-    return np.where(inside & np.isfinite(err), err, np.inf).astype(np.float32)
+    back += forward
+    err = cv2.magnitude(back[..., 0], back[..., 1])
+    inside = (map_x >= 0) & (map_x <= w - 1) & (map_y >= 0) & (map_y <= h - 1) & np.isfinite(err)
+    err[~inside] = np.inf
+    return err
 
 
 def remove_small_regions(mask: np.ndarray, min_pixels: int) -> np.ndarray:
@@ -231,21 +256,26 @@ def dense_flow(
     warped_j = cv2.warpAffine(
         u8_j, a, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE
     )
-    # forward and backward flows are independent; OpenCV releases the GIL, so run them side by side
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        fut_forward = pool.submit(_flow_field, u8_i, warped_j, cfg)
-        fut_backward = pool.submit(_flow_field, warped_j, u8_i, cfg)
-        forward, backward = fut_forward.result(), fut_backward.result()
+    first = cfg
+    if cfg.passes >= 2 and cfg.first_pass_variational_iterations is not None:
+        first = replace(first, variational_refinement_iterations=cfg.first_pass_variational_iterations)
+    forward, backward = _flow_pair(u8_i, warped_j, first)
     fb_error = forward_backward_error(forward, backward)
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
-    yx = gx + forward[..., 0]
-    yy = gy + forward[..., 1]
-    xj = a[0, 0] * yx + a[0, 1] * yy + a[0, 2]
-    yj = a[1, 0] * yx + a[1, 1] * yy + a[1, 2]
+    del backward
+    # x_j = A [x + r, 1]ᵀ, flow = x_j − x; float32 (1e-4 px at 2000 px) and one (H, W, 2) array at a time
+    gx = np.arange(w, dtype=np.float32)[None, :]
+    gy = np.arange(h, dtype=np.float32)[:, None]
+    forward[..., 0] += gx
+    forward[..., 1] += gy  # now the warped-frame position y = x + r
+    a32 = a.astype(np.float32)
+    flow = cv2.transform(forward, a32)  # A [y, 1]ᵀ: the position in view j
     b = float(cfg.border_px)
+    xj, yj = flow[..., 0], flow[..., 1]
     inside = (xj >= b - 0.5) & (xj <= wj - 0.5 - b) & (yj >= b - 0.5) & (yj <= hj - 0.5 - b)
-    flow = np.stack([xj - gx, yj - gy], axis=2).astype(np.float32)
-    fb_error = np.where(inside, fb_error, np.inf).astype(np.float32)
+    flow[..., 0] -= gx
+    flow[..., 1] -= gy
+    del forward
+    fb_error[~inside] = np.inf
     valid = remove_small_regions(fb_error < cfg.fb_threshold_px, cfg.min_region_px)
     result = DenseFlow(flow, valid, fb_error)
     for _ in range(max(0, cfg.passes - 1)):
@@ -272,10 +302,11 @@ def refine_flow(
     )
     u8_i = to_uint8(image_i, clahe=cfg.clahe, limits=limits)
     u8_w = to_uint8(np.clip(warped, 0.0, 1.0), clahe=cfg.clahe, limits=limits)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        fut_forward = pool.submit(_flow_field, u8_i, u8_w, cfg)
-        fut_backward = pool.submit(_flow_field, u8_w, u8_i, cfg)
-        r, rb = fut_forward.result(), fut_backward.result()
+    if not cfg.refine_backward:
+        r = _flow_field(u8_i, u8_w, cfg)
+        u_at = cv2.remap(u, gx + r[..., 0], gy + r[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        return DenseFlow((r + u_at).astype(np.float32), current.valid, current.fb_error)
+    r, rb = _flow_pair(u8_i, u8_w, cfg)
     fb = forward_backward_error(r, rb)
     u_at = cv2.remap(u, gx + r[..., 0], gy + r[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     flow = (r + u_at).astype(np.float32)

@@ -1,0 +1,126 @@
+"""Unit tests of the dense SEM stage's building blocks: per-pixel triangulation by observation pattern,
+the epipolar check, outlier removal with its matching-tolerance floor, the fast mesh writers and the
+z-buffered cloud preview. (End-to-end accuracy on rendered grains: tests/test_sem_pipeline.py.)"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import trimesh
+from plyfile import PlyData
+
+from topograph.analysis.render import render_cloud_views, splat_orthographic, view_basis
+from topograph.errors import TopographError
+from topograph.geometry.affine import camera_from_stage
+from topograph.geometry.dense_triangulation import NormalEquations, epipolar_distance_px
+from topograph.io.exports import write_mesh_ply, write_stl
+from topograph.sem.dense import grain_mesh_step, remove_grid_outliers
+
+
+def _cameras(tilts=(0.0, 5.0, 10.0)):
+    """Stage cameras tilted about the image y axis (tilt axis 90°), 0.5 µm pixels."""
+    return [camera_from_stage(t, 90.0, pixel_size_um=0.5, translation_px=np.array([300.0 + t, 200.0])) for t in tilts]
+
+
+def test_normal_equations_recover_points_for_every_observation_pattern() -> None:
+    rng = np.random.default_rng(0)
+    cams = _cameras()
+    pts = rng.uniform(-50, 50, size=(5000, 3))
+    acc = NormalEquations(len(pts), keep_observations=True)
+    seen = [np.ones(len(pts), bool), rng.random(len(pts)) < 0.7, rng.random(len(pts)) < 0.7]
+    for cam, vis in zip(cams, seen, strict=True):
+        acc.add_view(cam, cam.project(pts), vis)
+    out = acc.solve(min_views=2)
+    n_obs = np.sum(seen, axis=0)
+    ok = n_obs >= 2
+    np.testing.assert_array_equal(acc.count, n_obs)
+    np.testing.assert_allclose(out[ok], pts[ok], atol=1e-9)
+    assert np.isnan(out[~ok]).all()
+    # Four views; one observation of some pixels 3 px off across the epipolar line. Least squares spreads
+    # it (residual 2.25 px there, 0.75 px in the others), the residual check drops just that observation
+    # and the point comes back exactly from the other three.
+    cams4 = _cameras((0.0, 4.0, 8.0, 12.0))
+    bad = rng.choice(len(pts), 300, replace=False)
+    acc2 = NormalEquations(len(pts), keep_observations=True)
+    for k, cam in enumerate(cams4):
+        xy = cam.project(pts)
+        if k == 2:
+            xy[bad] += [0.0, 3.0]
+        acc2.add_view(cam, xy, np.ones(len(pts), bool))
+    first = acc2.solve()
+    assert np.abs(first[bad] - pts[bad]).max() > 0.3  # 0.75 px of 0.5 µm
+    assert acc2.reject(first, threshold_px=1.0, keep_slots=(2,)) == 0  # a kept slot is never dropped
+    assert acc2.reject(first, threshold_px=1.0) == len(bad)
+    np.testing.assert_array_equal(acc2.count[bad], 3)
+    np.testing.assert_allclose(acc2.solve(), pts, atol=1e-4)  # observations are kept as float32
+
+
+def test_epipolar_distance_is_the_offset_across_the_line() -> None:
+    rng = np.random.default_rng(1)
+    ref, other = _cameras((0.0, 8.0))
+    pts = rng.uniform(-40, 40, size=(100, 3))
+    xr, xo = ref.project(pts), other.project(pts)
+    assert epipolar_distance_px(ref, other, xr, xo).max() < 1e-9
+    # Epipolar lines run along the image x axis for a tilt about y: a shift in y is a distance, in x not.
+    np.testing.assert_allclose(epipolar_distance_px(ref, other, xr, xo + [0.0, 0.7]), 0.7, atol=1e-6)
+    assert epipolar_distance_px(ref, other, xr, xo + [5.0, 0.0]).max() < 1e-6
+
+
+def test_outlier_removal_keeps_rough_relief_above_the_matching_floor_and_drops_spikes() -> None:
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[0:200, 0:200]
+    # Fine relief (period 4 px, amplitude 3) plus small noise: the 5×5 median misses the relief.
+    depth = (3.0 * np.sin(xx * np.pi / 2) + rng.normal(0, 0.05, xx.shape)).astype(np.float32)
+    spikes = rng.random(depth.shape) < 0.002
+    depth[spikes] += 60.0
+    depth[:5] = np.nan
+    kept_plain = remove_grid_outliers(depth, std_ratio=3.0, floor=0.0)
+    kept = remove_grid_outliers(depth, std_ratio=3.0, floor=10.0)
+    relief = np.isfinite(depth) & ~spikes
+    assert not kept[spikes].any() and not kept_plain[spikes].any()
+    assert kept[relief].mean() > 0.999
+    assert kept_plain[relief].mean() < kept[relief].mean()  # without the floor, real relief is lost
+    assert not kept[:5].any()
+
+
+def test_grain_mesh_step_bounds_the_cell_count() -> None:
+    assert grain_mesh_step(50_000, 0.5, max_cells=120_000) == 0.5
+    step = grain_mesh_step(700_000, 1.0, max_cells=120_000)
+    assert step == 3.0 and 700_000 / step**2 <= 120_000
+
+
+def test_mesh_writers_round_trip(tmp_path) -> None:
+    sphere = trimesh.creation.icosphere(subdivisions=3, radius=2.0)
+    ply = write_mesh_ply(tmp_path / "s.ply", sphere.vertices, sphere.faces, comments=["unit px"])
+    data = PlyData.read(str(ply))
+    v = np.column_stack([data["vertex"][a] for a in "xyz"])
+    f = np.vstack(data["face"]["vertex_indices"])
+    np.testing.assert_array_equal(v, sphere.vertices)
+    np.testing.assert_array_equal(f, sphere.faces)
+    assert "unit px" in data.comments
+    stl = trimesh.load(str(write_stl(tmp_path / "s.stl", sphere.vertices, sphere.faces)), force="mesh")
+    assert stl.is_watertight
+    assert stl.volume == pytest.approx(sphere.volume, rel=1e-5)
+    np.testing.assert_allclose(stl.face_normals, sphere.face_normals, atol=1e-5)
+    with pytest.raises(TopographError, match="outside its vertex list"):
+        write_mesh_ply(tmp_path / "b.ply", sphere.vertices, sphere.faces + len(sphere.vertices))
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_splat_keeps_the_point_nearest_the_viewer(tmp_path) -> None:
+    # Two points on one line of sight from above: the higher one (nearer the viewer) must win.
+    xyz = np.array([[0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.5], [-1.0, -1.0, 0.5]])
+    values = np.array([0.1, 0.9, 0.5, 0.5])
+    basis = view_basis(90.0, -90.0)
+    img = splat_orthographic(xyz, values, basis, centre=np.zeros(3), half_extent=1.5, size_px=31, splat_px=1)
+    assert img[15, 15] == pytest.approx(0.9)
+    assert np.isfinite(img).sum() == 3
+    # The same from below: the lower point wins.
+    img = splat_orthographic(xyz, values, view_basis(-90.0, -90.0), np.zeros(3), 1.5, 31, 1)
+    assert img[15, 15] == pytest.approx(0.1)
+    rng = np.random.default_rng(3)
+    cloud = rng.normal(size=(300_000, 3))
+    out = render_cloud_views(cloud, None, tmp_path / "v.png", unit="px")
+    import matplotlib.image as mpimg
+
+    assert mpimg.imread(out).shape[1] > 1.5 * mpimg.imread(out).shape[0]

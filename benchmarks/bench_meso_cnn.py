@@ -141,9 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         worker(name, Path(data_dir), Path(out), VARIANTS[name.split("+")[0]], args.worker_profile)
         return 0
 
-    from _measure import LAST_CPU_S, run_measured  # noqa: F401
-
     import _measure
+    from _measure import run_measured
 
     size = tuple(int(v) for v in args.size.lower().split("x"))
     raster = tuple(int(v) for v in args.raster.lower().split("x"))

@@ -17,7 +17,7 @@ from topograph.meso.batching import (
 )
 from topograph.meso.config import LearningRates, LevelConfig, LossConfig
 from topograph.meso.functional.splat import normalise_splat, splat_bilinear
-from topograph.meso.solver import BatchingConfig, RobustConfig, batch_at, solve_round
+from topograph.meso.solver import BatchingConfig, RobustConfig, batch_at, effective_batch_size, solve_round
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 _ = one_thread
@@ -111,3 +111,14 @@ def test_batched_round_registers_the_images():
     assert not torch.equal(batch_at(0, 6, 2, 0, 0), batch_at(3, 6, 2, 0, 0)) or not torch.equal(
         batch_at(1, 6, 2, 0, 0), batch_at(4, 6, 2, 0, 0)
     )
+
+
+def test_automatic_batch_size_bounds_the_step_memory():
+    cfg = BatchingConfig(batch_size=0, max_step_mb=100.0)
+    per_image = 30 * 2**20  # 30 MB per image and step
+    assert effective_batch_size(cfg, 2, per_image) == 2  # fits: every image in every step
+    assert effective_batch_size(cfg, 21, per_image) == 3  # 3 x 30 MB <= 100 MB
+    assert effective_batch_size(cfg, 42, per_image) == 3  # twice the images, same step memory
+    assert effective_batch_size(cfg, 5, 500 * 2**20) == 1
+    assert effective_batch_size(BatchingConfig(batch_size=4), 21, per_image) == 4
+    assert effective_batch_size(BatchingConfig(batch_size=40), 21, per_image) == 21

@@ -131,3 +131,48 @@ def test_set_maps_rebases_the_heights_without_touching_the_weights():
     assert torch.allclose(cnn(torch.zeros(3, 3, 32, 48)), target, atol=1e-5)
     assert all(torch.equal(a, b) for a, b in zip(weights, cnn.net.parameters(), strict=True))
     assert "correction" in cnn.state_dict()
+
+
+def test_tiny_network_inputs_are_padded_to_a_usable_bottleneck():
+    cnn = HeightCNN(2, (64, 48), (8, 8, 8, 8, 8), downsample=8, seed=0)  # 8 x 6 input, 5 halvings
+    cnn.set_inputs(_images(2, (64, 48)))
+    torch.nn.init.normal_(cnn.net.head.weight, std=0.5)
+    out = cnn(torch.zeros(2, 3, 12, 16))
+    assert out.shape == (2, 1, 12, 16) and bool(torch.isfinite(out).all())
+
+
+def test_levelling_a_cnn_model_equals_levelling_its_explicit_maps():
+    """The gauge fix (dominant plane -> h = 0) moves the cameras and rebases the CNN's heights exactly as
+    it does for explicit height maps holding the same heights; the network weights stay as they are."""
+    from topograph.meso.config import MesoConfig
+    from topograph.meso.reconstruct import build_model, level_to_dominant_plane
+
+    n, size = 4, (96, 64)
+    rng = np.random.default_rng(2)
+    positions = rng.normal(0.0, 10.0, (n, 2))
+    cfg = MesoConfig()
+    cfg.distortion.model = "none"
+    cfg.heights.cnn_filters, cfg.heights.cnn_downsample = (8, 8, 8), 2
+    cnn_model = build_model(n, size, 120.0, positions, cfg)
+    cnn = cnn_model.heights
+    assert isinstance(cnn, HeightCNN)
+    cnn.set_inputs(_images(n, size))
+    torch.nn.init.normal_(cnn.net.head.weight, std=0.5)
+    cfg.heights.model, cfg.heights.downsample = "tv", 2
+    tv_model = build_model(n, size, 120.0, positions, cfg)
+    with torch.no_grad():
+        tv_model.pose.tilt.copy_(torch.as_tensor(rng.normal(0.0, 0.01, (n, 2)), dtype=torch.float32))
+        cnn_model.pose.tilt.copy_(tv_model.pose.tilt)
+        tv_model.heights.maps.copy_(cnn.maps)
+    assert float(cnn.maps.abs().max()) > 1.0
+    weights = [p.detach().clone() for p in cnn.net.parameters()]
+    before = cnn.maps
+    plane = (0.01, -0.006, 0.5)
+    level_to_dominant_plane(cnn_model, plane, size)
+    level_to_dominant_plane(tv_model, plane, size)
+    assert cnn_model.heights is cnn
+    for name in ("position", "log_scale", "tilt"):
+        assert torch.allclose(getattr(cnn_model.pose, name), getattr(tv_model.pose, name), atol=1e-6), name
+    assert torch.allclose(cnn.maps, tv_model.heights.maps, atol=1e-5)
+    assert float((cnn.maps - before).abs().max()) > 0.4  # the heights did change (plane offset 0.5 and slopes)
+    assert all(torch.equal(a, b) for a, b in zip(weights, cnn.net.parameters(), strict=True))

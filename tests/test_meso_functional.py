@@ -42,6 +42,7 @@ def model_at_truth(truth, projection="expansion"):
     unit = truth.gsd_mm * math.exp(np.mean(np.log(truth.heights_mm / truth.heights_mm[0])))
     cfg = MesoConfig()
     cfg.model.projection = projection
+    cfg.heights.model = "tv"  # explicit maps (the CNN's levelling is tested in test_meso_cnn.py)
     m = build_model(n, truth.image_size, truth.focal_px, truth.positions_mm / unit, cfg)
     with torch.no_grad():
         m.pose.log_scale.copy_(torch.tensor(np.log(truth.heights_mm / unit / truth.focal_px)))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 
 import typer
@@ -58,6 +60,37 @@ def parse_sets(items: list[str] | None) -> dict[str, str]:
     return out
 
 
+def parse_regularizer(text: str | None) -> str | None:
+    """``--regularizer``: ``cnn`` or ``tv`` (case-insensitive)."""
+    if text is None:
+        return None
+    value = text.strip().lower()
+    if value not in ("cnn", "tv"):
+        raise TopographError(f"--regularizer must be cnn or tv, got '{text}'", "e.g. --regularizer tv")
+    return value
+
+
+def parse_cnn(text: str | None) -> list[int] | None:
+    """``--cnn 16,16,16,32,32`` -> filter counts of the CNN's down blocks (clear error otherwise)."""
+    if text is None:
+        return None
+    from topograph.meso.models.cnn import parse_filters
+
+    try:
+        return list(parse_filters(text))
+    except ValueError as exc:
+        raise TopographError(
+            f"--cnn needs positive integer filter counts, got '{text}'", "e.g. --cnn 16,16,16,32,32"
+        ) from exc
+
+
+def check_non_negative(value: float | None, flag: str, example: str) -> float | None:
+    """``value`` if it is None or >= 0, else a one-line error naming ``flag``."""
+    if value is not None and value < 0:
+        raise TopographError(f"{flag} must be >= 0, got {value:g}", f"e.g. {flag} {example}")
+    return value
+
+
 def register(app: typer.Typer, synth_app: typer.Typer) -> None:
     @app.command("meso")
     def meso_command(
@@ -78,6 +111,19 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             None, "--scale-distance-mm", help="... and their distance in mm."
         ),
         reference_image: int | None = typer.Option(None, "--reference-image", help="Index of the reference image (0)."),
+        regularizer: str | None = typer.Option(
+            None, "--regularizer", help="Height maps: cnn (default, untrained CNN prior) or tv (total variation)."
+        ),
+        cnn: str | None = typer.Option(
+            None, "--cnn", help="Filters of the CNN's down blocks, e.g. 16,16,16,32,32 (the default)."
+        ),
+        tv_weight: float | None = typer.Option(None, "--tv-weight", help="Total-variation weight (with tv; 2e-5)."),
+        batch_size: int | None = typer.Option(
+            None, "--batch-size", help="Images per step (0 = automatic from the memory budget; default)."
+        ),
+        resume: bool = typer.Option(
+            False, "--resume", help="Continue an interrupted run from OUT/checkpoint.pt (same images and options)."
+        ),
         distortion: str | None = typer.Option(None, "--distortion", help="piecewise (default), poly or none."),
         init: str | None = typer.Option(None, "--init", help="Initial positions: auto (default), zero or xcorr."),
         rectification: str | None = typer.Option(None, "--rectification", help="ortho (default) or reference (Eq. 6)."),
@@ -104,6 +150,10 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
                 "scale.scale_points": parse_points(scale_points),
                 "scale.scale_distance_mm": scale_distance_mm,
                 "scale.reference_image": reference_image,
+                "heights.model": parse_regularizer(regularizer),
+                "heights.cnn_filters": parse_cnn(cnn),
+                "loss.tv_weight": check_non_negative(tv_weight, "--tv-weight", "2e-5"),
+                "batching.batch_size": check_non_negative(batch_size, "--batch-size", "6"),
                 "distortion.model": distortion,
                 "init.method": init,
                 "model.rectification": rectification,
@@ -114,7 +164,14 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             },
         )
         paths = expand_images(images)
-        rec, files = run_meso(paths, out, cfg, NullProgress() if no_progress else RichProgress())
+        rec, files = run_meso(
+            paths,
+            out,
+            cfg,
+            NullProgress() if no_progress else RichProgress(),
+            command=shlex.join(["topograph", *sys.argv[1:]]),
+            resume=resume,
+        )
         table = Table(title="Cameras", title_justify="left")
         for col in ("#", "image", "x", "y", "height", "tilt °", "angle °"):
             table.add_column(col, justify="right")

@@ -1,51 +1,20 @@
-"""The optimisation engine: level data, the stitching loss, one round of Adam, the final mosaic.
+"""Shared pieces of the engine: pixel coordinates, grids, loss terms and the final full-resolution mosaic.
 
-Each iteration back-projects every pixel of every image (RGB + camera-centric height), splats all of them
-onto a common grid (the reconstruction ``B``, paper Eq. 9), samples ``B`` back at the same coordinates
-(the prediction) and minimises the mismatch (Eq. 10). ``B`` is built without gradients (Eq. 11: the
-reconstruction is a temporarily static reference), so gradients reach the parameters only through the
-sampling coordinates and the pixel values.
+The optimisation itself (batches, running reconstruction, rollback) is :mod:`topograph.meso.solver`; the
+rounds and checkpoints are :mod:`topograph.meso.rounds`. The mosaic splats every back-projected pixel
+(RGB + camera-centric height) onto one grid (the reconstruction ``B`` of paper Eq. 9).
 """
 
 from __future__ import annotations
 
-import logging
-import math
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
-from topograph.meso.config import LearningRates, LevelConfig, LossConfig
-from topograph.meso.functional.splat import GridSpec, normalise_splat, sample_normalised, splat_bilinear
+from topograph.meso.functional.splat import GridSpec, normalise_splat, splat_bilinear
 from topograph.meso.models.camera import MesoModel
-from topograph.meso.optim.optimizer import build_optimizer
-from topograph.meso.progress import NullProgress, ProgressSink
-
-log = logging.getLogger("topograph")
-
-
-@dataclass
-class LevelData:
-    """Images of one round on the compute device.
-
-    ``pixels`` (N, P, 3) float32 in [0, 1]; ``uv`` (P, 2) the full-resolution pixel coordinates of the
-    downsampled pixel centres; ``shape`` ``(h, w)`` of the downsampled images; ``downsample`` the factor.
-    """
-
-    pixels: Tensor
-    uv: Tensor
-    shape: tuple[int, int]
-    downsample: int
-
-    @property
-    def images(self) -> Tensor:
-        """(N, 3, h, w) view of ``pixels``."""
-        n = self.pixels.shape[0]
-        h, w = self.shape
-        return self.pixels.view(n, h, w, 3).permute(0, 3, 1, 2)
 
 
 def pixel_coordinates(full_size: tuple[int, int], shape: tuple[int, int], device: torch.device | str = "cpu") -> Tensor:
@@ -66,20 +35,6 @@ def pixel_coordinates(full_size: tuple[int, int], shape: tuple[int, int], device
     return torch.stack((uu.reshape(-1), vv.reshape(-1)), dim=1)
 
 
-def make_level(pixels: np.ndarray, downsample: int, device: torch.device | str = "cpu") -> LevelData:
-    """Downsample (N, H, W, 3) uint8 images by ``downsample`` (area averaging) into a :class:`LevelData`."""
-    n, h_full, w_full = pixels.shape[:3]
-    h, w = max(2, round(h_full / downsample)), max(2, round(w_full / downsample))
-    out = np.empty((n, h, w, 3), dtype=np.float32)
-    for i in range(n):
-        img = pixels[i].astype(np.float32) / 255.0
-        out[i] = img if (h, w) == (h_full, w_full) else cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-    t = torch.from_numpy(out).to(device).view(n, h * w, 3)
-    return LevelData(
-        pixels=t, uv=pixel_coordinates((w_full, h_full), (h, w), device), shape=(h, w), downsample=downsample
-    )
-
-
 def grid_around(points: Tensor, cell: float, margin_cells: int = 2) -> GridSpec:
     """The smallest grid of spacing ``cell`` (origin on a multiple of ``cell``) containing ``points``."""
     flat = points.detach().reshape(-1, 2)
@@ -97,142 +52,6 @@ class LossTerms:
     mse_rgb: float
     mse_height: float
     tv: float
-
-
-def compute_loss(
-    model: MesoModel,
-    data: LevelData,
-    loss: LossConfig,
-    with_regulariser: bool,
-    robust_scale: float = 0.0,
-    grid_cell: float = 1.0,
-) -> LossTerms:
-    """The stitching loss of all images: MSE(RGB) + lambda_h MSE(height) + lambda_TV TV (Eqs. 9-10).
-
-    Args:
-        model: the deformation model.
-        data: this round's images.
-        loss: weights.
-        with_regulariser: add the height regulariser (only when heights are trained).
-        grid_cell: reconstruction grid spacing as a fraction of the round's pixel spacing. A grid finer
-            than the pixels keeps the reconstruction sharp; with the normalised sampling below, cells
-            no sample reached do not bias the prediction.
-        robust_scale: if > 0, the RGB term is the Cauchy loss ``c^2 log(1 + |r|^2 / c^2)`` of each pixel's
-            residual (summed over channels, divided by 3), which equals the MSE for small residuals.
-
-    Returns:
-        The loss terms.
-
-    The prediction is the normalised bilinear sample of the splat: ``sample(sums) / sample(weights)``,
-    i.e. the reconstruction (Eq. 9) read back at the same coordinates (exactly so where the weights are
-    smooth).
-    """
-    n = data.pixels.shape[0]
-    heights = model.heights(data.images).reshape(n, -1)
-    pts = model.object_points(data.uv, heights)
-    grid = grid_around(pts, float(data.downsample) * grid_cell)
-    g = grid.to_grid(pts).reshape(-1, 2)
-    rgb = model.pose.photometric(data.pixels)
-    values = torch.cat((rgb, heights.unsqueeze(-1)), dim=-1).reshape(-1, 4)
-    with torch.no_grad():
-        acc = splat_bilinear(g.detach(), values.detach(), grid.shape)
-    pred = sample_normalised(acc, g)
-    res = pred - values
-    sq = (res[:, :3] ** 2).sum(1)
-    mse_rgb = sq.mean() / 3.0
-    if robust_scale > 0:
-        c2 = 3.0 * robust_scale**2
-        data_term = (c2 * torch.log1p(sq / c2)).mean() / 3.0
-    else:
-        data_term = mse_rgb
-    mse_h = (res[:, 3] ** 2).mean()
-    import os
-
-    hd = float(os.environ.get("HUBER", "0"))
-    if hd > 0:
-        h_term = (2 * hd * hd * (torch.sqrt(1 + (res[:, 3] / hd) ** 2) - 1)).mean()
-    else:
-        h_term = mse_h
-    total = data_term + loss.height_weight * h_term
-    tv_val = 0.0
-    if with_regulariser:
-        tv = model.heights.regularization()
-        total = total + loss.tv_weight * tv
-        tv_val = float(tv.detach())
-    return LossTerms(total=total, mse_rgb=float(mse_rgb.detach()), mse_height=float(mse_h.detach()), tv=tv_val)
-
-
-def solve_level(
-    model: MesoModel,
-    data: LevelData,
-    level: LevelConfig,
-    lr: LearningRates,
-    loss: LossConfig,
-    history: list[dict],
-    progress: ProgressSink | None = None,
-    checkpoint_every: int = 25,
-    grid_cell: float = 1.0,
-) -> MesoModel:
-    """Optimise one coarse-to-fine round with Adam and exponentially decaying learning rates.
-
-    Divergence (a non-finite loss, or a loss above 10x the round's best) rolls the model back to the
-    last checkpoint and halves the learning rates.
-
-    Args:
-        model: modified in place.
-        data: the round's images.
-        level: the round (iterations, trained groups, learning-rate scale and decay).
-        lr: base learning rates.
-        loss: loss weights.
-        history: one dict per iteration is appended (level, iteration, loss terms).
-        progress: progress sink.
-        checkpoint_every: iterations between rollback checkpoints.
-        grid_cell: reconstruction grid spacing relative to the round's pixel spacing.
-
-    Returns:
-        The model.
-    """
-    progress = progress or NullProgress()
-    opt = build_optimizer(model.groups(), level.train, lr, level.lr_scale)
-    if opt is None or level.iterations == 0:
-        return model
-    gamma = level.lr_final ** (1.0 / max(1, level.iterations))
-    train_heights = "height" in level.train
-    best = math.inf
-    checkpoint = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    progress.start(f"{level.name} (1/{level.downsample})", level.iterations)
-    for it in range(level.iterations):
-        opt.zero_grad(set_to_none=True)
-        terms = compute_loss(model, data, loss, train_heights, level.robust_scale, grid_cell)
-        value = float(terms.total.detach())
-        if not math.isfinite(value) or value > 10.0 * best:
-            log.warning("round %s diverged at iteration %d (loss %.3g); rolling back", level.name, it, value)
-            model.load_state_dict(checkpoint)
-            for g in opt.param_groups:
-                g["lr"] *= 0.5
-            opt.state.clear()
-            progress.update(value)
-            continue
-        terms.total.backward()
-        opt.step()
-        for g in opt.param_groups:
-            g["lr"] *= gamma
-        best = min(best, value)
-        if (it + 1) % checkpoint_every == 0:
-            checkpoint = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        history.append(
-            {
-                "level": level.name,
-                "iteration": it,
-                "loss": value,
-                "mse_rgb": terms.mse_rgb,
-                "mse_height": terms.mse_height,
-                "tv": terms.tv,
-            }
-        )
-        progress.update(value)
-    log.info("round %s: loss %.4e (rgb %.4e)", level.name, history[-1]["loss"], history[-1]["mse_rgb"])
-    return model
 
 
 @torch.no_grad()

@@ -22,6 +22,7 @@ def run_meso(
     cfg: MesoConfig | None = None,
     progress: ProgressSink | None = None,
     command: str | None = None,
+    resume: bool = False,
 ) -> tuple[MesoReconstruction, dict[str, Path]]:
     """Reconstruct a phone sequence and write the orthomosaic, height map, mesh, cameras and figures.
 
@@ -31,6 +32,7 @@ def run_meso(
         cfg: configuration (defaults when None).
         progress: optional progress sink (e.g. :class:`topograph.meso.progress.RichProgress`).
         command: the command line, saved in summary.json and the report for reproducibility.
+        resume: continue an interrupted run from ``out_dir/checkpoint.pt`` (same images and settings).
 
     The files appear in ``out_dir`` only when everything was written (staged output), with
     ``report.html`` last.
@@ -42,7 +44,7 @@ def run_meso(
         TopographError: unreadable or inconsistent input, missing focal length, no overlap.
     """
     images = load_images(paths)
-    rec = reconstruct(images, cfg, progress)
+    rec = reconstruct(images, cfg, progress, checkpoint=Path(out_dir) / "checkpoint.pt", resume=resume)
     out = Path(out_dir)
     with staged_output(out) as tmp:
         staged = write_outputs(rec, tmp, command)

@@ -6,24 +6,27 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from topograph.errors import TopographError
+from topograph.meso.checkpoint import load_checkpoint
 from topograph.meso.config import LevelConfig, MesoConfig, validate_config
 from topograph.meso.data import check_inputs, resolve_intrinsics
-from topograph.meso.engine import LevelData, make_level, render_mosaic, solve_level
+from topograph.meso.engine import render_mosaic
 from topograph.meso.functional.scale import camera_heights_mm, magnification_from_points
 from topograph.meso.functional.splat import GridSpec
 from topograph.meso.gauge import fit_dominant_plane, level_model
 from topograph.meso.init_positions import InitialPositions, estimate_initial_positions
 from topograph.meso.models.camera import MesoModel
+from topograph.meso.models.cnn import HeightCNN, auto_downsample
 from topograph.meso.models.distortion import distortion_models
 from topograph.meso.models.heights import HeightMaps
-from topograph.meso.optim.coarse_to_fine import coarse_to_fine
 from topograph.meso.progress import NullProgress, ProgressSink
+from topograph.meso.rounds import config_fingerprint, run_rounds
 from topograph.meso.types import CameraEstimate, InputChecks, Intrinsics, MesoImages
 from topograph.types import HeightMap
 
@@ -108,6 +111,16 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def build_heights(n_images: int, image_size: tuple[int, int], cfg: MesoConfig) -> HeightMaps | HeightCNN:
+    """The configured camera-centric height model: :class:`HeightCNN` (``heights.model == "cnn"``, seeded
+    with ``cfg.seed``; call :meth:`HeightCNN.set_inputs` before use) or TV-regularised :class:`HeightMaps`."""
+    h = cfg.heights
+    if h.model == "tv":
+        return HeightMaps(n_images, image_size, h.downsample)
+    d = h.cnn_downsample if h.cnn_downsample > 0 else auto_downsample(image_size)
+    return HeightCNN(n_images, image_size, h.cnn_filters, downsample=d, checkpoint=h.cnn_checkpoint, seed=cfg.seed)
+
+
 def build_model(
     n_images: int, image_size: tuple[int, int], focal_px: float, positions: np.ndarray, cfg: MesoConfig
 ) -> MesoModel:
@@ -119,17 +132,48 @@ def build_model(
         n_knots=cfg.distortion.n_knots,
         poly_terms=cfg.distortion.poly_terms,
     )
-    heights = HeightMaps(n_images, image_size, cfg.heights.downsample)
     return MesoModel(
         n_images,
         focal_px,
         distortion,
-        heights,
+        build_heights(n_images, image_size, cfg),
         positions=torch.as_tensor(positions, dtype=torch.float32),
         rectification=cfg.model.rectification,
         projection=cfg.model.projection,
         reference_image=cfg.scale.reference_image,
     )
+
+
+def round_levels(cfg: MesoConfig, image_size: tuple[int, int]) -> tuple[LevelConfig, ...]:
+    """``cfg.schedule`` with each downsampling factor reduced so that the round's images keep a long side of
+    at least ``level.min_size`` pixels (``cfg.min_level_size`` when 0)."""
+    long_side = max(image_size)
+    return tuple(
+        replace(lvl, downsample=effective_downsample(lvl.downsample, long_side, lvl.min_size or cfg.min_level_size))
+        for lvl in cfg.schedule
+    )
+
+
+@torch.no_grad()
+def level_to_dominant_plane(model: MesoModel, plane: tuple[float, float, float], image_size: tuple[int, int]) -> None:
+    """:func:`topograph.meso.gauge.level_model` for either height model.
+
+    The gauge transformation rewrites explicit height maps; a CNN's heights are re-expressed by handing
+    its current maps to the transformation and storing the result as its fixed correction
+    (:meth:`HeightCNN.set_maps`; the network weights are unchanged).
+    """
+    heights = model.heights
+    if not isinstance(heights, HeightCNN):
+        level_model(model, plane, image_size)
+        return
+    proxy = HeightMaps(heights.n_images, image_size, heights.downsample).to(heights.correction.device)
+    proxy.maps.copy_(heights.maps)
+    model.heights = proxy
+    try:
+        level_model(model, plane, image_size)
+    finally:
+        model.heights = heights
+    heights.set_maps(proxy.maps)
 
 
 @torch.no_grad()
@@ -186,7 +230,11 @@ def camera_estimate(model: MesoModel, names: tuple[str, ...], scale: ScaleResult
 
 
 def reconstruct(
-    images: MesoImages, cfg: MesoConfig | None = None, progress: ProgressSink | None = None
+    images: MesoImages,
+    cfg: MesoConfig | None = None,
+    progress: ProgressSink | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
 ) -> MesoReconstruction:
     """Jointly register, stitch and rectify a phone sequence; return the orthomosaic and height map.
 
@@ -194,6 +242,10 @@ def reconstruct(
         images: the ordered images (at least 2, one size).
         cfg: configuration (defaults when None).
         progress: progress sink (e.g. :class:`topograph.meso.progress.RichProgress`).
+        checkpoint: file for resumable checkpoints (written atomically after every round and inside rounds
+            every ``robust.save_interval_s``); None = no file.
+        resume: continue the interrupted run saved in ``checkpoint`` (same images and settings); it ends
+            where the uninterrupted run ends.
 
     Returns:
         The reconstruction (mosaic, heights in micrometres when the scale is known, cameras, history).
@@ -201,18 +253,24 @@ def reconstruct(
     Raises:
         TopographError: bad input (see :func:`topograph.meso.data.load_images`,
             :func:`~topograph.meso.data.resolve_intrinsics`,
-            :func:`~topograph.meso.init_positions.estimate_initial_positions`).
+            :func:`~topograph.meso.init_positions.estimate_initial_positions`), or ``resume`` without a
+            checkpoint of this run.
     """
     cfg = cfg or MesoConfig()
     validate_config(cfg)
     if len(images) < 2:
         raise TopographError(f"the mesoscopic engine needs at least 2 images, got {len(images)}", "add images")
+    if resume and checkpoint is None:
+        raise TopographError("resuming needs a checkpoint file", "give the output folder of the earlier run")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     device = select_device(cfg.device)
     torch.set_num_threads(cfg.threads if cfg.threads > 0 else max(1, os.cpu_count() or 1))
     torch.manual_seed(cfg.seed)
     progress = progress or NullProgress()
+    fingerprint = config_fingerprint(images.names, images.pixels, cfg)
+    if resume:  # refuse a foreign checkpoint before the (slower) checks and initialisation
+        load_checkpoint(checkpoint, fingerprint)
 
     checks = check_inputs(images, cfg.checks)
     intrinsics = resolve_intrinsics(images, cfg.scale)
@@ -231,37 +289,41 @@ def reconstruct(
     timings["checks_init_s"] = time.perf_counter() - t0
 
     model = build_model(len(images), images.size, intrinsics.focal_px, init.positions, cfg).to(device)
-    history: list[dict[str, Any]] = []
-    cache: dict[int, LevelData] = {}
-
-    long_side = max(images.size)
-
-    def solve(level: LevelConfig, state: MesoModel) -> MesoModel:
-        d = effective_downsample(level.downsample, long_side, cfg.min_level_size)
-        if d != level.downsample:
-            level = replace(level, downsample=d)
-        if level.downsample not in cache:
-            cache.clear()
-            cache[level.downsample] = make_level(images.pixels, level.downsample, device)
-        t = time.perf_counter()
-        out = solve_level(
-            state, cache[level.downsample], level, cfg.lr, cfg.loss, history, progress, grid_cell=level.grid_cell
+    if isinstance(model.heights, HeightCNN):
+        model.heights.set_inputs(images.pixels)
+        log.info(
+            "heights: CNN %s on %dx%d inputs (%d weights)",
+            list(cfg.heights.cnn_filters),
+            model.heights.shape[1],
+            model.heights.shape[0],
+            model.heights.parameter_count(),
         )
-        timings[f"round_{level.name}_s"] = time.perf_counter() - t
-        return out
-
+    else:
+        log.info("heights: maps with total variation (weight %g)", cfg.loss.tv_weight)
+    history: list[dict[str, Any]] = []
     try:
-        model = coarse_to_fine(cfg.schedule, solve, model)
+        model = run_rounds(
+            model,
+            images.pixels,
+            cfg,
+            round_levels(cfg, images.size),
+            history,
+            timings,
+            progress,
+            device=device,
+            checkpoint=checkpoint,
+            resume=resume,
+            fingerprint=fingerprint,
+        )
     finally:
         progress.stop()
-    cache.clear()
     model.eval()
     t = time.perf_counter()
     if cfg.model.level_plane:
         coarse = 4.0 * cfg.output.downsample
         _, h_units, _, g = render_mosaic(model, images.pixels, coarse, None, device)
         plane = fit_dominant_plane(h_units, g)
-        level_model(model, plane, images.size)
+        level_to_dominant_plane(model, plane, images.size)
         log.info("levelled to the dominant plane: slopes %.2e, %.2e; offset %.3g units", *plane)
     scale = resolve_scale(model, intrinsics, cfg)
     ortho, height, weight, grid = render_mosaic(

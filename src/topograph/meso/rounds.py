@@ -9,8 +9,10 @@ iteration, so the resumed run ends where an uninterrupted run with the same seed
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,10 @@ import numpy as np
 import torch
 
 from topograph.config import to_dict
+from topograph.errors import TopographError
 from topograph.meso.batching import BatchedLevel, make_batched_level
 from topograph.meso.checkpoint import Checkpoint, RoundState, load_checkpoint, run_fingerprint, save_checkpoint
-from topograph.meso.config import LearningRates, MesoConfig
+from topograph.meso.config import LearningRates, LevelConfig, MesoConfig
 from topograph.meso.models.camera import MesoModel
 from topograph.meso.models.cnn import HeightCNN
 from topograph.meso.progress import NullProgress, ProgressSink
@@ -29,13 +32,22 @@ from topograph.meso.solver import solve_round
 
 log = logging.getLogger("topograph")
 
-_NOT_COMPUTATIONAL = ("threads", "device", "output")
+_NOT_COMPUTATIONAL = ("threads", "device", "output", "checks", "robust.save_interval_s")
+"""Settings that do not change the optimisation (a resumed run may change them)."""
 
 
-def config_fingerprint(names: tuple[str, ...], image_shape: tuple[int, ...], cfg: MesoConfig) -> str:
-    """Fingerprint of a run for checkpoints: images and every setting that changes the computation."""
-    data = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_COMPUTATIONAL}
-    return run_fingerprint(names, image_shape, data)
+def config_fingerprint(names: tuple[str, ...], pixels: np.ndarray, cfg: MesoConfig) -> str:
+    """Fingerprint of a run for checkpoints: the images (names, shape and a digest of a pixel subsample)
+    and every setting that changes the computation."""
+    data = to_dict(cfg)
+    for key in _NOT_COMPUTATIONAL:
+        *parents, leaf = key.split(".")
+        node = data
+        for k in parents:
+            node = node.get(k, {})
+        node.pop(leaf, None)
+    data["pixel_digest"] = hashlib.sha256(np.ascontiguousarray(pixels[:, ::7, ::7]).tobytes()).hexdigest()
+    return run_fingerprint(names, tuple(pixels.shape), data)
 
 
 def effective_learning_rates(cfg: MesoConfig, model: MesoModel) -> LearningRates:
@@ -49,6 +61,7 @@ def run_rounds(
     model: MesoModel,
     pixels: np.ndarray,
     cfg: MesoConfig,
+    levels: Sequence[LevelConfig],
     history: list[dict[str, Any]],
     timings: dict[str, float],
     progress: ProgressSink | None = None,
@@ -57,12 +70,13 @@ def run_rounds(
     resume: bool = False,
     fingerprint: str = "",
 ) -> MesoModel:
-    """Optimise ``model`` over every round of ``cfg.schedule``.
+    """Optimise ``model`` over ``levels`` with :func:`topograph.meso.solver.solve_round`, with checkpoints.
 
     Args:
         model: the deformation model (modified in place; loaded from the checkpoint when resuming).
         pixels: (N, H, W, 3) uint8 images.
-        cfg: configuration (schedule, learning rates, loss, batching, robustness, seed).
+        cfg: configuration (learning rates, loss, batching, robustness, seed).
+        levels: the rounds to run (``cfg.schedule``, possibly with adjusted downsampling factors).
         history: per-iteration records are appended (replaced by the checkpoint's when resuming).
         timings: ``round_<name>_s`` wall times are added.
         progress: progress sink.
@@ -81,18 +95,18 @@ def run_rounds(
     start_round, round_state = 0, None
     if resume:
         if checkpoint is None:
-            raise ValueError("resume needs a checkpoint path")
+            raise TopographError("resuming needs a checkpoint file", "give the output folder of the earlier run")
         ck = load_checkpoint(checkpoint, fingerprint)
         model.load_state_dict(ck.model)
         history[:] = ck.history
         start_round, round_state = ck.next_round, ck.round_state
-        where = "finished" if start_round >= len(cfg.schedule) else f"round {start_round}"
+        where = "finished" if start_round >= len(levels) else f"round {start_round}"
         if round_state is not None:
             where += f", iteration {round_state.iteration}"
         log.info("resuming from %s (%s)", checkpoint, where)
     lr = effective_learning_rates(cfg, model)
     cache: dict[int, BatchedLevel] = {}
-    for r, level in enumerate(cfg.schedule):
+    for r, level in enumerate(levels):
         if r < start_round:
             continue
         if level.downsample not in cache:

@@ -32,41 +32,14 @@ from topograph.meso.batching import (
     footprint_grid,
 )
 from topograph.meso.checkpoint import RoundState
-from topograph.meso.config import LearningRates, LevelConfig, LossConfig
+from topograph.meso.config import BatchingConfig, LearningRates, LevelConfig, LossConfig, RobustConfig
 from topograph.meso.models.camera import MesoModel
 from topograph.meso.optim.optimizer import build_optimizer
 from topograph.meso.progress import NullProgress, ProgressSink
 
 log = logging.getLogger("topograph")
 
-
-@dataclass
-class BatchingConfig:
-    """Batches across images with a running-average reconstruction (paper Sec. 3.4)."""
-
-    batch_size: int = 6
-    """Images per optimisation step; 0 (or at least the number of images) = every image each step."""
-    momentum: float = 0.5
-    """``m`` of Eq. 12: how much of the old reconstruction a batch keeps where it lands. Unused when one
-    batch holds every image (the reconstruction is then rebuilt each step, Eq. 9)."""
-
-
-@dataclass
-class RobustConfig:
-    """Divergence detection, rollback and checkpoints."""
-
-    checkpoint_every: int = 20
-    """Iterations between in-memory rollback checkpoints."""
-    explode_factor: float = 10.0
-    """A loss above this multiple of the round's lowest loss counts as divergence."""
-    max_height_fraction: float = 0.25
-    """A camera-centric height beyond this fraction of the mean camera height counts as divergence."""
-    lr_backoff: float = 0.5
-    """Learning rates are multiplied by this after each rollback."""
-    max_rollbacks: int = 8
-    """Rollbacks allowed per round before the round ends at its last good state."""
-    save_interval_s: float = 60.0
-    """Minimum seconds between checkpoint files on disk (0 = at every in-memory checkpoint)."""
+__all__ = ["BatchingConfig", "RobustConfig", "batch_at", "effective_batch_size", "solve_round"]
 
 
 def batch_at(iteration: int, n_images: int, batch_size: int, seed: int, round_index: int) -> torch.Tensor:
@@ -78,6 +51,31 @@ def batch_at(iteration: int, n_images: int, batch_size: int, seed: int, round_in
     epoch, k = divmod(iteration, n_batches)
     gen = torch.Generator().manual_seed(1_000_003 * (seed + 1) + 10_007 * round_index + epoch)
     return batch_order(n_images, batch_size, gen)[k]
+
+
+BYTES_PER_PIXEL = 330.0
+"""Measured peak working memory of one step per image pixel of the round (forward + backward of the
+back-projection, splatting and sampling; float32 on CPU)."""
+BYTES_PER_CNN_PIXEL = 1400.0
+"""Measured peak working memory per network-input pixel of the CNN [16,16,16,32,32] (forward + backward)."""
+
+
+def effective_batch_size(batching: BatchingConfig, n_images: int, bytes_per_image: float) -> int:
+    """Images per step: ``batching.batch_size`` if set, else as many as fit ``max_step_mb`` (at least 1);
+    a result equal to ``n_images`` means every image in every step."""
+    if batching.batch_size > 0:
+        return min(int(batching.batch_size), n_images)
+    fit = int(batching.max_step_mb * 2**20 // max(1.0, bytes_per_image))
+    return max(1, min(n_images, fit))
+
+
+def step_bytes_per_image(model: MesoModel, level: BatchedLevel, train_heights: bool) -> float:
+    """Estimated working memory of one image in one step (see :data:`BYTES_PER_PIXEL`)."""
+    out = BYTES_PER_PIXEL * level.uv.shape[0]
+    shape = getattr(model.heights, "shape", None)
+    if train_heights and isinstance(shape, tuple) and hasattr(model.heights, "net"):
+        out += BYTES_PER_CNN_PIXEL * shape[0] * shape[1]
+    return out
 
 
 def _finite_grads(opt: torch.optim.Optimizer) -> bool:
@@ -141,7 +139,8 @@ def solve_round(
         return model
     gamma = level_cfg.lr_final ** (1.0 / max(1, iterations))
     train_heights = "height" in level_cfg.train
-    all_in_one = batching.batch_size <= 0 or batching.batch_size >= n
+    batch_size = effective_batch_size(batching, n, step_bytes_per_image(model, level, train_heights))
+    all_in_one = batch_size >= n
     momentum = 0.0 if all_in_one else float(batching.momentum)
     recon = RunningReconstruction(
         footprint_grid(model, level, getattr(level_cfg, "grid_cell", 1.0)), 4, level.pixels.device
@@ -152,7 +151,7 @@ def solve_round(
         start, best, rollbacks = resume.iteration, resume.best, resume.rollbacks
     else:
         if not all_in_one:
-            fill_reconstruction(model, level, recon, batching.batch_size)
+            fill_reconstruction(model, level, recon, batch_size)
         start, best, rollbacks = 0, math.inf, 0
 
     def snapshot(it: int) -> _Snapshot:
@@ -172,10 +171,13 @@ def solve_round(
     with torch.no_grad():
         z_mean = float(model.camera_heights().mean())
     height_limit = robust.max_height_fraction * z_mean
+    log.info(
+        "round %s: %d images per step of %d%s", level_cfg.name, batch_size, n, "" if all_in_one else f", m={momentum}"
+    )
     progress.start(f"{level_cfg.name} (1/{level.downsample})", iterations - start)
     it = start
     while it < iterations:
-        index = batch_at(it, n, batching.batch_size, seed, round_index)
+        index = batch_at(it, n, batch_size, seed, round_index)
         opt.zero_grad(set_to_none=True)
         terms = batch_loss(model, level, index, recon, loss, momentum, train_heights, level_cfg.robust_scale)
         value = float(terms.total.detach())

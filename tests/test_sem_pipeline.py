@@ -129,6 +129,10 @@ def test_dense_reconstruction_of_rendered_grain(tmp_path: Path, tilts: tuple[flo
     assert abs(dense.metrics.volume / truth.true_volume_um3 - 1.0) < 0.05
     for name in ("dense.ply", "height_map.tif", "height_map.png", "grain_mesh.stl", "grain_mesh.ply", "report.html"):
         assert (out / name).is_file(), name
+    # Reprojection residual histograms: one curve per view, embedded in the report.
+    svg = (out / "figures" / "reprojection_residuals.svg").read_text()
+    assert svg.count("<polyline") == len(tilts)
+    assert "Reprojection residuals after bundle adjustment" in (out / "report.html").read_text()
 
 
 def test_quartz_sparse(quartz_dir: Path) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import base64
 import xml.etree.ElementTree as ET
 
+import numpy as np
 import pytest
 
-from topograph.report.svg_charts import bar_chart, line_chart, nice_ticks
+from topograph.report.svg_charts import bar_chart, histogram_svg, line_chart, nice_ticks
 
 NS = "{http://www.w3.org/2000/svg}"
 
@@ -46,3 +47,20 @@ def test_line_points_are_ordered_like_the_values():
     ys = [float(c.get("cy")) for c in circles[:3]]
     assert ys[0] < ys[1] < ys[2]  # SVG y grows downward: decreasing tilt goes down
     assert ys[1] - ys[0] == pytest.approx(ys[2] - ys[1], rel=1e-3)
+
+
+def test_histogram_draws_one_curve_per_view_peaking_where_its_samples_are():
+    rng = np.random.default_rng(0)
+    samples = {"view 0": rng.normal(0.3, 0.02, 2000).tolist(), "view 1": rng.normal(0.6, 0.02, 2000).tolist()}
+    root = ET.fromstring(histogram_svg(samples, "residual (px)", bins=20))
+    lines = list(root.iter(f"{NS}polyline"))
+    assert len(lines) == 2
+    # Heights of the polyline vertices: the highest vertex (smallest y) of each curve sits at its mean.
+    peaks = []
+    for line in lines:
+        pts = [tuple(map(float, p.split(","))) for p in line.get("points").split()]
+        peaks.append(min(pts, key=lambda p: p[1])[0])
+    assert peaks[0] < peaks[1]
+    xs = [tuple(map(float, p.split(","))) for p in lines[0].get("points").split()]
+    x_at = {round(c): k for k, c in enumerate(sorted({p[0] for p in xs}))}
+    assert len(x_at) == 20

@@ -64,6 +64,7 @@ _STAGE_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
 _OTHER_STAGE = "Other figures"
 _KNOWN_CAPTIONS = {
     "match_counts": "Match counts per image pair",
+    "reprojection_residuals": "Reprojection residuals after bundle adjustment, histogram per view",
     "height_map": "Height map",
     "height": "Height map (colour bar and scale bar)",
     "loss": "Loss curves of the coarse-to-fine rounds",

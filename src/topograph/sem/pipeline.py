@@ -290,7 +290,9 @@ def _uncertainty_summary(u: TiltUncertainty | None) -> dict[str, Any] | None:
 
 def write_outputs(run: SemRun, cfg: SemConfig, out: Path, command: str | None) -> None:
     """Write every artefact of a run into ``out`` (a staging folder)."""
+    from topograph.geometry.triangulation import reprojection_residuals
     from topograph.report.match_figures import draw_match_count_matrix, draw_matches
+    from topograph.report.svg_charts import histogram_svg
     from topograph.report.thumbnails import write_thumbnails
 
     recon = run.reconstruction
@@ -328,6 +330,12 @@ def write_outputs(run: SemRun, cfg: SemConfig, out: Path, command: str | None) -
             run.images[i].pixels, run.images[j].pixels, p.raw, figs / f"matches_{i}_{j}.png", inlier_mask=p.inlier_mask
         )
     draw_match_count_matrix(run.matches.counts, names, figs / "match_counts.png")
+    residual_px = np.linalg.norm(reprojection_residuals(recon.cameras, recon.points.xyz, recon.tracks), axis=2)
+    samples = {f"{f}: {names[f]}": [float(v) for v in residual_px[f] if np.isfinite(v)] for f in range(len(names))}
+    write_text(
+        figs / "reprojection_residuals.svg",
+        histogram_svg(samples, "reprojection residual after bundle adjustment (px)"),
+    )
     header = "," + ",".join(names)
     rows = [header] + [names[f] + "," + ",".join(str(int(c)) for c in run.matches.counts[f]) for f in range(len(names))]
     write_text(out / "match_counts.csv", "\n".join(rows) + "\n")

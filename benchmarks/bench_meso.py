@@ -6,6 +6,7 @@ prints wall time, peak RSS and the Table-1 / registration / distortion errors ag
 
     python benchmarks/bench_meso.py                       # default: 1000x750, 5x3 images, all cores
     python benchmarks/bench_meso.py --repeat 3 --compare-none
+    python benchmarks/bench_meso.py --config my_schedule.yaml   # any MesoConfig YAML (topograph config init meso)
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 
 
 def _child(args: dict, queue: mp.Queue) -> None:
+    from topograph.config import from_yaml
     from topograph.meso.config import MesoConfig
     from topograph.meso.evaluate import evaluate_synthetic
     from topograph.meso.pipeline import run_meso
@@ -28,7 +30,8 @@ def _child(args: dict, queue: mp.Queue) -> None:
 
     truth = make_meso_truth(MesoSynthConfig(**args["synth"]))
     paths = sorted(Path(args["images"]).glob("*.jpg"))
-    cfg = MesoConfig(threads=args["threads"])
+    cfg = from_yaml(MesoConfig, args["config"]) if args["config"] else MesoConfig()
+    cfg.threads = args["threads"]
     cfg.scale.magnification = float(truth.magnifications[0])
     cfg.distortion.model = args["distortion"]
     t0 = time.perf_counter()
@@ -48,6 +51,7 @@ def main() -> int:
     p.add_argument("--erode", type=int, default=4, help="region erosion in mosaic pixels for Table 1")
     p.add_argument("--compare-none", action="store_true", help="also run with --distortion none")
     p.add_argument("--workdir", type=Path, default=None, help="keep data and outputs here")
+    p.add_argument("--config", type=Path, default=None, help="MesoConfig YAML for every run (default: the defaults)")
     a = p.parse_args()
 
     from topograph.synth.meso import MesoSynthConfig, render_meso_sequence, write_meso_dataset
@@ -76,6 +80,7 @@ def main() -> int:
                 "threads": a.threads,
                 "distortion": variant,
                 "erode": a.erode,
+                "config": str(a.config) if a.config else None,
             }
             proc = ctx.Process(target=_child, args=(args, q))
             proc.start()

@@ -225,9 +225,8 @@ else:
     schedule = (
         LevelConfig("shift", downsample=4, iterations=40, train=("position",), lr_scale=4.0),
         LevelConfig("camera", downsample=2, iterations=100, train=camera_groups, lr_scale=2.0),
-        LevelConfig("height", downsample=2, iterations=150, train=(*camera_groups, "height")),
-        LevelConfig("final", downsample=1, iterations=40, train=(*camera_groups, "height"), lr_scale=0.5),
-    )
+        LevelConfig("height", downsample=2, iterations=190, train=(*camera_groups, "height")),
+    )  # no round after the heights: a fresh optimiser state restarts the CNN and lowers its heights
 cfg = replace(cfg, schedule=schedule)
 print_table(
     [

@@ -42,6 +42,10 @@ class LevelConfig:
     """Multiplies every learning rate in this round."""
     lr_final: float = 0.05
     """Learning rates decay exponentially to this fraction of their start value over the round."""
+    warmup_iterations: int = 0
+    """Scale the first steps of the round by ``(k + 1) / warmup_iterations`` (linear warm-up; 0 = none).
+    A round's Adam state starts empty, so its first steps move every trained weight by about its learning
+    rate; a round that continues training a CNN needs a warm-up not to kick the heights."""
     grid_cell: float = 1.0
     """Reconstruction grid spacing as a fraction of the round's pixel spacing. 1 gives a smooth reference
     with a wide capture range (early rounds); 0.5 a sharp one, needed for unbiased heights."""

@@ -138,6 +138,7 @@ def solve_round(
     if opt is None or iterations == 0:
         return model
     gamma = level_cfg.lr_final ** (1.0 / max(1, iterations))
+    warmup = int(getattr(level_cfg, "warmup_iterations", 0))
     train_heights = "height" in level_cfg.train
     batch_size = effective_batch_size(batching, n, step_bytes_per_image(model, level, train_heights))
     all_in_one = batch_size >= n
@@ -214,9 +215,13 @@ def solve_round(
             it = snap.iteration
             progress.update(value)
             continue
+        warm = min(1.0, (it + 1) / warmup) if warmup > 0 else 1.0
+        if warm < 1.0:  # the stored rates stay undamped: checkpoints and rollbacks see the schedule's values
+            for g in opt.param_groups:
+                g["lr"] *= warm
         opt.step()
         for g in opt.param_groups:
-            g["lr"] *= gamma
+            g["lr"] *= gamma / warm
         best = min(best, value)
         history.append(
             {

@@ -25,6 +25,7 @@ from topograph.errors import TopographError
 from topograph.meso.batching import BatchedLevel, make_batched_level
 from topograph.meso.checkpoint import Checkpoint, RoundState, load_checkpoint, run_fingerprint, save_checkpoint
 from topograph.meso.config import LearningRates, LevelConfig, MesoConfig
+from topograph.meso.flow_heights import initialise_heights, measure_heights
 from topograph.meso.models.camera import MesoModel
 from topograph.meso.models.cnn import HeightCNN
 from topograph.meso.progress import NullProgress, ProgressSink
@@ -106,9 +107,17 @@ def run_rounds(
         log.info("resuming from %s (%s)", checkpoint, where)
     lr = effective_learning_rates(cfg, model)
     cache: dict[int, BatchedLevel] = {}
+    first_height_round = next((r for r, lvl in enumerate(levels) if "height" in lvl.train), None)
     for r, level in enumerate(levels):
         if r < start_round:
             continue
+        resumed_inside = r == start_round and round_state is not None
+        if r == first_height_round and cfg.heights.init == "flow" and not resumed_inside:
+            t = time.perf_counter()
+            measured = measure_heights(model, pixels, cfg.heights.flow, cfg.seed)
+            misfit = initialise_heights(model, measured, cfg.heights.fit_iterations, cfg.heights.fit_lr)
+            timings["height_init_s"] = time.perf_counter() - t
+            log.info("heights started from the flow measurement (fit misfit %.3g units)", misfit)
         if level.downsample not in cache:
             cache.clear()
             cache[level.downsample] = make_batched_level(pixels, level.downsample, device)

@@ -209,6 +209,12 @@ show(fig, "init")
 #    distortion;
 # 3. the camera-centric height maps too.
 #
+# Before the first round that trains the heights (`heights.init: flow`, the default), each photo is
+# matched densely (optical flow) to its neighbours after warping them through the object plane: what is
+# left is relief parallax. The cameras and the lens distortion are refined on these matches
+# (Levenberg-Marquardt, with the height of each match eliminated in closed form, Eqs. 4-5) and the
+# height maps measured from them, so the height round only refines.
+#
 # The default schedule (`topograph.meso.config.default_schedule`) is for ~1000-pixel photos; for these
 # small photos we use shorter rounds. Each iteration splats all photos onto a common grid, predicts
 # every photo from it and takes an Adam step on the difference.
@@ -225,7 +231,7 @@ else:
     schedule = (
         LevelConfig("shift", downsample=4, iterations=40, train=("position",), lr_scale=4.0),
         LevelConfig("camera", downsample=2, iterations=100, train=camera_groups, lr_scale=2.0),
-        LevelConfig("height", downsample=2, iterations=190, train=(*camera_groups, "height")),
+        LevelConfig("height", downsample=2, iterations=40, train=(*camera_groups, "height"), warmup_iterations=10),
     )  # no round after the heights: a fresh optimiser state restarts the CNN and lowers its heights
 cfg = replace(cfg, schedule=schedule)
 print_table(

@@ -26,6 +26,7 @@ PARAMETER_GROUPS: tuple[str, ...] = (
 """Names of the trainable parameter groups (see :class:`LearningRates` for their units)."""
 
 _CAMERA = ("position", "scale", "tilt", "angle", "gain", "bias", "focal", "distortion", "centre")
+_POSE = ("position", "scale", "tilt", "angle", "gain", "bias")
 
 
 @dataclass
@@ -66,19 +67,22 @@ def default_schedule() -> tuple[LevelConfig, ...]:
     """The default rounds for ~1000-pixel-wide images: shifts -> cameras and distortion -> heights
     (smaller images run the fine rounds at up to full resolution, see :data:`FINE_MIN_SIZE`).
 
-    Before the height round the heights are measured from dense flow and the cameras refined on it
-    (``heights.init: flow``), so the height round only refines: 40 iterations with a 10-iteration warm-up
-    (measured on 15 cut-cards images at 1000x750: 0.37 -> 0.34 GSD mean accuracy in 81 s; the same round
-    from flat heights needed 300 iterations and reached 1.14 GSD).
+    Before the height round the cameras are refined on dense flow matches and the heights measured from
+    them (``heights.init: flow``); that replaces the half-resolution camera round and most of the height
+    iterations of the photometric schedule. Measured on 15 cut-cards images at 1000x750
+    (docs/benchmarks.md): the flow step alone reaches 0.08 GSD mean accuracy and 0.1 px registration from
+    the quarter-resolution camera round; the photometric schedule (camera_fine 100 + height 300 iterations)
+    reached 1.14 GSD and 0.9 px in 706 s. The height round then refines poses and heights together for
+    40 iterations with a 10-iteration warm-up (its fresh Adam state would otherwise kick the CNN); it leaves
+    the lens alone: the dense matches determine it better than the half-resolution photometric loss
+    (trained there, the profile's error at the image corners grew from 0.1 to 0.66 px).
 
-    No round follows the height round: a fresh Adam state restarts every CNN weight with a full-size step,
-    and a short refinement round after it raised the loss and lowered the heights (measured on the
-    320x240 cut-cards phantom: RGB MSE 3.8e-4 -> 5.7e-4 over 40 iterations at half the learning rate)."""
+    No round follows the height round: a fresh Adam state restarts every CNN weight with a full-size step
+    (measured on the 320x240 cut-cards phantom: RGB MSE 3.8e-4 -> 5.7e-4 over 40 iterations)."""
     return (
         LevelConfig("shift", 8, 60, ("position",), lr_scale=4.0),
         LevelConfig("camera", 4, 150, _CAMERA, lr_scale=2.0),
-        LevelConfig("camera_fine", 2, 50, _CAMERA, min_size=FINE_MIN_SIZE),
-        LevelConfig("height", 2, 40, (*_CAMERA, "height"), warmup_iterations=10, min_size=FINE_MIN_SIZE),
+        LevelConfig("height", 2, 40, (*_POSE, "height"), warmup_iterations=10, min_size=FINE_MIN_SIZE),
     )
 
 
@@ -145,7 +149,7 @@ class FlowHeightConfig:
     """Matches per pair used by that refinement (a fixed random subset) ..."""
     refine_max_matches: int = 200_000
     """... and at most this many in all (its memory and time do not grow with the number of images)."""
-    flat_weight: float = 0.1
+    flat_weight: float = 0.3
     """Weight of the flat-scene prior of the refinement (fixes the dome ambiguity of radial distortion with
     near-parallel views; relief counts as an outlier of it, see ``refine_cameras``; 0 = none)."""
     passes: int = 1

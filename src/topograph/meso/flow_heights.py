@@ -299,7 +299,7 @@ def refine_cameras(
     per_pair: int = 2000,
     max_matches: int = 200_000,
     robust_px: float = 0.5,
-    flat_weight: float = 0.1,
+    flat_weight: float = 0.3,
     flat_px: float = 0.2,
     seed: int = 0,
 ) -> tuple[float, float]:
@@ -334,7 +334,10 @@ def refine_cameras(
     Returns:
         The RMS residual (object units) of the inlier matches (< 3 ``robust_px``) before and after.
     """
-    n_pairs = max(1, sum(1 for p in matches.pairs if len(p.flat_index)))
+    n_pairs = sum(1 for p in matches.pairs if len(p.flat_index))
+    if n_pairs == 0:
+        log.warning("no dense matches between the images: cameras not refined")
+        return float("nan"), float("nan")
     per_pair = max(50, min(int(per_pair), int(max_matches) // n_pairs))  # memory and time bounded in N
     uv_i, uv_j, ii, jj = _sample_matches(matches, per_pair, seed)
     device = model.log_focal.device

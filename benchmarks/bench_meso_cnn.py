@@ -95,6 +95,10 @@ def worker(variant: str, data_dir: Path, out: Path, overrides: dict[str, str], p
         (out / "profile.txt").parent.mkdir(parents=True, exist_ok=True)
         (out / "profile.txt").write_text(table)
     write_outputs(rec, out)
+    if variant == "cnn-x2":  # a memory run: the truth has one camera per distinct image, no Table 1 here
+        summary = {"variant": variant, "n_images": len(images), "reconstruct_s": recon_s, "timings_s": rec.timings}
+        (out / "bench.json").write_text(json.dumps(summary, indent=2))
+        return
     ev = evaluate_synthetic(rec, truth)
     t1 = ev.table1
     cards = [r for r in t1.regions if r.label != 0]
@@ -170,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
           "iterations | wall s | CPU s | peak RSS MB | load |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+        if r["exit"] == 0 and "accuracy_um" not in r:
+            print(f"| {r['variant']} | {r.get('n_images', '')} | (memory run) | | | | | {r['wall_s']:.0f} | "
+                  f"{r['cpu_s']:.0f} | {r['peak_mb']:.0f} | |")  # fmt: skip
+            continue
         if r["exit"] != 0 or "accuracy_um" not in r:
             print(f"| {r['variant']} | failed (exit {r['exit']}) | | | | | | {r['wall_s']:.0f} | | | |")
             continue

@@ -87,10 +87,16 @@ POSITIONS = np.array([[0.0, 0.0], [90.0, 0.0], [0.0, 70.0], [90.0, 70.0]])
 PAIRS = [(0, 1), (1, 0), (0, 2), (2, 0), (1, 3), (3, 1), (2, 3), (3, 2), (0, 3), (3, 0)]
 
 
-@torch.no_grad()
-def test_closed_form_height_is_exact():
+@pytest.fixture(scope="module")
+def exact():
     model = make_model(POSITIONS)
     matches, heights = exact_matches(model, PAIRS)
+    return model, matches, heights
+
+
+@torch.no_grad()
+def test_closed_form_height_is_exact(exact):
+    model, matches, heights = exact
     for p, h_true in zip(matches.pairs, heights, strict=True):
         k = len(p.flat_index)
         assert k > 1000
@@ -102,9 +108,8 @@ def test_closed_form_height_is_exact():
         assert float(across.abs().max()) < 2e-3
 
 
-def test_fused_maps_recover_the_card():
-    model = make_model(POSITIONS)
-    matches, _ = exact_matches(model, PAIRS)
+def test_fused_maps_recover_the_card(exact):
+    model, matches, _ = exact
     cfg = FlowHeightConfig(median_px=0)
     fh = flow_heights(model, matches, cfg)
     # image 0's pixels seeing the card: measured where its matches exist
@@ -114,9 +119,8 @@ def test_fused_maps_recover_the_card():
 
 
 @pytest.mark.parametrize("flat_weight", [0.0, 0.1])
-def test_refinement_recovers_cameras_from_exact_matches(flat_weight):
-    truth = make_model(POSITIONS)
-    matches, _ = exact_matches(truth, PAIRS)
+def test_refinement_recovers_cameras_from_exact_matches(exact, flat_weight):
+    _, matches, _ = exact
     model = make_model(POSITIONS, perturb=1.0)
     before, after = refine_cameras(model, matches, iterations=15, per_pair=1500, flat_weight=flat_weight)
     assert before > 0.2  # the perturbation is visible (object units ~ pixels)

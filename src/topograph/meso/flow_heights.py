@@ -239,7 +239,7 @@ def flow_matches(model: MesoModel, pixels: np.ndarray, cfg: FlowHeightConfig | N
             inside_t = _sample(inside.astype(np.float32), tx, ty)
             ok = (fb < cfg.fb_threshold_px) & (inside_t > 0.999) & np.isfinite(matched).all(-1)
             idx = np.flatnonzero(ok)
-            pairs.append(PairMatches(i, j, idx.astype(np.int64), matched.reshape(-1, 2)[idx]))
+            pairs.append(PairMatches(i, j, idx.astype(np.int32), matched.reshape(-1, 2)[idx]))  # 12 B per match
     seconds = time.perf_counter() - t0
     log.info(
         "flow matches: %d pairs at %dx%d, %.1f M matches, %.1f s",

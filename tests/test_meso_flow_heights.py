@@ -1,4 +1,4 @@
-"""Heights from dense flow and camera refinement on dense matches (topograph.meso.flow_heights).
+"""The flow step: dense-match geometry, camera refinement on the matches, heights measured from them.
 
 Exact synthetic correspondences: points of known height are projected into two or more cameras of a known
 model; the closed-form height of every match must come back exactly, and a perturbed model refined on the
@@ -12,17 +12,17 @@ import pytest
 import torch
 
 from topograph.meso.config import FlowHeightConfig, MesoConfig
-from topograph.meso.engine import pixel_coordinates
-from topograph.meso.flow_heights import (
+from topograph.meso.dense_matches import (
     FlowMatches,
     PairMatches,
     _affine_fit,
-    _pair_geometry,
     flow_downsample,
-    flow_heights,
     invert_flat,
-    refine_cameras,
+    pair_geometry,
 )
+from topograph.meso.engine import pixel_coordinates
+from topograph.meso.flow_heights import flow_heights
+from topograph.meso.match_refinement import refine_cameras
 from topograph.meso.reconstruct import build_model
 
 SIZE = (320, 240)
@@ -101,7 +101,7 @@ def test_closed_form_height_is_exact(exact):
         k = len(p.flat_index)
         assert k > 1000
         uv_i = torch.as_tensor(matches.uv[p.flat_index])
-        a, b = _pair_geometry(model, uv_i, torch.as_tensor(p.uv_j), torch.full((k,), p.i), torch.full((k,), p.j))
+        a, b = pair_geometry(model, uv_i, torch.as_tensor(p.uv_j), torch.full((k,), p.i), torch.full((k,), p.j))
         h = (a * b).sum(1) / (b * b).sum(1)
         across = (a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]) / torch.linalg.norm(b, dim=1)
         assert float((h - h_true).abs().max()) < 2e-3  # object units; the card is 6 units high

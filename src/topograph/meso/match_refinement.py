@@ -132,6 +132,7 @@ def refine_cameras(
         or [np.zeros(0, np.int64)]
     )
     dvec0 = dvec.clone()
+    z0 = cams[:, 2].numpy().copy()
     n_par = n_cam + 1 + dvec.numel()  # the focal column stays 0: the focal length is not refined
     c2 = robust_px**2
     rows = np.arange(len(ii))
@@ -251,8 +252,23 @@ def refine_cameras(
             break
     r, _ = evaluate(cams, focal, dvec, False)
     after = inlier_rms(r)
+    # A common factor of the camera heights is a gauge (undone by _write_back), but with few matches the
+    # solution can slide down it toward a collapsed frame where every residual vanishes: refused.
+    log_ratio = np.log(cams[:, 2].numpy() / z0)
+    shrink = float(np.exp(log_ratio.mean()))
+    spread = float(np.abs(log_ratio - log_ratio.mean()).max())
+    if not np.isfinite(after) or not 0.5 < shrink < 2.0 or spread > 0.2 or float(cams[:, 3:5].abs().max()) > 0.3:
+        log.warning(
+            "refinement on the dense matches degenerated (camera heights x%.2f, spread %.0f %%): kept the "
+            "cameras of the rounds", shrink, 100.0 * spread,
+        )  # fmt: skip
+        return before, before
+    log.debug("refinement: common camera-height factor %.4f (a gauge), spread %.4f", shrink, spread)
     _write_back(model, cams, focal, dvec)
-    log.info("cameras refined on flow matches: residual %.3f -> %.3f units (%d matches)", before, after, len(ii))
+    log.info(
+        "cameras refined on flow matches: residual %.3f -> %.3f units (%d matches; height factor %.3f)",
+        before, after, len(ii), shrink,
+    )  # fmt: skip
     return before, after
 
 

@@ -1,6 +1,7 @@
 """Dense SEM accuracy: topograph's multi-view fusion vs the plain two-view SGBM baseline, on rendered grains.
 
-    python benchmarks/bench_sem_dense.py [--seeds 21 22 23] [--size 600] [--set dense.fb_threshold_px=0.75]
+    python benchmarks/bench_sem_dense.py [--seeds 21 22 23] [--size 600] [--three-view-tilts=-10,0,10]
+        [--set dense.fb_threshold_px=0.75]
 
 Both methods use the same refined cameras (metadata tilts); both clouds are evaluated with the same code
 (rigid ICP alignment, distances of the points over the grain to the true surface, completeness of the
@@ -53,6 +54,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[21, 22, 23])
     ap.add_argument("--size", type=int, default=600)
     ap.add_argument("--views", type=int, nargs="+", default=[3, 5])
+    ap.add_argument("--three-view-tilts", default="0,5,10", help="tilts of the 3-view series, degrees (e.g. -10,0,10)")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides key=value (dense.fb_threshold_px=0.75)")
     args = ap.parse_args()
     overrides = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)}
@@ -60,7 +62,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for n_views in args.views:
-            tilts = (0.0, 5.0, 10.0) if n_views == 3 else (-10.0, -5.0, 0.0, 5.0, 10.0)
+            three = tuple(float(t) for t in args.three_view_tilts.split(","))
+            tilts = three if n_views == 3 else (-10.0, -5.0, 0.0, 5.0, 10.0)
             for seed in args.seeds:
                 ds = render_sem_series(
                     GrainSpec(seed=seed), tilts_deg=tilts, image_size=(args.size, args.size), seed=seed

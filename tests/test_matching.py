@@ -19,7 +19,7 @@ from topograph.errors import OptionalDependencyError, TopographError
 from topograph.matching import DenseConfig, Matcher, create_matcher, dense_flow, matchers
 from topograph.matching.dense import flow_to_matches
 from topograph.matching.roma import load_state_dict, normalized_to_pixels
-from topograph.matching.sift import SiftConfig, SiftMatcher, nearest_neighbours
+from topograph.matching.sift import SiftConfig, SiftMatcher, nearest_neighbours, root_sift
 from topograph.report.match_figures import draw_match_count_matrix, draw_matches, select_lines
 from topograph.types import Matches
 
@@ -149,10 +149,13 @@ def test_sift_downscaled_detection_maps_back_to_full_resolution(affine_pair):
     assert np.median(np.linalg.norm(d, axis=1)) < 0.5
 
 
-def test_nearest_neighbours_match_brute_force():
+@pytest.mark.parametrize("unit", [False, True], ids=["generic", "rootsift-unit-norm"])
+def test_nearest_neighbours_match_brute_force(unit: bool):
     rng = np.random.default_rng(3)
     da = rng.random((300, 16), dtype=np.float32)
     db = rng.random((250, 16), dtype=np.float32)
+    if unit:  # RootSIFT descriptors have unit L2 norm: the dot-product fast path
+        da, db = root_sift(da), root_sift(db)
     nn_ij, d1, d2, nn_ji = nearest_neighbours(da, db, chunk_size=64)
     full = np.linalg.norm(da[:, None, :] - db[None, :, :], axis=2)
     srt = np.sort(full, axis=1)

@@ -88,8 +88,12 @@ class DenseConfig:
     """Add independent observations through pairs without the reference view (x_b = x_a + u_ab(x_a))."""
     flow_passes: int = 2
     """Dense-flow passes (the second solves the residual flow after warping; removes smoothing bias)."""
-    flow_smoothness: float = 50.0
-    """Smoothness weight of the flow's variational refinement (OpenCV DIS alpha)."""
+    flow_smoothness: float = 100.0
+    """Smoothness weight of the flow's variational refinement (OpenCV DIS alpha). 100 instead of 50 and
+    patch stride 2 instead of 3 lower the median error on rendered grains by ~10 % (0/5/10°, 600 px:
+    0.157 → 0.139 % and 0.226 → 0.197 % of the diameter) for ~12 % more dense-stage time on quartz."""
+    flow_patch_stride: int = 2
+    """Spacing of the flow's DIS patches, px (2: each pixel's flow averages more overlapping patches)."""
     min_views: int = 2
     """A fused point needs at least this many views."""
     outlier_std_ratio: float = 3.0

@@ -170,6 +170,7 @@ def flow_config(cfg: DenseConfig) -> FlowConfig:
         fb_threshold_px=cfg.fb_threshold_px,
         passes=cfg.flow_passes,
         variational_refinement_alpha=cfg.flow_smoothness,
+        patch_stride=cfg.flow_patch_stride,
         variational_refinement_iterations=FLOW_VARIATIONAL_ITERATIONS,
         first_pass_variational_iterations=FLOW_FIRST_PASS_VARIATIONAL_ITERATIONS,
         refine_backward=FLOW_REFINE_BACKWARD,

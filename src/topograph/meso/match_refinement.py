@@ -254,7 +254,9 @@ def refine_cameras(
     after = inlier_rms(r)
     # A common factor of the camera heights is a gauge (undone by _write_back), but with few matches the
     # solution can slide down it toward a collapsed frame where every residual vanishes: refused.
-    log_ratio = np.log(cams[:, 2].numpy() / z0)
+    ratio = cams[:, 2].numpy() / z0
+    with np.errstate(invalid="ignore", divide="ignore"):  # a height at or below the object plane: NaN, refused
+        log_ratio = np.log(np.where(ratio > 0, ratio, np.nan))
     shrink = float(np.exp(log_ratio.mean()))
     spread = float(np.abs(log_ratio - log_ratio.mean()).max())
     if not np.isfinite(after) or not 0.5 < shrink < 2.0 or spread > 0.2 or float(cams[:, 3:5].abs().max()) > 0.3:

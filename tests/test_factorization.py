@@ -179,3 +179,20 @@ def test_tilt_angles_within_0_05_deg_at_half_pixel_noise_with_many_tracks(tilts:
     _, _, tracks = make_affine_scene(len(tilts), 60_000, tilts, noise_px=0.5, seed=3)
     res = factorize(tracks, model="scaled_orthographic")
     assert np.abs(res.relative_tilts_deg - _true_relative(tilts)).max() < 0.05
+
+
+def test_rotation_vector_matches_scipy_including_small_and_half_turn_angles():
+    from scipy.spatial.transform import Rotation
+
+    from topograph.geometry.factorization import rotation_vector
+
+    rots = Rotation.random(500, random_state=4)
+    for r in rots:
+        np.testing.assert_allclose(rotation_vector(r.as_matrix()), r.as_rotvec(), atol=1e-9)
+    for angle in (0.0, 1e-9, 1e-4, np.deg2rad(5.0), np.pi - 1e-8):
+        axis = np.array([0.3, -0.5, 0.81])
+        vec = angle * axis / np.linalg.norm(axis)
+        got = rotation_vector(Rotation.from_rotvec(vec).as_matrix())
+        if angle > np.pi - 1e-6:  # at a half turn the sign of the axis is arbitrary
+            got = got * np.sign(got @ vec)
+        np.testing.assert_allclose(got, vec, atol=1e-7)

@@ -188,7 +188,7 @@ def wrap_axis_deg(angle_deg: float) -> float:
     return 90.0 if a == -90.0 else a
 
 
-def _rotation_vector(rotation: np.ndarray) -> np.ndarray:
+def rotation_vector(rotation: np.ndarray) -> np.ndarray:
     """Axis-angle vector ``ω`` (3,) of a rotation matrix: ``θ = atan2(|v|, (tr R − 1) / 2)`` with
     ``v = vee(R − Rᵀ) / 2 = sin θ · axis`` (the logarithm map; scipy.spatial's Rotation would cost ~0.2 s of
     import time in a sparse run that needs nothing else from it). Near θ = π the axis is the dominant
@@ -223,7 +223,7 @@ def relative_tilts(cameras: Sequence[AffineCamera]) -> tuple[np.ndarray, float, 
     r1 = cameras[0].rotation
     # R_f R_1ᵀ maps camera-1 coordinates to camera-f coordinates: its rotation vector is in the camera
     # frame of view 1, whose x, y are the image axes of view 1
-    rotvecs = np.stack([_rotation_vector(c.rotation @ r1.T) for c in cameras])
+    rotvecs = np.stack([rotation_vector(c.rotation @ r1.T) for c in cameras])
     norms = np.linalg.norm(rotvecs, axis=1)
     ref = rotvecs[int(np.argmax(norms))]
     aligned = rotvecs * np.where(rotvecs @ ref >= 0, 1.0, -1.0)[:, None]

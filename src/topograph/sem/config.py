@@ -91,7 +91,7 @@ class DenseConfig:
     flow_smoothness: float = 100.0
     """Smoothness weight of the flow's variational refinement (OpenCV DIS alpha). 100 instead of 50 and
     patch stride 2 instead of 3 lower the median error on rendered grains by ~10 % (0/5/10°, 600 px:
-    0.157 → 0.139 % and 0.226 → 0.197 % of the diameter) for ~12 % more dense-stage time on quartz."""
+    0.157 → 0.139 % and 0.226 → 0.197 % of the diameter) for ~2.3 s more flow on quartz (docs/benchmarks.md)."""
     flow_patch_stride: int = 2
     """Spacing of the flow's DIS patches, px (2: each pixel's flow averages more overlapping patches)."""
     min_views: int = 2

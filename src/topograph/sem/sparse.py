@@ -331,12 +331,12 @@ def relative_tilts_deg(cameras: tuple[AffineCamera, ...]) -> np.ndarray:
     The relative rotation ``R_f R_1ᵀ`` is turned into axis–angle form; the sign is positive when its
     axis points along +x of the image (the convention of :mod:`topograph.geometry.factorization`).
     """
-    from topograph.geometry.factorization import _rotation_vector
+    from topograph.geometry.factorization import rotation_vector
 
     out = [0.0]
     r0 = cameras[0].rotation
     for c in cameras[1:]:
-        rv = _rotation_vector(c.rotation @ r0.T)
+        rv = rotation_vector(c.rotation @ r0.T)
         ang = float(np.rad2deg(np.linalg.norm(rv)))
         axis = rv / (np.linalg.norm(rv) + 1e-300)
         # Axis direction in the first view's image plane decides the sign.

@@ -163,3 +163,8 @@ def test_quartz_sparse(quartz_dir: Path) -> None:
     total = np.asarray(unc["total"])[np.argsort(np.abs(recon.tilts_deg))]
     assert np.all(np.abs(tilts[1:] - [4.73, 9.34]) < total[1:]), (tilts, total)
     assert any("depend on the image region" in w for w in run.warnings)
+    # A grain hundreds of px high: ~75 px of parallax between the outer views, far from the low-relief warning.
+    relief = run.summary["height_resolution"]
+    assert relief["height_resolution_px"] == pytest.approx(0.1 / np.sin(np.deg2rad(tilts[2])), rel=1e-6)
+    assert 40.0 < relief["relief_parallax_px"] < 120.0, relief
+    assert not any("little parallax" in w for w in run.warnings)

@@ -33,7 +33,7 @@ def load_sem_config(config: Path | None) -> SemConfig:
 
 def print_series_table(rows: list[dict]) -> None:
     table = Table(title="Input series", title_justify="left")
-    for col in ("#", "image", "size", "tilt °", "pixel µm", "WD mm", "vendor", "from"):
+    for col in ("#", "image", "size", "tilt °", "pixel µm", "WD mm", "focus", "vendor", "from"):
         table.add_column(col)
     for k, r in enumerate(rows):
         table.add_row(
@@ -43,6 +43,7 @@ def print_series_table(rows: list[dict]) -> None:
             _fmt(r.get("tilt_deg")),
             _fmt(r.get("pixel_size_um"), 5),
             _fmt(r.get("working_distance_mm")),
+            _fmt(r.get("sharpness"), 2),
             str(r.get("vendor") or "—"),
             str(r.get("source") or "—"),
         )

@@ -24,6 +24,7 @@ import numpy as np
 
 from topograph.errors import TopographError
 from topograph.io.databar import CropBox, apply_crop, choose_crop_rows
+from topograph.io.image_quality import blur_warnings, relative_sharpness
 from topograph.io.sem_metadata import MetadataReading, is_tiff, read_tiff_metadata
 from topograph.io.sidecar import TILT_CONFLICT_DEG, MetadataOverrides, Sidecar, load_sidecar, merge_metadata
 from topograph.types import ImageSet, SemImage, SemMetadata
@@ -417,6 +418,8 @@ def series_warnings(
                 f"field of view {field_mm:.3g} mm is {ratio:.2f} of the working distance {wd:.3g} mm "
                 f"(> {max_field_to_wd:g}): perspective is not negligible, the affine camera model is doubtful"
             )
+    if len(image_set) >= 2:  # noqa: PLR2004 - a focus comparison needs a second image
+        warnings += blur_warnings(image_set.names, relative_sharpness([im.pixels for im in image_set.images]))
     return warnings
 
 
@@ -425,10 +428,12 @@ def describe_series(image_set: ImageSet) -> list[dict[str, Any]]:
 
     Returns:
         Dicts with ``name``, ``size`` ("WxH" px after cropping), ``crop_rows``, ``tilt_deg``,
-        ``pixel_size_um``, ``working_distance_mm``, ``vendor`` and ``source`` ("field=origin, …").
+        ``pixel_size_um``, ``working_distance_mm``, ``vendor``, ``source`` ("field=origin, …") and
+        ``sharpness`` (focus measure relative to the series median, see :mod:`topograph.io.image_quality`).
     """
     rows = []
-    for im in image_set.images:
+    focus = relative_sharpness([im.pixels for im in image_set.images])
+    for im, rel_focus in zip(image_set.images, focus, strict=True):
         m = im.metadata
         rows.append(
             {
@@ -440,6 +445,7 @@ def describe_series(image_set: ImageSet) -> list[dict[str, Any]]:
                 "working_distance_mm": m.working_distance_mm,
                 "vendor": m.vendor,
                 "source": ", ".join(f"{k}={v}" for k, v in sorted(m.source.items())),
+                "sharpness": round(float(rel_focus), 3),
             }
         )
     return rows

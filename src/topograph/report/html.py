@@ -94,6 +94,7 @@ _SERIES_COLUMNS = (
     "working_distance_mm",
     "magnification",
     "beam_energy_kv",
+    "sharpness",
     "vendor",
     "source",
 )
@@ -106,6 +107,8 @@ _LABELS = {
     "pixel_size_um": "pixel (µm)",
     "working_distance_mm": "WD (mm)",
     "beam_energy_kv": "beam (kV)",
+    "sharpness": "focus (× series median)",
+    "height_resolution": "Height resolution and relief parallax",
 }
 
 

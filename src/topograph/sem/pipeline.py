@@ -30,6 +30,7 @@ from topograph.io.sidecar import MetadataOverrides
 from topograph.io.stage_cache import StageCache, fingerprint
 from topograph.io.staging import staged_output
 from topograph.sem.config import SemConfig
+from topograph.sem.relief import ReliefCheck, check_relief
 from topograph.sem.sparse import (
     CameraEstimate,
     SparseMatches,
@@ -62,6 +63,8 @@ class SemRun:
     summary: dict[str, Any] = field(default_factory=dict)
     tilt_uncertainty: TiltUncertainty | None = None
     """Statistical and systematic uncertainty of factorization tilts (None for metadata cameras)."""
+    relief: ReliefCheck | None = None
+    """Height resolution of the series and the parallax of the specimen's relief."""
     cached_stages: list[str] = field(default_factory=list)
     """Stages whose result came from the run folder's cache instead of being recomputed."""
 
@@ -182,6 +185,11 @@ def run_sem(
         tilt_error = factorization_tilt_uncertainty(recon, cfg)
         store.save("sparse", sparse_fp, (matches, cams, recon, tilt_error))
     _log_cameras(images, recon)
+    relief = check_relief(recon)
+    log.info(relief.describe(pixel_size))
+    if (low_parallax := relief.warning()) is not None:
+        warnings.append(low_parallax)
+        log.warning(low_parallax)
     if tilt_error is not None:
         log.info(tilt_error.describe())
         if not tilt_error.consistent:
@@ -196,6 +204,7 @@ def run_sem(
     run = SemRun(images, matches, cams, recon, pixel_size, unit, Path(out_dir) if out_dir else None, timings, warnings)
     run.cached_stages = store.hits
     run.tilt_uncertainty = tilt_error
+    run.relief = relief
 
     if cfg.dense.enabled:
         from topograph.sem.dense import run_dense
@@ -259,6 +268,7 @@ def build_summary(run: SemRun, cfg: SemConfig, command: str | None) -> dict[str,
         "tilt_axis_deg": run.cameras.tilt_axis_deg,
         "relative_tilts_deg": recon.tilts_deg,
         "relative_tilts_uncertainty_deg": _uncertainty_summary(run.tilt_uncertainty),
+        "height_resolution": run.relief.summary(run.pixel_size_um) if run.relief is not None else None,
         "scales": [c.scale for c in recon.cameras],
         "n_tracks": recon.tracks.n_tracks,
         "n_tracks_all_views": int(full.sum()),

@@ -336,7 +336,7 @@ def resolve_mirror(
     note = (
         f"{_MIRROR_NOTE}{'kept' if keep else 'mirrored'} ({reason}); relative tilts {np.round(tilts, 3).tolist()} deg"
     )
-    logger.info(note)
+    logger.debug(note)  # the caller reports the final branch with its notes (this runs once per candidate)
     return replace(result, cameras=cams, points=pts, relative_tilts_deg=tilts, notes=(*notes, note))
 
 

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from topograph.types import SemImage
+
 SHARPNESS_SMOOTHING_PX = 1.0
 """Gaussian σ applied before the Laplacian: pixel noise is suppressed ~8× in variance while a defocus of
 ≳ 1 px still lowers the measure (rendered grains: blur σ 1.0 / 1.5 / 2.0 px → 0.66 / 0.39 / 0.26 of a
@@ -27,9 +29,12 @@ def sharpness(pixels: np.ndarray, smoothing_px: float = SHARPNESS_SMOOTHING_PX) 
     return float(cv2.Laplacian(img, cv2.CV_32F, ksize=3).var()) / contrast
 
 
-def relative_sharpness(images: Sequence[np.ndarray]) -> np.ndarray:
-    """:func:`sharpness` of every image divided by the series median (1 = typical of the series)."""
-    s = np.array([sharpness(p) for p in images], dtype=float)
+def relative_sharpness(images: Sequence[np.ndarray] | Sequence[SemImage]) -> np.ndarray:
+    """:func:`sharpness` of every image divided by the series median (1 = typical of the series).
+
+    ``images``: pixel arrays, or :class:`~topograph.types.SemImage` (their cached ``sharpness`` is used).
+    """
+    s = np.array([im.sharpness if isinstance(im, SemImage) else sharpness(im) for im in images], dtype=float)
     med = float(np.median(s)) if len(s) else 0.0
     return s / med if med > 0 else np.ones_like(s)
 

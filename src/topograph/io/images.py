@@ -419,7 +419,7 @@ def series_warnings(
                 f"(> {max_field_to_wd:g}): perspective is not negligible, the affine camera model is doubtful"
             )
     if len(image_set) >= 2:  # noqa: PLR2004 - a focus comparison needs a second image
-        warnings += blur_warnings(image_set.names, relative_sharpness([im.pixels for im in image_set.images]))
+        warnings += blur_warnings(image_set.names, relative_sharpness(image_set.images))
     return warnings
 
 
@@ -432,7 +432,7 @@ def describe_series(image_set: ImageSet) -> list[dict[str, Any]]:
         ``sharpness`` (focus measure relative to the series median, see :mod:`topograph.io.image_quality`).
     """
     rows = []
-    focus = relative_sharpness([im.pixels for im in image_set.images])
+    focus = relative_sharpness(image_set.images)
     for im, rel_focus in zip(image_set.images, focus, strict=True):
         m = im.metadata
         rows.append(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from topograph.errors import TopographError
-from topograph.geometry.affine import camera_from_stage
+from topograph.geometry.affine import R0, camera_from_stage
 from topograph.geometry.factorization import factorize, mirror, relative_tilts, resolve_mirror
 from topograph.geometry.triangulation import reprojection_residuals
 from topograph.synth.scene import make_affine_scene
@@ -27,11 +27,11 @@ def test_exact_recovery_without_noise(tilts: list[float], model: str) -> None:
     res = factorize(tr, model, known_tilts_deg=tilts)
     assert np.abs(res.relative_tilts_deg - _true_relative(tilts)).max() < 1e-6
     assert abs(res.tilt_axis_deg - 25.0) < 1e-6
-    assert np.allclose(res.cameras[0].rotation, np.eye(3), atol=1e-12)
+    assert np.allclose(res.cameras[0].rotation, R0, atol=1e-12)  # world = stage frame of view 1
     assert np.allclose(res.scales, 1.0, atol=1e-9)
     assert res.rms_px.max() < 1e-8
-    # points = true points in the camera frame of view 1, centred
-    y = (pts - pts.mean(axis=0)) @ cams[0].rotation.T
+    # points = true points in the stage frame of view 1 (X' = R₀ R_1 X), centred
+    y = (pts - pts.mean(axis=0)) @ cams[0].rotation.T @ R0
     assert np.abs(res.points - y).max() < 1e-6
     assert all(abs(c.skew) < 1e-15 for c in res.cameras)
 
@@ -52,8 +52,8 @@ def test_tilt_angles_at_low_noise(tilts: list[float], model: str) -> None:
     [
         (SERIES[0], "scaled_orthographic", 0.20),
         (SERIES[0], "orthographic", 0.16),
-        (SERIES[1], "scaled_orthographic", 0.10),
-        (SERIES[2], "scaled_orthographic", 0.10),
+        (SERIES[1], "scaled_orthographic", 0.11),
+        (SERIES[2], "scaled_orthographic", 0.11),
         (SERIES[2], "orthographic", 0.07),
     ],
 )
@@ -65,7 +65,9 @@ def test_tilt_angles_at_half_pixel_noise_are_near_the_cramer_rao_bound(
     The Cramér–Rao bound (from the bundle-adjustment Jacobian at the truth) of the last view's tilt is
     0.19° (scaled orthographic) / 0.14° (orthographic) for 0/5/10° and 0.083° / 0.060° for −10…10°:
     with small tilts the tilt angle is only seen through the second-order (cos θ) foreshortening, so
-    0.05° is out of reach at this noise. Measured RMS: 0.13, 0.096, 0.057, 0.053, 0.035°.
+    0.05° is out of reach at this noise. Measured RMS: 0.13, 0.096, 0.057, 0.053, 0.035° (with the y-down
+    image frame of before issue 16; in the right-handed frame the scenes are other noise draws, and the
+    fourth case measures 0.102°).
     """
     errs = []
     for seed in range(8):
@@ -114,13 +116,13 @@ def test_mirror_keeps_projections_and_negates_tilts() -> None:
 def test_mirror_resolution_by_metadata_convention_and_flip() -> None:
     tilts = [10.0, 5.0, 0.0]  # decreasing: the no-metadata convention picks the inverted relief
     cams, pts, tr = make_affine_scene(3, 400, tilts, tilt_axis_deg=0.0, noise_px=0.1, seed=6)
-    true_z = ((pts - pts.mean(axis=0)) @ cams[0].rotation.T)[:, 2]
+    true_z = ((pts - pts.mean(axis=0)) @ cams[0].rotation.T @ R0)[:, 2]
 
     def relief_sign(r) -> float:
         return float(np.sign(np.corrcoef(r.points[:, 2], true_z)[0, 1]))
 
     meta = factorize(tr, known_tilts_deg=tilts)
-    assert np.abs(meta.relative_tilts_deg - [0, -5, -10]).max() < 0.05
+    assert np.abs(meta.relative_tilts_deg - [0, -5, -10]).max() < 0.1  # 0.1 px noise, 400 points: ~0.06°
     assert relief_sign(meta) == 1.0
     assert any("metadata" in n for n in meta.notes)
 
@@ -149,7 +151,7 @@ def test_mirror_resolution_with_a_vertical_tilt_axis(seed: int) -> None:
     tilts = [0.0, 5.0, 10.0]
     cams, pts, tr = make_affine_scene(3, 300, tilts, tilt_axis_deg=90.0, noise_px=0.3, seed=seed)
     res = factorize(tr, known_tilts_deg=tilts, known_tilt_axis_deg=90.0)
-    true_z = ((pts - pts.mean(axis=0)) @ cams[0].rotation.T)[:, 2]
+    true_z = ((pts - pts.mean(axis=0)) @ cams[0].rotation.T @ R0)[:, 2]
     assert np.corrcoef(res.points[:, 2], true_z)[0, 1] > 0.99
     assert abs(abs(res.tilt_axis_deg) - 90.0) < 0.5
 

@@ -1,10 +1,15 @@
 """Ground-truth evaluation of SEM reconstructions: align a cloud to the true surface and measure it.
 
-A reconstruction lives in its own frame: an unknown rotation and translation, an unknown scale when the
-pixel size was not known, and — for affine cameras — possibly the mirror image of the specimen (the
-depth-reversal ambiguity). :func:`align_cloud` removes all of these with a robust, symmetric, trimmed
-ICP started from many orientations; :func:`evaluate_cloud` then reports surface distances in world units
-and in % of the specimen size, and the completeness of the cloud.
+A reconstruction lives in its own frame: an unknown rotation and translation and an unknown scale when the
+pixel size was not known. :func:`align_cloud` removes these with a robust, symmetric, trimmed ICP started
+from many orientations; :func:`evaluate_cloud` then reports surface distances in world units and in % of the
+specimen size, and the completeness of the cloud.
+
+A mirror image of the specimen (the wrong branch of the affine depth reversal read in a wrong frame) or an
+upside-down cloud (its Z pointing into the substrate) is a *failure*, not an ambiguity to forgive: the
+cloud is scored with a **proper** similarity (no reflection); the best fit of its mirror image is computed
+as well, only to say whether the cloud is mirrored (``mirrored``), and ``upside_down`` says whether the
+aligning rotation turns the cloud's Z axis downward (``orientation_ok`` = neither).
 
 Alignment model (Umeyama 1991, with an optional reflection):
 
@@ -545,6 +550,7 @@ def evaluate_cloud(
     alignment: Alignment | None = None,
     point_groups: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
     seed: int = 0,
+    mirror_ratio: float = 0.8,
 ) -> dict[str, Any]:
     """Align a cloud to the truth and measure its accuracy and completeness (design.md, SEM protocol).
 
@@ -559,19 +565,23 @@ def evaluate_cloud(
         truth_points: (M, 3) dense samples of the whole true surface (truth units).
         truth_distance_fn: maps (K, 3) truth-frame points to (K,) unsigned distances to the true surface.
         specimen_size: size used for the percentages (default :func:`estimate_specimen_size` of the truth).
-        mode: ``"similarity"`` or ``"rigid"`` alignment.
+        mode: ``"similarity"`` or ``"rigid"`` alignment (always proper: no reflection).
         visible_truth_points: the part of the truth the cameras could see (completeness and ICP reverse pairs).
         completeness_tol_fraction: completeness tolerance as a fraction of the specimen size.
-        allow_mirror: allow the mirror image (affine depth reversal).
+        allow_mirror: also fit the mirror image of the cloud, to report whether the cloud is mirrored
+            (``mirrored``: the mirror fit's median distance is below ``mirror_ratio`` × the proper fit's).
+            The figures are always those of the proper alignment.
         alignment: skip ICP and use this alignment.
         point_groups: named selectors of aligned points ((K, 3) truth frame → (K,) bool); each group gets
             its own distance statistics under ``groups[name]`` (e.g. "grain": points over the footprint).
         seed: seed of the ICP subsampling.
+        mirror_ratio: see ``allow_mirror``.
 
     Returns:
         A JSON-ready dict: ``rms_distance``, ``median_distance``, ``p95_distance`` (truth units),
         the same with suffix ``_pct`` (% of specimen size), ``completeness``, ``completeness_tol``,
-        ``specimen_size``, ``n_points``, ``n_truth_points``, ``alignment`` and ``groups``.
+        ``specimen_size``, ``n_points``, ``n_truth_points``, ``alignment``, ``groups``, ``mirrored``,
+        ``upside_down``, ``orientation_ok`` and ``mirror_fit`` (the mirror image's distances, or None).
     """
     cloud = _check_points(points, "cloud")
     truth = _check_points(truth_points, "truth")
@@ -579,20 +589,27 @@ def evaluate_cloud(
     size = float(specimen_size) if specimen_size is not None else estimate_specimen_size(truth)
     if not size > 0:
         raise TopographError("the specimen size must be positive", "pass a positive specimen size")
+    rev = None if visible_truth_points is None else visible
     if alignment is None:
-        alignment = align_cloud(
-            cloud,
-            truth,
-            mode,
-            allow_mirror,
-            reverse_points=None if visible_truth_points is None else visible,
-            seed=seed,
-        )
+        alignment = align_cloud(cloud, truth, mode, False, reverse_points=rev, seed=seed)
+
+    def distances(al: Alignment, pts: np.ndarray) -> np.ndarray:
+        moved = al.apply(pts)
+        if truth_distance_fn is not None:
+            return np.abs(np.asarray(truth_distance_fn(moved), dtype=float)).reshape(-1)
+        return surface_distance(moved, truth)
+
     aligned = alignment.apply(cloud)
-    if truth_distance_fn is not None:
-        dist = np.abs(np.asarray(truth_distance_fn(aligned), dtype=float)).reshape(-1)
-    else:
-        dist = surface_distance(aligned, truth)
+    dist = distances(alignment, cloud)
+    mirror_fit = None
+    mirrored = bool(alignment.mirrored)
+    if allow_mirror and not alignment.mirrored:
+        flipped = cloud @ MIRROR.T
+        mal = align_cloud(flipped, truth, mode, False, reverse_points=rev, seed=seed)
+        mdist = distances(mal, flipped)
+        mirror_fit = {k: v for k, v in _distance_stats(mdist, size).items() if k != "n"}
+        mirrored = bool(np.median(mdist) < mirror_ratio * np.median(dist))
+    upside_down = bool(alignment.rotation[2, 2] < 0)
     tol = completeness_tol_fraction * size
     d_cov, _ = cKDTree(aligned).query(visible, distance_upper_bound=tol)
     completeness = float(np.mean(np.isfinite(d_cov)))
@@ -609,6 +626,10 @@ def evaluate_cloud(
         "completeness_tol": tol,
         "alignment": alignment.to_dict(),
         "groups": groups,
+        "mirrored": mirrored,
+        "upside_down": upside_down,
+        "orientation_ok": not mirrored and not upside_down,
+        "mirror_fit": mirror_fit,
     }
 
 
@@ -755,10 +776,11 @@ def evaluate_sem_truth(
     recovered_rotations: Sequence[np.ndarray] | None = None,
     completeness_tol_fraction: float = 0.01,
     seed: int = 0,
+    recovered_tilt_axis_deg: float | None = None,
 ) -> dict[str, Any]:
     """The SEM protocol of design.md against a synthetic truth.
 
-    Similarity (or rigid) alignment with the mirror allowed; distances by the truth's exact
+    Proper similarity (or rigid) alignment, the mirror fit only to report a mirror image; distances by the truth's exact
     :meth:`SemTruth.distance_to_surface` for all points and for the points over the grain footprint
     (group "grain"); percentages of the grain's equivalent diameter; completeness of the visible grain;
     the recovered scale (``alignment.scale`` = 1 means the cloud's absolute scale is right when it is in
@@ -771,6 +793,8 @@ def evaluate_sem_truth(
         allow_mirror: allow the mirror image (depth-reversal ambiguity).
         recovered_tilts_deg: (F,) recovered tilts (relative to view 0).
         recovered_rotations: F (3, 3) recovered world→camera rotations.
+        recovered_tilt_axis_deg: the recovered tilt-axis direction (image, counter-clockwise from x); with it
+            the tilts are compared with their sign (about that direction) and the axis error is reported.
         completeness_tol_fraction: completeness tolerance, fraction of the grain diameter.
         seed: ICP subsampling seed.
 
@@ -799,7 +823,13 @@ def evaluate_sem_truth(
         "pixel_size_um": truth.pixel_size_um,
     }
     if recovered_tilts_deg is not None:
-        res["tilts"] = tilt_errors(recovered_tilts_deg, truth.tilts_deg, allow_sign_flip=allow_mirror)
+        if recovered_tilt_axis_deg is not None:
+            diff = (float(recovered_tilt_axis_deg) - truth.tilt_axis_deg + 90.0) % 180.0 - 90.0
+            res["tilt_axis_error_deg"] = diff
+            sign = 1.0 if np.cos(np.deg2rad(recovered_tilt_axis_deg - truth.tilt_axis_deg)) >= 0 else -1.0
+            res["tilts"] = tilt_errors(recovered_tilts_deg, [sign * t for t in truth.tilts_deg], allow_sign_flip=False)
+        else:
+            res["tilts"] = tilt_errors(recovered_tilts_deg, truth.tilts_deg, allow_sign_flip=allow_mirror)
     if recovered_rotations is not None:
         res["rotations"] = rotation_errors(recovered_rotations, [c.rotation for c in truth.cameras])
     return res

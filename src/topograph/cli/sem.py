@@ -100,8 +100,19 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         matcher: str | None = typer.Option(None, "--matcher", help="Sparse matcher: sift (default), dense, roma."),
         roma_weights: Path | None = typer.Option(None, "--roma-weights", help="Local RoMa weights file."),
         roma_dinov2_weights: Path | None = typer.Option(None, "--roma-dinov2-weights", help="Local DINOv2 weights."),
-        cameras: str | None = typer.Option(None, "--cameras", help="auto, metadata or factorization."),
-        flip_relief: bool = typer.Option(False, "--flip-relief", help="Invert the relief (mirror ambiguity)."),
+        cameras: str | None = typer.Option(
+            None,
+            "--cameras",
+            help="auto (default: images decide the geometry, metadata the magnitudes), metadata, or images.",
+        ),
+        relief: str | None = typer.Option(
+            None,
+            "--relief",
+            help="Depth sign: auto (default), metadata (tilt sense), protrude, or recess (specimens that are holes).",
+        ),
+        flip_relief: bool = typer.Option(
+            False, "--flip-relief", help="Take the other depth-reversal branch (relief and tilt signs together)."
+        ),
         no_dense: bool = typer.Option(False, "--sparse-only", help="Stop after the sparse reconstruction."),
         mask: Path | None = typer.Option(None, "--mask", help="Grain mask image for the reference view."),
         no_cache: bool = typer.Option(
@@ -122,6 +133,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
                 "matching.roma_weights": str(roma_weights) if roma_weights else None,
                 "matching.roma_dinov2_weights": str(roma_dinov2_weights) if roma_dinov2_weights else None,
                 "cameras.source": cameras,
+                "cameras.relief": relief,
                 "cameras.flip_relief": True if flip_relief else None,
                 "dense.enabled": False if no_dense else None,
                 "dense.mask": str(mask) if mask else None,
@@ -146,4 +158,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         print_camera_table(run)
         if run.cached_stages:
             console.print(f"reused from {out / 'cache'}: {', '.join(run.cached_stages)} (use --no-cache to recompute)")
+        if run.status == "failed":
+            console.print(f"[red]failed camera model[/]: {run.camera_failure} (outputs for inspection in {out})")
+            raise typer.Exit(3)
         console.print(f"[green]done[/] in {run.timings_s['total']:.1f} s → {out}")

@@ -1,15 +1,20 @@
-"""Scaled orthographic (affine) cameras of a tilting SEM stage.
+"""Scaled orthographic (affine) cameras of a tilting SEM stage, in the one world frame of topograph.
 
-Frame conventions (shared by metadata cameras, factorization and the synthetic renderer):
+Frame (docs/conventions.md, with a figure):
 
-* World = specimen frame. X, Y span the substrate plane; Z is the height toward the beam.
-* At zero tilt and zero rotation the camera rotation is the identity: image x = X, image y = Y
-  (image y points down, so X, Y, Z is right-handed), and ``R[2] = (0, 0, 1)`` points from the
-  specimen toward the detector.
-* Stage rotation φ turns the specimen about Z; stage tilt θ then turns it about the tilt axis
-  ``u = (cos a, sin a, 0)`` by the right-hand rule, where ``a`` is the tilt-axis direction in the image
-  measured from the image x axis toward the image y axis. The world→camera rotation of a view is
-  ``R = Rot(u, θ) · Rz(φ)``.
+* Image: x to the right (columns), y **down** (rows), as displayed. Angles *in the image* are measured
+  **counter-clockwise as displayed** from the image x axis (toward −y).
+* World = specimen (stage) frame, right-handed: X, Y span the substrate plane, **Z points toward the
+  detector** (out of the screen when the image is looked at). At zero tilt and rotation X is the image x
+  axis and Y the image **up** direction (−y), so the world→camera rotation is
+  ``R₀ = diag(1, −1, −1)`` (camera frame: x right, y down, z along the beam into the specimen).
+* Stage rotation φ turns the specimen right-handedly about Z; stage tilt θ then turns it
+  right-handedly about the tilt axis ``u = (cos a, sin a, 0)``, ``a`` the axis direction in the image
+  (counter-clockwise from x). A view's world→camera rotation is ``R = R₀ · Rot(u, θ) · Rz(φ)``.
+  Consequence (a check anyone can do on a real series): with the axis along x (a = 0), points above the
+  eucentric height move **down** in the image as the tilt increases.
+* The camera's third row ``R[2]`` is the beam direction (into the specimen); :func:`toward_detector`
+  gives ``−R[2]``.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from __future__ import annotations
 import numpy as np
 
 from topograph.types import AffineCamera
+
+R0 = np.diag([1.0, -1.0, -1.0])
+"""World→camera rotation of the untilted, unrotated stage: image x = X, image y = −Y, beam = −Z."""
 
 
 def rotation_about_axis(axis: np.ndarray, angle_rad: float) -> np.ndarray:
@@ -28,15 +36,28 @@ def rotation_about_axis(axis: np.ndarray, angle_rad: float) -> np.ndarray:
 
 
 def tilt_axis_vector(tilt_axis_deg: float) -> np.ndarray:
-    """Unit tilt axis ``u = (cos a, sin a, 0)`` in the world frame for an in-image direction ``a``."""
+    """Unit tilt axis ``u = (cos a, sin a, 0)`` in the world frame for an image direction ``a`` (CCW from x)."""
     a = np.deg2rad(tilt_axis_deg)
     return np.array([np.cos(a), np.sin(a), 0.0])
 
 
+def image_direction_deg(vector_cam: np.ndarray) -> float:
+    """Direction (degrees, counter-clockwise as displayed from the image x axis) of a camera-frame vector.
+
+    The camera frame has y pointing down, so the displayed angle is ``atan2(−v_y, v_x)``.
+    """
+    return float(np.rad2deg(np.arctan2(-vector_cam[1], vector_cam[0])))
+
+
+def toward_detector(camera: AffineCamera) -> np.ndarray:
+    """Unit world vector from the specimen toward the detector of a view: ``−R[2]``."""
+    return -np.asarray(camera.rotation[2], dtype=float)
+
+
 def stage_rotation_matrix(tilt_deg: float, tilt_axis_deg: float = 0.0, stage_rotation_deg: float = 0.0) -> np.ndarray:
-    """World→camera rotation of one view: ``R = Rot(u(a), θ) · Rz(φ)`` (module docstring)."""
+    """World→camera rotation of one view: ``R = R₀ · Rot(u(a), θ) · Rz(φ)`` (module docstring)."""
     rz = rotation_about_axis(np.array([0.0, 0.0, 1.0]), np.deg2rad(stage_rotation_deg))
-    return rotation_about_axis(tilt_axis_vector(tilt_axis_deg), np.deg2rad(tilt_deg)) @ rz
+    return R0 @ rotation_about_axis(tilt_axis_vector(tilt_axis_deg), np.deg2rad(tilt_deg)) @ rz
 
 
 def camera_from_stage(

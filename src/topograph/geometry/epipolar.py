@@ -248,11 +248,12 @@ def tilt_axis_from_fundamental(F: np.ndarray) -> float:
         F: (3, 3) affine fundamental matrix.
 
     Returns:
-        Axis direction in degrees from the image x axis toward the image y axis, in (−90, 90].
+        Axis direction in degrees counter-clockwise (as displayed) from the image x axis, in (−90, 90]
+        (image y points down, so this is ``atan2(−u_y, u_x)``; docs/conventions.md).
     """
     nj = np.array([F[0, 2], F[1, 2]], dtype=float)
     ni = np.array([F[2, 0], F[2, 1]], dtype=float)
     if np.linalg.norm(nj) < 1e-12 or np.linalg.norm(ni) < 1e-12:
         raise ValueError("F is not an affine fundamental matrix of two views (zero epipolar normal)")
     u = nj / np.linalg.norm(nj) - ni / np.linalg.norm(ni)
-    return wrap_axis_deg(np.rad2deg(np.arctan2(u[1], u[0])))
+    return wrap_axis_deg(np.rad2deg(np.arctan2(-u[1], u[0])))

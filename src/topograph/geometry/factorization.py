@@ -16,13 +16,15 @@ Steps (for F ≥ 3 views and the P tracks seen in every view):
    ``L`` is projected onto the positive semidefinite cone (eigenvalue clipping) and ``Q = V Λ^½``.
 4. Every ``M_f`` is replaced by the nearest ``k_f · [r1; r2]`` with orthonormal rows (polar
    decomposition: ``M_f = U S Vᵀ`` → ``[r1; r2] = U Vᵀ``, ``k_f = mean(S)``; ``k_f = 1`` for orthographic),
-   ``r3 = r1 × r2``, skew 0. A global rotation makes ``R_1 = I`` (world = camera frame of view 1),
-   and the points are re-triangulated with the final cameras.
+   ``r3 = r1 × r2``, skew 0. A global rotation makes ``R_1 = R₀ = diag(1, −1, −1)`` (world = the frame of
+   view 1 in the topograph convention: X along image x, Y along image *up*, Z toward the detector;
+   :mod:`topograph.geometry.affine`), and the points are re-triangulated with the final cameras.
 
 Depth reversal: ``(R_f, X)`` and ``(D R_f D, D X)`` with ``D = diag(1, 1, −1)`` explain the images
 equally well (``[[1,0,0],[s,1,0]] D = [[1,0,0],[s,1,0]]``); the second is the relief seen "inside out",
-with every tilt angle negated. :func:`resolve_mirror` chooses the branch (metadata tilts, or the
-documented convention).
+with every tilt angle negated. Both are proper (no mirror image of the specimen as a whole: the relief
+*and* the tilts are reversed); flipping Z alone would give a mirror image. :func:`resolve_mirror` and
+:mod:`topograph.sem.cameras` choose the branch (metadata tilt sense, protrusion).
 
 Precision: with small tilt differences the tilt angle is seen only through the second-order
 foreshortening ``cos θ`` (first order, depth and ``sin θ`` trade off), so it is far less precise than the
@@ -57,6 +59,7 @@ from typing import Literal
 import numpy as np
 
 from topograph.errors import TopographError
+from topograph.geometry.affine import R0
 from topograph.geometry.triangulation import per_view_rms_px, triangulate
 from topograph.types import AffineCamera, Tracks
 
@@ -74,13 +77,14 @@ class FactorizationResult:
     """Affine cameras and points recovered from tracks alone.
 
     Attributes:
-        cameras: one :class:`AffineCamera` per view; ``R_1 = I`` (world = camera frame of view 1), skew 0.
+        cameras: one :class:`AffineCamera` per view; ``R_1 = R₀`` (world = stage frame of view 1), skew 0.
         points: (P, 3) points of the complete tracks, world units = px of view 1.
         track_indices: (P,) indices of those tracks in the input :class:`Tracks`.
         relative_tilts_deg: (F,) signed rotation angle of every view relative to view 1, degrees, about
-            :attr:`tilt_axis_deg` (right-hand rule, axis taken pointing toward +x in the image).
+            :attr:`tilt_axis_deg` (right-hand rule about the axis direction in (−90°, 90°]).
         scales: (F,) camera scales ``k_f`` (``k_1 = 1``).
-        tilt_axis_deg: in-image direction of the common rotation axis, degrees in (−90, 90].
+        tilt_axis_deg: in-image direction of the common rotation axis, degrees counter-clockwise from
+            the image x axis as displayed, in (−90, 90].
         rms_px: (F,) per-view reprojection RMS of the complete tracks, px.
         model: "orthographic" or "scaled_orthographic".
         notes: human-readable statements (fit quality, mirror branch and why).
@@ -209,9 +213,11 @@ def rotation_vector(rotation: np.ndarray) -> np.ndarray:
 def relative_tilts(cameras: Sequence[AffineCamera]) -> tuple[np.ndarray, float, float]:
     """Signed rotation of every view relative to view 1 about the common (tilt) axis.
 
-    The rotation vectors ``ω_f`` of ``R_f R_1ᵀ`` are sign-aligned and summed; the axis is their sum
-    projected on the image plane of view 1, taken pointing toward +x in the image (direction in
-    (−90°, 90°]). The signed tilt of view f is ``|ω_f| · sign(ω_f · u)`` (right-hand rule about u).
+    The rotation vectors ``ω_f`` of ``R_f R_1ᵀ`` (in the camera frame of view 1: x right, y down) are
+    sign-aligned and summed; the axis is their sum projected on the image plane of view 1, its direction
+    ``a = atan2(−w_y, w_x)`` counter-clockwise as displayed, taken in (−90°, 90°]. The signed tilt of view f
+    is ``|ω_f| · sign(ω_f · u_cam)`` with ``u_cam = (cos a, −sin a, 0)`` (right-hand rule about the axis;
+    for ``R_f = R₀ Rot(u, θ_f)`` this returns ``θ_f − θ_1``).
 
     Args:
         cameras: F cameras (F ≥ 2).
@@ -230,9 +236,9 @@ def relative_tilts(cameras: Sequence[AffineCamera]) -> tuple[np.ndarray, float, 
     w = aligned.sum(axis=0)
     if np.hypot(w[0], w[1]) < 1e-12:
         return np.zeros(len(cameras)), 0.0, 0.0
-    axis_deg = wrap_axis_deg(np.rad2deg(np.arctan2(w[1], w[0])))
+    axis_deg = wrap_axis_deg(np.rad2deg(np.arctan2(-w[1], w[0])))
     a = np.deg2rad(axis_deg)
-    u = np.array([np.cos(a), np.sin(a), 0.0])
+    u = np.array([np.cos(a), -np.sin(a), 0.0])
     tilts = np.rad2deg(norms * np.sign(rotvecs @ u))
     big = norms > np.deg2rad(0.5)
     dev = 0.0
@@ -394,11 +400,12 @@ def _factor_motion(complete: Tracks, model: FactorizationModel, structure: bool 
         ks.append(k)
         rots.append(r)
     g = rots[0]
+    # world X' = R₀ g X: then R_f' = r_f gᵀ R₀ and R_1' = R₀ (view 1 is the untilted stage)
     cameras = tuple(
-        AffineCamera(rotation=r @ g.T, scale=k, skew=0.0, translation=t[2 * f : 2 * f + 2])
+        AffineCamera(rotation=r @ g.T @ R0, scale=k, skew=0.0, translation=t[2 * f : 2 * f + 2])
         for f, (k, r) in enumerate(zip(ks, rots, strict=True))
     )
-    return _Motion(cameras, ks, g, q, s_hat, tuple(notes))
+    return _Motion(cameras, ks, R0 @ g, q, s_hat, tuple(notes))
 
 
 def factorize(

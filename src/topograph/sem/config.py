@@ -46,15 +46,20 @@ class MatchingConfig:
 
 @dataclass(frozen=True)
 class CameraConfig:
-    source: Literal["auto", "metadata", "factorization"] = "auto"
-    """auto: metadata cameras when every view has a tilt, else factorization (≥ 3 views)."""
+    source: Literal["auto", "metadata", "images", "factorization"] = "auto"
+    """Where the camera geometry comes from. The tilt axis and relative tilts are always measured from the
+    images and compared with the metadata (a contradiction is a warning naming the field). auto: the image
+    tilt axis with the metadata tilts when the two agree, the cameras of the images (factorization, ≥ 3 views)
+    when the tilts contradict the images or are missing; metadata: the tags' tilts (and axis, when given)
+    whatever the images say; images (alias factorization): the factorization alone."""
     model: Literal["scaled_orthographic", "orthographic"] = "scaled_orthographic"
     """Factorization model: Poelman–Kanade scaled orthographic or Tomasi–Kanade orthographic."""
-    relief_prior: Literal["dome", "tilt_order"] = "dome"
-    """Without tilt metadata: dome = the specimen protrudes toward the detector (a grain on a substrate);
-    tilt_order = the series is ordered by increasing tilt."""
+    relief: Literal["auto", "metadata", "protrude", "recess"] = "auto"
+    """Which of the two depth-reversed branches: auto = the metadata tilt sense (when known) and a specimen
+    that protrudes from its substrate; on disagreement the protrusion wins with a warning. metadata /
+    protrude / recess force one witness (recess: specimens that are holes)."""
     flip_relief: bool = False
-    """Invert the chosen branch of the depth-reversal (mirror) ambiguity."""
+    """Invert the chosen branch of the depth-reversal ambiguity (relief and tilt signs together)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,9 @@ class BundleConfig:
     """Keep rotations from stage metadata fixed: with a few small tilts the data constrain the tilt angle
     only weakly (it trades against depth), so a calibrated stage reading is the better estimate."""
     max_nfev: int = 100
+    max_rms_px: float = 1.0
+    """Reprojection RMS above which (or an RMS that rose during the adjustment) the camera model is reported
+    as failed: a warning, ``"status": "failed"`` in summary.json and exit status 3 of the CLI."""
 
 
 @dataclass(frozen=True)

@@ -475,7 +475,7 @@ def run_dense(images: ImageSet, recon: Reconstruction, cfg: DenseConfig, pixel_s
             "the dense matching found almost no consistent correspondences",
             "check the cameras (sparse reprojection error) or raise --fb-threshold",
         )
-    toward = recon.cameras[ref].rotation[2]
+    toward = -recon.cameras[ref].rotation[2]  # toward the detector (R[2] is the beam; docs/conventions.md)
     depth = grid @ toward.astype(np.float32)  # NaN where no point
     floor = OUTLIER_FLOOR_PX * depth_per_pixel(recon, ref)
     keep = remove_grid_outliers(depth, cfg.outlier_std_ratio, floor)

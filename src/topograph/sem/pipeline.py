@@ -29,6 +29,7 @@ from topograph.io.images import describe_series, load_sem_series, series_warning
 from topograph.io.sidecar import MetadataOverrides
 from topograph.io.stage_cache import StageCache, fingerprint
 from topograph.io.staging import staged_output
+from topograph.sem.cameras import camera_model_failure
 from topograph.sem.config import SemConfig
 from topograph.sem.relief import ReliefCheck, check_relief
 from topograph.sem.sparse import (
@@ -67,6 +68,13 @@ class SemRun:
     """Height resolution of the series and the parallax of the specimen's relief."""
     cached_stages: list[str] = field(default_factory=list)
     """Stages whose result came from the run folder's cache instead of being recomputed."""
+    camera_failure: str | None = None
+    """Why the camera model failed (bundle adjustment above ``bundle.max_rms_px`` or rising), None when fine."""
+
+    @property
+    def status(self) -> str:
+        """ "ok", or "failed" when the camera model failed (the CLI then exits with status 3)."""
+        return "failed" if self.camera_failure else "ok"
 
 
 def series_pixel_size_um(images: ImageSet) -> float | None:
@@ -162,6 +170,8 @@ def run_sem(
         matches, cams, recon, tilt_error = cached
         for note in cams.notes:
             log.info(note)
+        for w in cams.warnings:
+            log.warning(w)
     else:
         stage("match")
         t0 = time.perf_counter()
@@ -184,6 +194,11 @@ def run_sem(
         timings["bundle"] = time.perf_counter() - t0
         tilt_error = factorization_tilt_uncertainty(recon, cfg)
         store.save("sparse", sparse_fp, (matches, cams, recon, tilt_error))
+    warnings.extend(cams.warnings)
+    failure = camera_model_failure(recon.rms_px_before, recon.rms_px_after, cfg.bundle.max_rms_px)
+    if failure is not None:
+        warnings.append(failure)
+        log.warning(failure)
     _log_cameras(images, recon)
     relief = check_relief(recon)
     log.info(relief.describe(pixel_size))
@@ -205,6 +220,7 @@ def run_sem(
     run.cached_stages = store.hits
     run.tilt_uncertainty = tilt_error
     run.relief = relief
+    run.camera_failure = failure
 
     if cfg.dense.enabled:
         from topograph.sem.dense import run_dense
@@ -260,12 +276,16 @@ def build_summary(run: SemRun, cfg: SemConfig, command: str | None) -> dict[str,
     summary: dict[str, Any] = {
         "topograph_version": __version__,
         "engine": "sem",
+        "status": run.status,
+        "camera_model_failure": run.camera_failure,
         "command": command,
         "images": [im.name for im in run.images.images],
         "unit": run.unit,
         "pixel_size_um": run.pixel_size_um,
         "camera_source": recon.camera_source,
         "tilt_axis_deg": run.cameras.tilt_axis_deg,
+        "frame": "right-handed; X along image x, Y along image up, Z toward the detector (docs/conventions.md)",
+        "camera_checks": run.cameras.summary() if hasattr(run.cameras, "summary") else None,
         "relative_tilts_deg": recon.tilts_deg,
         "relative_tilts_uncertainty_deg": _uncertainty_summary(run.tilt_uncertainty),
         "height_resolution": run.relief.summary(run.pixel_size_um) if run.relief is not None else None,

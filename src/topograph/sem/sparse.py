@@ -5,7 +5,6 @@ Each stage is a function taking and returning typed containers; :mod:`topograph.
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 from dataclasses import dataclass
@@ -13,15 +12,18 @@ from dataclasses import dataclass
 import numpy as np
 
 from topograph.errors import TopographError
-from topograph.geometry.affine import camera_from_stage, decompose_affine_matrix
+from topograph.geometry.affine import decompose_affine_matrix
 from topograph.geometry.bundle import bundle_adjust
 from topograph.geometry.epipolar import ransac_affine_fundamental, tilt_axis_from_fundamental
-from topograph.geometry.factorization import factorize, mirror, resolve_mirror
+from topograph.geometry.factorization import relative_tilts
 from topograph.geometry.tracks import build_tracks, match_count_matrix
 from topograph.geometry.triangulation import per_view_rms_px, triangulate
 from topograph.matching.base import create_matcher
-from topograph.sem.config import BundleConfig, CameraConfig, MatchingConfig
+from topograph.sem.cameras import CameraEstimate, estimate_cameras
+from topograph.sem.config import BundleConfig, MatchingConfig
 from topograph.types import AffineCamera, ImageSet, Matches, PointCloud, Reconstruction, Tracks
+
+__all__ = ["CameraEstimate", "estimate_cameras"]
 
 log = logging.getLogger("topograph")
 
@@ -181,115 +183,6 @@ def refine_tracks_lk(images: ImageSet, tracks: Tracks, window_px: int = 21, max_
     return Tracks(xy)
 
 
-def metadata_cameras(
-    images: ImageSet, tracks: Tracks, tilt_axis_deg: float, pixel_size_um: float | None
-) -> tuple[AffineCamera, ...]:
-    """Cameras from stage metadata: R from tilt, axis and rotation, k = 1 / pixel size, s = 0.
-
-    The translations are not in the metadata; they follow from the track centroids (with the world
-    origin at the centroid of the points seen in every view, ``t_f = mean_p x_fp``).
-    """
-    tilts = np.array([im.metadata.tilt_deg for im in images.images], dtype=float)
-    rots = np.array([im.metadata.stage_rotation_deg or 0.0 for im in images.images], dtype=float)
-    rots = rots - rots[0]
-    full = tracks.visible.all(axis=0)
-    if full.sum() < 4:
-        raise TopographError(
-            "too few points are seen in every view to place the metadata cameras",
-            "add views with more overlap or use fewer, closer tilts",
-        )
-    centroids = np.nanmean(tracks.xy[:, full, :], axis=1)
-    # The tilt of the first view is kept: the world frame is the untilted stage frame.
-    return tuple(
-        camera_from_stage(float(tilts[f]), tilt_axis_deg, float(rots[f]), pixel_size_um, translation_px=centroids[f])
-        for f in range(len(images))
-    )
-
-
-@dataclass(frozen=True)
-class CameraEstimate:
-    cameras: tuple[AffineCamera, ...]
-    source: str
-    tilt_axis_deg: float
-    notes: tuple[str, ...]
-
-
-def estimate_cameras(
-    images: ImageSet,
-    tracks: Tracks,
-    matches: SparseMatches,
-    cfg: CameraConfig,
-    tilt_axis_deg: float | None,
-    pixel_size_um: float | None,
-) -> CameraEstimate:
-    """Cameras from metadata when every view has a tilt, otherwise by factorization (≥ 3 views)."""
-    tilts = images.tilts_deg
-    have_tilts = all(t is not None for t in tilts)
-    notes: list[str] = []
-    axis = tilt_axis_deg
-    if axis is None:
-        axis = matches.tilt_axis_deg if matches.tilt_axis_deg is not None else 0.0
-        notes.append(f"tilt axis estimated from the matches: {axis:.2f}° from the image x axis")
-    use_metadata = cfg.source == "metadata" or (cfg.source == "auto" and have_tilts)
-    if use_metadata:
-        if not have_tilts:
-            missing = [im.name for im in images.images if im.metadata.tilt_deg is None]
-            raise TopographError(
-                f"no tilt angle for {', '.join(missing)}",
-                "give --tilts (one per image), a sidecar file, or use --cameras factorization",
-            )
-        cams = metadata_cameras(images, tracks, axis, pixel_size_um)
-        if cfg.flip_relief:
-            notes.append("--flip-relief has no effect with metadata cameras: the tilt signs fix the relief")
-        notes.append("cameras from metadata tilts (s = 0, k = 1 / pixel size)")
-        return CameraEstimate(cams, "metadata", axis, tuple(notes))
-    if len(images) < 3:
-        raise TopographError(
-            f"{len(images)} images without tilt metadata: factorization needs at least 3 views",
-            "add a third tilt, or give the tilts with --tilts (and the pixel size with --pixel-size-um)",
-        )
-    fact = factorize(tracks, model=cfg.model)
-    known = list(tilts) if any(t is not None for t in tilts) else None
-    fact = resolve_mirror(fact, known_tilts_deg=known, flip=False)
-    if known is None and cfg.relief_prior == "dome":
-        score = dome_score(fact.points)
-        if score < 0:
-            cams_m, pts_m = mirror(fact.cameras, fact.points)
-            fact = dataclasses.replace(
-                fact, cameras=tuple(cams_m), points=pts_m, relative_tilts_deg=-np.asarray(fact.relative_tilts_deg)
-            )
-        notes.append(
-            "mirror branch: no tilt metadata; the specimen is taken to protrude toward the detector "
-            f"(dome prior, centre-minus-rim depth {abs(score):.3g}) — use --flip-relief if it is a pit"
-        )
-    else:
-        notes.extend(n for n in fact.notes if n.startswith("mirror branch"))
-    if cfg.flip_relief:
-        cams_m, pts_m = mirror(fact.cameras, fact.points)
-        fact = dataclasses.replace(
-            fact, cameras=tuple(cams_m), points=pts_m, relative_tilts_deg=-np.asarray(fact.relative_tilts_deg)
-        )
-        notes.append("relief inverted by --flip-relief")
-    cams = fact.cameras
-    if pixel_size_um is not None:
-        # World in µm: the first view's scale k = 1 px/px becomes 1 / pixel size in px/µm.
-        cams = tuple(AffineCamera(c.rotation, c.scale / pixel_size_um, c.skew, c.translation) for c in cams)
-    notes.extend(n for n in fact.notes if not n.startswith("mirror branch"))
-    return CameraEstimate(cams, "factorization", float(fact.tilt_axis_deg), tuple(notes))
-
-
-def dome_score(points: np.ndarray) -> float:
-    """Depth of the centre minus depth of the rim of a cloud in the first view's frame (Z toward the
-    detector): positive when the specimen protrudes toward the detector, as a grain on a substrate does."""
-    xy = points[:, :2]
-    r = np.linalg.norm(xy - np.median(xy, axis=0), axis=1)
-    r_max = np.percentile(r, 95) + 1e-12
-    inner, outer = r < 0.4 * r_max, r > 0.7 * r_max
-    if inner.sum() < 3 or outer.sum() < 3:
-        return 0.0
-    return float(np.median(points[inner, 2]) - np.median(points[outer, 2]))
-
-
 def refine(
     cameras: tuple[AffineCamera, ...], tracks: Tracks, cfg: BundleConfig, unit: str, source: str, notes: tuple[str, ...]
 ) -> Reconstruction:
@@ -326,24 +219,10 @@ def refine(
 
 
 def relative_tilts_deg(cameras: tuple[AffineCamera, ...]) -> np.ndarray:
-    """Signed tilt of every view relative to the first about the common rotation axis, degrees.
-
-    The relative rotation ``R_f R_1ᵀ`` is turned into axis–angle form; the sign is positive when its
-    axis points along +x of the image (the convention of :mod:`topograph.geometry.factorization`).
-    """
-    from topograph.geometry.factorization import rotation_vector
-
-    out = [0.0]
-    r0 = cameras[0].rotation
-    for c in cameras[1:]:
-        rv = rotation_vector(c.rotation @ r0.T)
-        ang = float(np.rad2deg(np.linalg.norm(rv)))
-        axis = rv / (np.linalg.norm(rv) + 1e-300)
-        # Axis direction in the first view's image plane decides the sign.
-        ax_img = r0 @ axis
-        sign = 1.0 if (ax_img[0] > 0 or (ax_img[0] == 0 and ax_img[1] > 0)) else -1.0
-        out.append(sign * ang)
-    return np.asarray(out)
+    """Signed tilt of every view relative to the first about the common tilt axis, degrees: right-handed
+    about the axis direction in (−90°, 90°] counter-clockwise from image x
+    (:func:`topograph.geometry.factorization.relative_tilts`; docs/conventions.md)."""
+    return np.asarray(relative_tilts(cameras)[0], dtype=float)
 
 
 def camera_summary(cameras: tuple[AffineCamera, ...]) -> list[dict[str, object]]:

@@ -14,9 +14,10 @@ The analytic model behind the grid (:class:`GrainSpec`):
   not vertical sides (``ε`` bounds the edge slope) — and smooth Gaussian bumps ``B``;
 * flat facets: the cap is cut by a few planes with a polynomial smooth minimum.
 
-Views are rendered by orthographic ray casting through the cameras of
-:func:`topograph.geometry.affine.camera_from_stage` (``x = k [[1, 0, 0], [0, 1, 0]] R X + t``), so the
-ground truth follows the frame conventions of the SEM engine. Shading is a view-consistent solid
+Views are rendered by orthographic ray casting through cameras built from the physical description alone
+(:func:`physical_camera`: a right-handed stage turned about its tilt axis, seen with Y up on the screen,
+the picture optionally rotated after capture) — not from the engine's own camera code, so that a
+convention error there is caught (docs/conventions.md). Shading is a view-consistent solid
 texture evaluated at the 3-D hit point times a secondary-electron yield ``1 / cos(α)^γ`` (α between
 the surface normal and the beam), with edge brightening, blur and shot-like noise.
 """
@@ -34,7 +35,6 @@ from pathlib import Path
 import numpy as np
 
 from topograph.errors import TopographError
-from topograph.geometry.affine import camera_from_stage
 from topograph.io.atomic import atomic_path, write_json
 from topograph.types import AffineCamera, HeightMap
 
@@ -288,7 +288,8 @@ def surface_height_at(surface: HeightMap, x: np.ndarray, y: np.ndarray) -> np.nd
 
 
 def _ray_frame(camera: AffineCamera, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel rays of ``camera``: ``X(τ) = P0 + τ d`` with ``d = R[2]`` (toward the detector).
+    """Pixel rays of ``camera``: ``X(τ) = P0 + τ d`` with ``d = −R[2]`` (toward the detector; ``R[2]`` is the
+    beam direction into the specimen).
 
     From ``x = k [[1, 0, 0], [s, 1, 0]] R X + t``: ``a = (x − t_x) / k``, ``b = (y − t_y) / k − s a`` and
     ``P0 = Rᵀ (a, b, 0)``, so every point of the ray projects exactly onto the pixel.
@@ -301,14 +302,14 @@ def _ray_frame(camera: AffineCamera, xy: np.ndarray) -> tuple[np.ndarray, np.nda
     b = (xy[:, 1] - camera.translation[1]) / camera.scale - camera.skew * a
     r = camera.rotation
     p0 = a[:, None] * r[0] + b[:, None] * r[1]
-    return p0, r[2].copy()
+    return p0, -r[2]
 
 
 @dataclass(frozen=True)
 class RayHits:
     """Where pixel rays meet the true surface.
 
-    ``points`` (N, 3) µm; ``depth`` (N,) ray parameter τ = (R X)_z (larger = nearer the detector);
+    ``points`` (N, 3) µm; ``depth`` (N,) ray parameter τ = −(R X)_z (larger = nearer the detector);
     ``on_grain`` (N,) True where the hit lies on the grain (Z > 0) rather than the substrate.
     """
 
@@ -558,7 +559,7 @@ class RenderedView:
     """One rendered view with its per-pixel truth (all (H, W)).
 
     ``image`` float32 [0, 1] (blurred, noisy); ``albedo`` float32: the unshaded, view-independent surface
-    texture; ``height`` float32: Z (µm) of the visible surface point; ``depth`` float64 τ = (R X)_z;
+    texture; ``height`` float32: Z (µm) of the visible surface point; ``depth`` float64 τ = −(R X)_z;
     ``grain`` bool: the pixel sees the grain.
     """
 
@@ -580,6 +581,8 @@ def render_view(
     blur_sigma_px: float = 0.6,
     rng: np.random.Generator | None = None,
     caster: RayCaster | None = None,
+    substrate_albedo: float = 0.22,
+    contrast: float = 1.0,
 ) -> RenderedView:
     """Render one SEM view of a height-field surface by ray casting.
 
@@ -601,6 +604,8 @@ def render_view(
         blur_sigma_px: Gaussian blur σ in px (0 disables).
         rng: generator for the noise.
         caster: a :class:`RayCaster` of ``surface`` to reuse across views.
+        substrate_albedo: mean brightness of the substrate (0.22; dark ~0.08, bright ~0.6).
+        contrast: scale of the image about its mean before the noise (1 = as rendered; 0.3 = low contrast).
 
     Returns:
         :class:`RenderedView`.
@@ -615,7 +620,7 @@ def render_view(
     gy, gx = np.gradient(grid, np.float32(surface.pixel_size))
     gx_flat, gy_flat = gx.ravel(), gy.ravel()
     ny, nx = grid.shape
-    beam = camera.rotation[2]
+    beam = -camera.rotation[2]  # toward the detector
     det = np.array([-1.0, -1.0]) / math.sqrt(2.0)
     octaves_g = _octaves(texture_largest_um, 3.0 * pixel_um)
     octaves_s = _octaves(0.7 * texture_largest_um, 3.0 * pixel_um)
@@ -644,7 +649,7 @@ def render_view(
         if g.any():
             alb[g] = grain_albedo(p[g], texture_seed, octaves_g)
         if (~g).any():
-            alb[~g] = 0.22 * (1.0 + 0.1 * solid_noise(p[~g], texture_seed + 7919, octaves_s))
+            alb[~g] = substrate_albedo * (1.0 + 0.1 * solid_noise(p[~g], texture_seed + 7919, octaves_s))
         albedo[sl] = alb
         lin[sl] = alb * (se_yield(cos_a) * side).astype(np.float32)
         height[sl] = p[:, 2]
@@ -656,6 +661,8 @@ def render_view(
     depth2 = depth.reshape(shape)
     edge = _edge_map(depth2, pixel_um, grain.reshape(shape))
     img = np.float32(0.95) * np.tanh((lin2 + np.float32(0.25) * edge) / np.float32(0.95))
+    if contrast != 1.0:
+        img = np.float32(img.mean()) + np.float32(contrast) * (img - np.float32(img.mean()))
     if blur_sigma_px > 0:
         img = cv2.GaussianBlur(img, (0, 0), blur_sigma_px, borderType=cv2.BORDER_REFLECT)
     if noise > 0:
@@ -873,6 +880,109 @@ def _footprint_stats(surface: HeightMap) -> tuple[float, float, float, np.ndarra
     return area, math.sqrt(4.0 * area / math.pi), feret, hull
 
 
+SPECIMENS = ("grain", "notched_grain", "l_block", "two_grains")
+"""Test objects: a random grain; the grain with an off-centre notch (chiral at a glance); an L-shaped block
+(chiral, flat top); two grains of different size side by side."""
+
+
+def physical_camera(
+    tilt_deg: float,
+    tilt_axis_deg: float,
+    pixel_size_um: float,
+    image_rotation_deg: float = 0.0,
+    translation_px: np.ndarray | None = None,
+) -> AffineCamera:
+    """Camera of one view built from the physical description alone (not from the engine's
+    :mod:`topograph.geometry.affine`, so that a convention error there shows up in the tests).
+
+    The stage (world X, Y on the substrate, Z toward the detector, right-handed) is turned right-handedly
+    by ``tilt_deg`` about the unit axis ``u = (cos a, sin a, 0)`` (scipy ``Rotation.from_rotvec(θ u)``); the
+    detector sees the lab X to the right and the lab Y **up** on the screen; the captured picture is then
+    turned counter-clockwise on the screen by ``image_rotation_deg`` (a file re-saved rotated). Pixel
+    coordinates: column = east / pixel, row = −north / pixel (+ translation).
+    """
+    from scipy.spatial.transform import Rotation
+
+    a = math.radians(tilt_axis_deg)
+    u = np.array([math.cos(a), math.sin(a), 0.0])
+    specimen = Rotation.from_rotvec(math.radians(tilt_deg) * u).as_matrix()
+    b = math.radians(image_rotation_deg)
+    screen = np.array([[math.cos(b), -math.sin(b)], [math.sin(b), math.cos(b)]])  # CCW on the screen (east, north)
+    to_pixels = np.array([[1.0, 0.0], [0.0, -1.0]]) @ screen  # (east, north) → (column, row)
+    rows = to_pixels @ specimen[:2]  # (2, 3): pixel axes of the lab-frame image of the tilted specimen
+    r3 = np.cross(rows[0], rows[1])
+    t = np.zeros(2) if translation_px is None else np.asarray(translation_px, dtype=float)
+    return AffineCamera(rotation=np.vstack([rows, r3]), scale=1.0 / pixel_size_um, skew=0.0, translation=t)
+
+
+def _smoothstep(x: np.ndarray) -> np.ndarray:
+    x = np.clip(x, 0.0, 1.0)
+    return x * x * (3.0 - 2.0 * x)
+
+
+def specimen_height_grid(spec: GrainSpec, spacing_um: float, specimen: str = "grain") -> HeightMap:
+    """Height grid of a test object (:data:`SPECIMENS`), centred on the world origin, zero border.
+
+    * ``grain``: :func:`grain_height_grid`.
+    * ``notched_grain``: the grain with a notch of 60 % of its height cut into one side, off-centre
+      (a 0.9 R × 0.22 R groove from the rim toward the centre at 35° in the first quadrant).
+    * ``l_block``: an L of two slabs (D × 0.35 D and 0.35 D × 0.8 D), height 0.3 D, sides sloped over
+      0.06 D (smoothstep), top textured by small bumps so that it can be matched.
+    * ``two_grains``: the grain (seed s) and a smaller one (seed s + 1, 0.65 D) side by side.
+    """
+    if specimen not in SPECIMENS:
+        raise TopographError(f"unknown specimen {specimen!r}", f"use one of {', '.join(SPECIMENS)}")
+    if specimen == "grain":
+        return grain_height_grid(spec, spacing_um)
+    d = spec.diameter_um
+    if specimen == "two_grains":
+        small = GrainSpec(**{**asdict(spec), "seed": spec.seed + 1, "diameter_um": 0.65 * d})
+        big_m, small_m = _grain_model(spec), _grain_model(small)
+        c_big, c_small = np.array([-0.42 * d, -0.1 * d]), np.array([0.5 * d, 0.22 * d])
+        half = max(np.abs(c_big).max() + big_m.max_radius(), np.abs(c_small).max() + small_m.max_radius())
+        half += max(0.08 * d, 3 * spacing_um)
+    elif specimen == "l_block":
+        half = 0.62 * d + max(0.08 * d, 3 * spacing_um)
+    else:
+        half = _grain_model(spec).max_radius() + max(0.08 * d, 3 * spacing_um)
+    n = int(math.ceil(2.0 * half / spacing_um)) + 1
+    x0 = -0.5 * (n - 1) * spacing_um
+    axis = x0 + spacing_um * np.arange(n)
+    yy, xx = np.meshgrid(axis, axis, indexing="ij")
+    if specimen == "two_grains":
+        grid = np.maximum(big_m.height(xx - c_big[0], yy - c_big[1]), small_m.height(xx - c_small[0], yy - c_small[1]))
+    elif specimen == "l_block":
+        w = 0.06 * d
+
+        def slab(xa: float, xb: float, ya: float, yb: float) -> np.ndarray:
+            return (
+                _smoothstep((xx - xa) / w)
+                * _smoothstep((xb - xx) / w)
+                * _smoothstep((yy - ya) / w)
+                * _smoothstep((yb - yy) / w)
+            )
+
+        foot = np.maximum(slab(-0.5 * d, 0.5 * d, -0.5 * d, -0.15 * d), slab(-0.5 * d, -0.15 * d, -0.5 * d, 0.3 * d))
+        rng = np.random.default_rng(spec.seed)
+        bumps = np.zeros_like(xx)
+        for cx, cy, amp in rng.uniform([-0.5, -0.5, -1.0], [0.5, 0.3, 1.0], size=(12, 3)):
+            bumps += 0.02 * d * amp * np.exp(-((xx - cx * d) ** 2 + (yy - cy * d) ** 2) / (2 * (0.08 * d) ** 2))
+        grid = foot * (0.3 * d + bumps)
+    else:  # notched grain
+        model = _grain_model(spec)
+        grid = model.height(xx, yy)
+        r0 = model.r0
+        ang = math.radians(35.0)
+        along = xx * math.cos(ang) + yy * math.sin(ang)
+        across = -xx * math.sin(ang) + yy * math.cos(ang)
+        w = 0.05 * d
+        groove = _smoothstep((along - 0.25 * r0) / w) * _smoothstep((0.11 * r0 - np.abs(across - 0.1 * r0)) / w)
+        grid = grid * (1.0 - 0.6 * groove)
+    grid = np.clip(grid, 0.0, None).astype(np.float32)
+    grid[:2], grid[-2:], grid[:, :2], grid[:, -2:] = 0.0, 0.0, 0.0, 0.0
+    return HeightMap(height=grid, pixel_size=float(spacing_um), unit="um", lateral_unit="um", origin=(x0, x0))
+
+
 def render_sem_series(
     spec: GrainSpec | None = None,
     tilts_deg: Sequence[float] = (0.0, 5.0, 10.0),
@@ -885,17 +995,27 @@ def render_sem_series(
     blur_sigma_px: float = 0.6,
     oversample: float = 2.0,
     fill_fraction: float = 0.6,
+    specimen: str = "grain",
+    image_rotation_deg: float = 0.0,
+    drift_px: Sequence[Sequence[float]] | None = None,
+    centre_offset_px: tuple[float, float] = (0.0, 0.0),
+    allow_clipping: bool = False,
+    substrate_albedo: float = 0.22,
+    contrast: float = 1.0,
 ) -> SemDataset:
-    """Render an SEM tilt series of a random grain with exact ground truth.
+    """Render an SEM tilt series of a test object with exact ground truth.
 
-    Cameras are ``camera_from_stage(tilt, tilt_axis_deg, 0, pixel_size_um, t)`` with ``t`` chosen so the
-    specimen centre (centre of the grain's bounding box, half its height) projects to the image centre
-    ``((W − 1) / 2, (H − 1) / 2)``.
+    Cameras are :func:`physical_camera` (built from the physical description, docs/conventions.md): the stage
+    turns right-handedly by ``tilt`` about the axis at ``tilt_axis_deg`` counter-clockwise from the screen's
+    x axis; the picture is then turned by ``image_rotation_deg`` (0/90/180/270: files re-saved rotated) and
+    shifted by ``drift_px[f]``. The translation puts the specimen centre (centre of the footprint's bounding
+    box, half its height) at the image centre plus ``centre_offset_px``. The truth records the tilt axis *as
+    it appears in the images* (``tilt_axis_deg + image_rotation_deg``).
 
     Args:
         spec: grain parameters (default :class:`GrainSpec()`).
         tilts_deg: stage tilt of each view, degrees (|tilt| ≤ 75).
-        tilt_axis_deg: tilt-axis direction in the image, degrees from x toward y.
+        tilt_axis_deg: tilt-axis direction on the screen at capture, degrees counter-clockwise from x.
         image_size: (H, W) pixels.
         pixel_size_um: µm per pixel; ``None`` fits the footprint's largest extent to ``fill_fraction``
             of the smaller image side.
@@ -904,6 +1024,13 @@ def render_sem_series(
         blur_sigma_px: Gaussian blur σ, px.
         oversample: grid nodes per pixel along each axis (the grid spacing is pixel / oversample).
         fill_fraction: footprint extent / image side when the pixel size is automatic.
+        specimen: test object (:data:`SPECIMENS`).
+        image_rotation_deg: rotation of every saved picture, counter-clockwise on the screen, degrees.
+        drift_px: per-view image shift (dx, dy) in px (scan drift between views).
+        centre_offset_px: where the specimen centre lies relative to the image centre, px.
+        allow_clipping: let the specimen cross the image border (otherwise that is an error).
+        substrate_albedo: substrate brightness (dark ~0.08, default 0.22, bright ~0.6).
+        contrast: image contrast about its mean (1 = as rendered).
 
     Returns:
         :class:`SemDataset`.
@@ -915,7 +1042,7 @@ def render_sem_series(
         raise TopographError("no tilt angles given", "pass at least one tilt, e.g. --tilts 0,5,10")
     if any(not math.isfinite(t) or abs(t) > _MAX_TILT_DEG for t in tilts):
         raise TopographError(f"tilts must be within ±{_MAX_TILT_DEG}°, got {list(tilts)}", "e.g. --tilts 0,5,10")
-    if not math.isfinite(tilt_axis_deg):
+    if not math.isfinite(tilt_axis_deg) or not math.isfinite(image_rotation_deg):
         raise TopographError(f"tilt axis must be a finite angle, got {tilt_axis_deg}", "e.g. --tilt-axis-deg 0")
     if hh < 16 or ww < 16:
         raise TopographError(f"image size {ww}×{hh} px is too small", "use at least 16 px per side, e.g. --size 800")
@@ -925,39 +1052,39 @@ def render_sem_series(
         raise TopographError(f"fill_fraction must be in [0.05, 1], got {fill_fraction}", "e.g. 0.6")
     if oversample < 1:
         raise TopographError(f"oversample must be ≥ 1, got {oversample}", "e.g. oversample=2")
-    model = _grain_model(spec)
-    extent = 2.0 * model.max_radius()
+    drift = np.zeros((len(tilts), 2)) if drift_px is None else np.asarray(drift_px, dtype=float).reshape(-1, 2)
+    if drift.shape[0] != len(tilts):
+        raise TopographError(f"{drift.shape[0]} drift shifts for {len(tilts)} views", "give one (dx, dy) per view")
+    coarse = specimen_height_grid(spec, spec.diameter_um / 200.0, specimen)
+    extent = float(max(coarse.height.shape) * coarse.pixel_size)
     if pixel_size_um is None:
-        pixel_size_um = extent / (fill_fraction * min(hh, ww))
+        _, _, feret0, _ = _footprint_stats(coarse)
+        pixel_size_um = feret0 / (fill_fraction * min(hh, ww))
     elif not (pixel_size_um > 0 and math.isfinite(pixel_size_um)):
         raise TopographError(f"pixel size must be > 0, got {pixel_size_um}", "e.g. --pixel-size-um 0.05")
     pixel_size_um = float(pixel_size_um)
-    if extent / pixel_size_um > 1.05 * max(hh, ww):  # cheap early reject before building the grid
-        raise TopographError(
-            f"the grain (~{extent:.1f} µm wide) does not fit in the {ww}×{hh} px field at {pixel_size_um:g} µm/px",
-            "use a larger --size or --pixel-size-um, a smaller --diameter-um, or omit --pixel-size-um to auto-fit",
-        )
 
     # cap the grid at ~4096² nodes
-    spacing = max(pixel_size_um / oversample, (extent * 1.25) / 4096.0)
-    surface = grain_height_grid(spec, spacing)
+    spacing = max(pixel_size_um / oversample, extent / 4096.0)
+    surface = specimen_height_grid(spec, spacing, specimen)
     volume = float(surface.height.sum(dtype=np.float64)) * spacing * spacing
     area, eq_diam, feret, hull = _footprint_stats(surface)
     h_max = float(surface.height.max())
     centre = np.array(
         [0.5 * (hull[:, 0].min() + hull[:, 0].max()), 0.5 * (hull[:, 1].min() + hull[:, 1].max()), h_max / 2]
     )
-    image_centre = np.array([(ww - 1) / 2.0, (hh - 1) / 2.0])
+    image_centre = np.array([(ww - 1) / 2.0, (hh - 1) / 2.0]) + np.asarray(centre_offset_px, dtype=float)
     outline = np.vstack(
         [np.column_stack([hull, np.zeros(len(hull))]), np.column_stack([hull, np.full(len(hull), h_max)])]
     )
 
     cameras = []
-    for t in tilts:
-        cam0 = camera_from_stage(t, tilt_axis_deg, 0.0, pixel_size_um)
-        cam = camera_from_stage(t, tilt_axis_deg, 0.0, pixel_size_um, image_centre - cam0.project(centre[None])[0])
+    for f, t in enumerate(tilts):
+        cam0 = physical_camera(t, tilt_axis_deg, pixel_size_um, image_rotation_deg)
+        shift = image_centre - cam0.project(centre[None])[0] + drift[f]
+        cam = physical_camera(t, tilt_axis_deg, pixel_size_um, image_rotation_deg, shift)
         proj = cam.project(outline)
-        if proj.min() < 0 or proj[:, 0].max() > ww - 1 or proj[:, 1].max() > hh - 1:
+        if not allow_clipping and (proj.min() < 0 or proj[:, 0].max() > ww - 1 or proj[:, 1].max() > hh - 1):
             raise TopographError(
                 f"the grain ({feret:.1f} µm wide, {h_max:.1f} µm high) does not fit in the {ww}×{hh} px field "
                 f"at {pixel_size_um:g} µm/px and tilt {t:g}°",
@@ -966,7 +1093,8 @@ def render_sem_series(
         cameras.append(cam)
 
     log.info(
-        "synthetic grain: %.1f µm eq. diameter, %.1f µm high, volume %.1f µm³; %d views of %d×%d px at %.4g µm/px",
+        "synthetic %s: %.1f µm eq. diameter, %.1f µm high, volume %.1f µm³; %d views of %d×%d px at %.4g µm/px",
+        specimen,
         eq_diam,
         h_max,
         volume,
@@ -989,15 +1117,18 @@ def render_sem_series(
             blur_sigma_px=blur_sigma_px,
             rng=rng,
             caster=caster,
+            substrate_albedo=substrate_albedo,
+            contrast=contrast,
         )
         log.debug("rendered view at tilt %g°: %.1f %% grain pixels", t, 100.0 * view.grain.mean())
         images.append(view.image)
         heights.append(view.height)
         masks.append(view.grain)
+    image_axis = (tilt_axis_deg + image_rotation_deg + 180.0) % 360.0 - 180.0
     return SemDataset(
         cameras=tuple(cameras),
         tilts_deg=tilts,
-        tilt_axis_deg=float(tilt_axis_deg),
+        tilt_axis_deg=float(image_axis),
         pixel_size_um=pixel_size_um,
         image_shape=(hh, ww),
         surface=surface,
@@ -1012,7 +1143,18 @@ def render_sem_series(
         spec=spec,
         images=tuple(images),
         names=tuple(f"view_{i:02d}" for i in range(len(tilts))),
-        render={"noise": noise, "seed": seed, "blur_sigma_px": blur_sigma_px, "oversample": oversample},
+        render={
+            "noise": noise,
+            "seed": seed,
+            "blur_sigma_px": blur_sigma_px,
+            "oversample": oversample,
+            "specimen": specimen,
+            "capture_tilt_axis_deg": float(tilt_axis_deg),
+            "image_rotation_deg": float(image_rotation_deg),
+            "drift_px": drift.tolist(),
+            "substrate_albedo": substrate_albedo,
+            "contrast": contrast,
+        },
     )
 
 
@@ -1027,13 +1169,13 @@ def fei_metadata_text(
     """FEI/Thermo INI header (TIFF tag 34682) of a synthetic view.
 
     ``[Stage] StageT`` is the tilt in rad, ``StageR`` = 0 rad, ``[Scan] PixelWidth`` in m, ``[EBeam] WD``
-    in m (10 mm), ``[Image] ResolutionY`` = image rows (no data bar). ``[Beam] ScanRotation`` holds the
-    tilt-axis direction in rad in the topograph image convention (from x toward y).
+    in m (10 mm), ``[Image] ResolutionY`` = image rows (no data bar), ``ScanRotation`` = 0. FEI tags hold
+    no tilt-axis direction (docs/conventions.md); ``tilt_axis_deg`` is accepted for the record only.
     """
     hh, ww = image_shape
     px_m = pixel_size_um * 1e-6
     t = math.radians(tilt_deg)
-    a = math.radians(tilt_axis_deg)
+    a = 0.0
     sections = {
         "User": {"User": "topograph", "UserText": "topograph synthetic SEM grain"},
         "System": {"Type": "SEM", "Software": "topograph.synth.sem", "Source": "FEG"},

@@ -551,6 +551,7 @@ def evaluate_cloud(
     point_groups: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None = None,
     seed: int = 0,
     mirror_ratio: float = 0.8,
+    max_truth_points: int = 60000,
 ) -> dict[str, Any]:
     """Align a cloud to the truth and measure its accuracy and completeness (design.md, SEM protocol).
 
@@ -576,6 +577,7 @@ def evaluate_cloud(
             its own distance statistics under ``groups[name]`` (e.g. "grain": points over the footprint).
         seed: seed of the ICP subsampling.
         mirror_ratio: see ``allow_mirror``.
+        max_truth_points: truth subsample size of the ICP (:func:`align_cloud`).
 
     Returns:
         A JSON-ready dict: ``rms_distance``, ``median_distance``, ``p95_distance`` (truth units),
@@ -591,7 +593,9 @@ def evaluate_cloud(
         raise TopographError("the specimen size must be positive", "pass a positive specimen size")
     rev = None if visible_truth_points is None else visible
     if alignment is None:
-        alignment = align_cloud(cloud, truth, mode, False, reverse_points=rev, seed=seed)
+        alignment = align_cloud(
+            cloud, truth, mode, False, reverse_points=rev, seed=seed, max_truth_points=max_truth_points
+        )
 
     def distances(al: Alignment, pts: np.ndarray) -> np.ndarray:
         moved = al.apply(pts)
@@ -605,7 +609,9 @@ def evaluate_cloud(
     mirrored = bool(alignment.mirrored)
     if allow_mirror and not alignment.mirrored:
         flipped = cloud @ MIRROR.T
-        mal = align_cloud(flipped, truth, mode, False, reverse_points=rev, seed=seed)
+        mal = align_cloud(
+            flipped, truth, mode, False, reverse_points=rev, seed=seed, max_truth_points=max_truth_points
+        )
         mdist = distances(mal, flipped)
         mirror_fit = {k: v for k, v in _distance_stats(mdist, size).items() if k != "n"}
         mirrored = bool(np.median(mdist) < mirror_ratio * np.median(dist))
@@ -777,6 +783,7 @@ def evaluate_sem_truth(
     completeness_tol_fraction: float = 0.01,
     seed: int = 0,
     recovered_tilt_axis_deg: float | None = None,
+    max_truth_points: int = 60000,
 ) -> dict[str, Any]:
     """The SEM protocol of design.md against a synthetic truth.
 
@@ -793,6 +800,7 @@ def evaluate_sem_truth(
         allow_mirror: allow the mirror image (depth-reversal ambiguity).
         recovered_tilts_deg: (F,) recovered tilts (relative to view 0).
         recovered_rotations: F (3, 3) recovered world→camera rotations.
+        max_truth_points: truth subsample size of the ICP.
         recovered_tilt_axis_deg: the recovered tilt-axis direction (image, counter-clockwise from x); with it
             the tilts are compared with their sign (about that direction) and the axis error is reported.
         completeness_tol_fraction: completeness tolerance, fraction of the grain diameter.
@@ -813,6 +821,7 @@ def evaluate_sem_truth(
         allow_mirror=allow_mirror,
         point_groups={"grain": lambda p: truth.height_at(p[:, 0], p[:, 1]) > 0},
         seed=seed,
+        max_truth_points=max_truth_points,
     )
     res["unit"] = "um"
     res["specimen_size_definition"] = "grain equivalent-circle diameter"

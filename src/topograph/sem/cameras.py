@@ -338,8 +338,8 @@ def protrusion_score(points: np.ndarray) -> float:
     return float(((p99 - p50) - (p50 - p1)) / (p99 - p1))
 
 
-def _relative_tilts_about(cameras: tuple[AffineCamera, ...], axis_deg: float) -> np.ndarray:
-    """Relative tilts of the cameras about the axis *direction* ``axis_deg`` (not only its line)."""
+def relative_tilts_about(cameras: tuple[AffineCamera, ...], axis_deg: float) -> np.ndarray:
+    """Relative tilts of the cameras, right-handed about the axis *direction* ``axis_deg`` (not only its line)."""
     tilts, axis, _ = relative_tilts(cameras)
     if np.cos(np.deg2rad(axis - axis_deg)) < 0:
         tilts = -tilts
@@ -360,7 +360,7 @@ def choose_branch(
     """
     meta_vote: bool | None = None
     if meta.sense_known and meta.relative_tilts_deg is not None and np.ptp(meta.relative_tilts_deg) > 0:
-        tau = _relative_tilts_about(cameras, float(meta.tilt_axis_deg))
+        tau = relative_tilts_about(cameras, float(meta.tilt_axis_deg))
         score = float(tau @ meta.relative_tilts_deg)
         if abs(score) > 1e-9:
             meta_vote = score < 0

@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from topograph.analysis.grain_mask import grain_mask_from_height, implausible_mask
 from topograph.errors import TopographError
 from topograph.geometry.dense_triangulation import (
     NormalEquations,
@@ -406,31 +407,6 @@ def fit_substrate_plane(
     return Plane(n, float(n @ c))
 
 
-def grain_mask_from_height(height: np.ndarray, plane_noise: float, min_fraction: float = 0.02) -> np.ndarray:
-    """Grain = the largest connected region clearly above the substrate plane, holes filled.
-
-    Unknown pixels (NaN: flanks at grazing view, rejected matches) are filled by a normalised Gaussian
-    average of their known neighbours first, so that the speckled rim of a grain is not eaten away.
-    Threshold: max(5 σ of the substrate, 2 % of the highest point)."""
-    valid = np.isfinite(height)
-    if not valid.any():
-        return valid
-    w = valid.astype(np.float32)
-    num = cv2.GaussianBlur(np.where(valid, height, 0).astype(np.float32), (0, 0), 3.0)
-    den = cv2.GaussianBlur(w, (0, 0), 3.0)
-    smooth = np.where(den > 0.05, num / np.maximum(den, 1e-6), np.nan)
-    filled = np.where(valid, height, smooth)
-    top = np.nanpercentile(height, 99.5)
-    thr = max(5.0 * plane_noise, min_fraction * top)
-    raw = np.nan_to_num(filled, nan=-np.inf) > thr
-    lab, n = ndimage.label(raw)
-    if n == 0:
-        return raw
-    sizes = ndimage.sum(raw, lab, index=np.arange(1, n + 1))
-    mask = lab == (1 + int(np.argmax(sizes)))
-    return ndimage.binary_fill_holes(mask)
-
-
 MAX_GRAIN_MESH_CELLS = 120_000
 """The closed grain mesh is built on a grid of whole reference pixels, coarsened so that the grain's top
 has at most about this many cells (quartz: 3 px cells, ~0.3 M faces; a rendered 600² grain: 1 px). The
@@ -525,7 +501,10 @@ def run_dense(images: ImageSet, recon: Reconstruction, cfg: DenseConfig, pixel_s
     surface_mesh = heightfield_mesh(height[::k, ::k], k * px_world) if finite.any() else None
     grain_mesh = metrics = areal = None
     grain_sel = mask & finite
-    if int(grain_sel.sum()) >= 50:  # noqa: PLR2004 - fewer points make no grain
+    refusal = None if cfg.mask else implausible_mask(mask, finite)
+    if refusal is not None:
+        log.warning(refusal)
+    if refusal is None and int(grain_sel.sum()) >= 50:  # noqa: PLR2004 - fewer points make no grain
         frame = plane.frame()
         grain_pts = (grid[grain_sel].astype(np.float64) - plane.normal * plane.offset) @ frame.T
         outline = footprint_outline(mask, finite, recon.cameras[ref], plane)
@@ -539,7 +518,7 @@ def run_dense(images: ImageSet, recon: Reconstruction, cfg: DenseConfig, pixel_s
         metrics = grain_metrics(grain_mesh, unit=unit, closure=cfg.closure)
         areal = areal_parameters(np.where(mask, height, np.nan), px_world, form="none", unit=unit)
         timings["grain_metrics"] = time.perf_counter() - t0
-    else:
+    elif refusal is None:
         log.warning("no grain found above the substrate: metrics skipped (give --mask to select it)")
     return DenseResult(
         reference_view=ref,

@@ -22,14 +22,14 @@ import numpy as np
 from topograph import __version__
 from topograph.config import to_yaml
 from topograph.errors import TopographError
-from topograph.geometry.factorization import TiltUncertainty, tilt_uncertainty
+from topograph.geometry.factorization import TiltUncertainty, relative_tilts, tilt_uncertainty
 from topograph.io.atomic import write_json, write_text
 from topograph.io.exports import write_ply
 from topograph.io.images import describe_series, load_sem_series, series_warnings
 from topograph.io.sidecar import MetadataOverrides
 from topograph.io.stage_cache import StageCache, fingerprint
 from topograph.io.staging import staged_output
-from topograph.sem.cameras import camera_model_failure
+from topograph.sem.cameras import camera_model_failure, relative_tilts_about
 from topograph.sem.config import SemConfig
 from topograph.sem.relief import ReliefCheck, check_relief
 from topograph.sem.sparse import (
@@ -191,6 +191,7 @@ def run_sem(
         stage("bundle")
         t0 = time.perf_counter()
         recon = refine(cams.cameras, tracks, cfg.bundle, unit, cams.source, cams.notes)
+        cams, recon = tilts_about_estimated_axis(cams, recon)
         timings["bundle"] = time.perf_counter() - t0
         tilt_error = factorization_tilt_uncertainty(recon, cfg)
         store.save("sparse", sparse_fp, (matches, cams, recon, tilt_error))
@@ -229,6 +230,12 @@ def run_sem(
         t0 = time.perf_counter()
         run.dense = run_dense(images, recon, cfg.dense, pixel_size)
         timings["dense"] = time.perf_counter() - t0
+        if not cfg.dense.mask:
+            from topograph.analysis.grain_mask import implausible_mask
+
+            finite = np.isfinite(run.dense.points_grid).all(axis=2)
+            if (refusal := implausible_mask(run.dense.grain_mask, finite)) is not None:
+                run.warnings.append(refusal)
 
     timings["total"] = time.perf_counter() - t_all
     run.summary = build_summary(run, cfg, command)
@@ -242,6 +249,16 @@ def run_sem(
         report = write_report(out_dir)
         log.info("results written to %s (report: %s)", out_dir, report)
     return run
+
+
+def tilts_about_estimated_axis(cams: CameraEstimate, recon: Reconstruction) -> tuple[CameraEstimate, Reconstruction]:
+    """Tilt axis and relative tilts of the adjusted cameras, the axis pointing the way the estimate chose
+    (near ±90° the line's canonical direction could otherwise flip and with it every tilt sign)."""
+    _, axis, _ = relative_tilts(recon.cameras)
+    if np.cos(np.deg2rad(axis - cams.tilt_axis_deg)) < 0:
+        axis = axis + 180.0 if axis <= 0 else axis - 180.0
+    tilts = relative_tilts_about(recon.cameras, axis)
+    return dataclasses.replace(cams, tilt_axis_deg=float(axis)), dataclasses.replace(recon, tilts_deg=tilts)
 
 
 def factorization_tilt_uncertainty(recon: Reconstruction, cfg: SemConfig) -> TiltUncertainty | None:

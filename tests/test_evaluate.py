@@ -59,7 +59,12 @@ def test_truth_warped_by_random_similarity_scores_zero(blob_truth, seed: int, mi
     cloud, s_true = random_similarity(visible, seed, mirror)
     res = evaluate_cloud(cloud, truth, visible_truth_points=visible)
     al = res["alignment"]
-    assert al["mirrored"] is mirror
+    assert not al["mirrored"]  # the scored alignment is always proper (issue 16)
+    # a mirror image is reported as such (a failure), with the mirror fit that shows it
+    assert res["mirrored"] is mirror and res["orientation_ok"] is not mirror
+    if mirror:
+        assert res["mirror_fit"]["rms_distance_pct"] < 0.01 and res["rms_distance_pct"] > 1.0
+        return
     assert abs(al["scale"] * s_true - 1.0) < 1e-3  # the alignment undoes the scale
     assert res["rms_distance_pct"] < 0.01  # measured ≈ 1e-4 %
     assert res["completeness"] > 0.97  # every visible truth point has a cloud point within 1 %
@@ -72,12 +77,12 @@ def test_resampled_noisy_surface_scores_its_noise(blob_truth) -> None:
     own = bumpy_blob_points(4000, RADIUS, np.random.default_rng(7), z_min_frac=0.0)
     sigma = 0.002 * estimate_specimen_size(truth)
     noisy = own + rng.normal(scale=sigma, size=own.shape)
-    cloud, _ = random_similarity(noisy, 3, True)
+    cloud, _ = random_similarity(noisy, 3, False)
     res = evaluate_cloud(cloud, truth, visible_truth_points=visible)
     # the distance to a surface of 3-D Gaussian noise has RMS ≈ σ (normal component only)
     assert res["rms_distance"] < 1.5 * sigma
     assert res["rms_distance"] > 0.5 * sigma
-    assert res["alignment"]["mirrored"] is True
+    assert res["orientation_ok"] is True
 
 
 def test_wrong_shape_scores_large_error(blob_truth) -> None:
@@ -331,9 +336,9 @@ def test_cli_eval_sem_with_surface_file(tmp_path, blob_truth) -> None:
         str(out),
     ]
     res = CliRunner().invoke(app, args)
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 1, res.output  # a mirrored cloud is a failure (issue 16) ...
     doc = json.loads(out.read_text())
-    assert doc["alignment"]["mirrored"] is True and doc["rms_distance_pct"] < 0.05  # float32 PLY rounding
+    assert doc["mirrored"] is True and doc["mirror_fit"]["rms_distance_pct"] < 0.05  # ... its mirror fits (float32)
     bad = CliRunner().invoke(app, ["eval", "sem", "--truth", str(tmp_path / "truth.ply")])
     assert bad.exit_code != 0
 
@@ -361,9 +366,16 @@ def test_cli_eval_sem_on_rendered_grain(tmp_path) -> None:
     out = tmp_path / "e.json"
     args = ["eval", "sem", "--truth", str(tmp_path / "data"), "--cloud", str(tmp_path / "cloud.ply")]
     res = CliRunner().invoke(app, [*args, "--cameras", str(tmp_path / "cameras.json"), "-o", str(out)])
+    assert res.exit_code == 1, res.output  # mirrored: a failure since issue 16, the mirror fit says so
+    doc = json.loads(out.read_text())
+    assert doc["mirrored"] is True and not doc["alignment"]["mirrored"]
+    assert doc["mirror_fit"]["rms_distance_pct"] < 0.05  # measured ≈ 0.005 %
+    # the same cloud without the mirror scores ~0 and passes
+    write_ply(tmp_path / "cloud.ply", PointCloud(pts @ (0.5 * r).T + 3.0, unit="um"))
+    res = CliRunner().invoke(app, [*args, "--cameras", str(tmp_path / "cameras.json"), "-o", str(out)])
     assert res.exit_code == 0, res.output
     doc = json.loads(out.read_text())
-    assert doc["alignment"]["mirrored"] is True and doc["alignment"]["scale"] == pytest.approx(2.0, rel=1e-3)
+    assert doc["orientation_ok"] and doc["alignment"]["scale"] == pytest.approx(2.0, rel=1e-3)
     assert doc["rms_distance_pct"] < 0.05 and doc["groups"]["grain"]["rms_distance_pct"] < 0.05  # measured ≈ 0.005 %
     assert doc["completeness"] > 0.9  # one view's points vs the union of what the three views see
     assert doc["tilts"]["sign_flipped"] is True and doc["tilts"]["max_abs_error_deg"] < 1e-9

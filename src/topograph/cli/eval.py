@@ -57,6 +57,16 @@ def _read_cameras(path: Path) -> tuple[list[float] | None, list[np.ndarray] | No
     )
 
 
+def _read_axis(path: Path) -> float | None:
+    """The run's tilt-axis direction (``tilt_axis_deg`` of a topograph ``cameras.json``), if any."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    axis = doc.get("tilt_axis_deg") if isinstance(doc, dict) else None
+    return float(axis) if isinstance(axis, (int, float)) else None
+
+
 def resolve_sem_inputs(cloud: Path | None, cameras: Path | None, run: Path | None) -> tuple[Path, Path | None]:
     """The cloud and cameras files, from explicit paths or a run folder (dense.ply, else sparse.ply)."""
     if run is not None:
@@ -105,6 +115,7 @@ def evaluate_sem_files(
             recovered_tilts_deg=tilts,
             recovered_rotations=rots,
             completeness_tol_fraction=tol_fraction,
+            recovered_tilt_axis_deg=_read_axis(cameras) if cameras is not None else None,
         )
     res["cloud"] = str(cloud)
     res["cloud_unit"] = pc.unit
@@ -220,14 +231,18 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             None, "--run", help="Run folder: uses dense.ply (else sparse.ply) and cameras.json."
         ),
         mode: str = typer.Option("similarity", "--mode", help="similarity (estimate the scale) or rigid."),
-        no_mirror: bool = typer.Option(False, "--no-mirror", help="Do not allow the mirror image."),
+        no_mirror: bool = typer.Option(
+            False, "--no-mirror", help="Skip the mirror fit (it only serves to report a mirrored cloud)."
+        ),
         tol: float = typer.Option(
             0.01, "--completeness-tol", help="Completeness tolerance, fraction of the specimen size."
         ),
         as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout instead of a table."),
         out: Path | None = typer.Option(None, "--out", "-o", help="Also write the JSON result to this file."),
     ) -> None:
-        """Align a cloud to the true surface (similarity + mirror, robust ICP) and report distances and completeness."""
+        """Align a cloud to the true surface (proper similarity, robust ICP) and report distances and completeness.
+
+        A mirrored or upside-down cloud is a failure (exit status 1); the mirror fit is computed to say so."""
         if mode not in ("similarity", "rigid"):
             raise TopographError(f"unknown --mode '{mode}'", "use --mode similarity or --mode rigid")
         cloud_path, cameras_path = resolve_sem_inputs(cloud, cameras, run)
@@ -238,6 +253,10 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         if not as_json:
             print_sem_table(res)
         _emit(res, as_json, out)
+        if not res.get("orientation_ok", True):
+            what = "the mirror image of the truth" if res.get("mirrored") else "upside down (Z into the substrate)"
+            console.print(f"[red]failed[/]: the cloud is {what}")
+            raise typer.Exit(1)
 
     @eval_app.command("meso")
     def eval_meso(

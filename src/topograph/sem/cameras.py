@@ -301,23 +301,17 @@ def compare_geometry(img: ImageGeometry, meta: MetadataGeometry) -> tuple[dict[s
 # depth sign
 
 
-def protrusion_score(points: np.ndarray) -> float:
-    """How much the specimen protrudes from its surroundings (> 0) or recedes into them (< 0), in [−1, 1].
-
-    A base plane ``Z = a X + b Y + c`` is fitted (least squares, twice trimmed at 2.5 robust σ) to the
-    points in the outer 15 % of the cloud's footprint (the substrate around a grain, or a grain's lower
-    flanks when it fills the field); with the residuals r of all points the score is
-    ``((p99 − p50) − (p50 − p1)) / (p99 − p1)``: positive when the relief reaches farther above the base
-    than below it (a grain, a particle, pollen), negative for a pit.
-    """
-    p = np.asarray(points, dtype=float)
-    p = p[np.isfinite(p).all(axis=1)]
-    if len(p) < 20:
-        return 0.0
+def _ring(p: np.ndarray) -> np.ndarray:
+    """Points in the outer 15 % of the footprint's bounding box (robust 1–99 % extent)."""
     lo, hi = np.percentile(p[:, :2], 1, axis=0), np.percentile(p[:, :2], 99, axis=0)
-    span = np.maximum(hi - lo, 1e-12)
-    rel = (p[:, :2] - lo) / span
-    border = (rel.min(axis=1) < 0.15) | (rel.max(axis=1) > 0.85)
+    rel = (p[:, :2] - lo) / np.maximum(hi - lo, 1e-12)
+    return (rel.min(axis=1) < 0.15) | (rel.max(axis=1) > 0.85)
+
+
+def _base_plane_skew(p: np.ndarray) -> tuple[float, float]:
+    """Asymmetry of the relief about a base plane fitted to the outer 15 % of the footprint, and how far the
+    ring is from a plane (robust σ of its residuals over the relief range) (see :func:`protrusion_score`)."""
+    border = _ring(p)
     if border.sum() < 10:
         border = np.ones(len(p), dtype=bool)
     a = np.column_stack([p[:, 0], p[:, 1], np.ones(len(p))])
@@ -334,8 +328,45 @@ def protrusion_score(points: np.ndarray) -> float:
     r = p[:, 2] - a @ coef
     p1, p50, p99 = np.percentile(r, [1, 50, 99])
     if p99 - p1 <= 0:
+        return 0.0, 1.0
+    ring_sigma = 1.4826 * np.median(np.abs(r[border] - np.median(r[border])))
+    return float(((p99 - p50) - (p50 - p1)) / (p99 - p1)), float(ring_sigma / (p99 - p1))
+
+
+def _dome(p: np.ndarray) -> float:
+    """Centre-minus-rim median height over the relief range, about the median of the points (a grain that
+    fills the field, or a grain amid particles on a featureless substrate, where most points lie on it)."""
+    xy = p[:, :2]
+    r = np.linalg.norm(xy - np.median(xy, axis=0), axis=1)
+    r_max = np.percentile(r, 95) + 1e-12
+    inner, outer = r < 0.4 * r_max, r > 0.7 * r_max
+    p1, p99 = np.percentile(p[:, 2], [1, 99])
+    if inner.sum() < 3 or outer.sum() < 3 or p99 <= p1:
         return 0.0
-    return float(((p99 - p50) - (p50 - p1)) / (p99 - p1))
+    return float((np.median(p[inner, 2]) - np.median(p[outer, 2])) / (p99 - p1))
+
+
+def protrusion_score(points: np.ndarray) -> float:
+    """How much the specimen protrudes from its surroundings (> 0) or recedes into them (< 0), about [−1, 1].
+
+    Primary, when the outer 15 % of the cloud's footprint is a plane (a matched substrate around a grain,
+    also when the grain is off-centre, touches the border or has a neighbour): a base plane
+    ``Z = a X + b Y + c`` is fitted there (least squares, trimmed at 2.5 robust σ) and with the residuals r
+    of all points the score is ``((p99 − p50) − (p50 − p1)) / (p99 − p1)``: positive when the relief reaches
+    farther above the base than below it (a grain, a particle, pollen), negative for a pit. When the ring is
+    not a plane (robust σ over 5 % of the relief: a grain that fills the field, whose rim is its own flank,
+    or particles around a grain on a featureless substrate) or the asymmetry is weak (< 0.15), the median
+    height within 40 % of the radius about the points' median minus that beyond 70 %, over the relief
+    range, decides (a dome is positive).
+    """
+    p = np.asarray(points, dtype=float)
+    p = p[np.isfinite(p).all(axis=1)]
+    if len(p) < 20:
+        return 0.0
+    skew, ring_rough = _base_plane_skew(p)
+    if abs(skew) >= 0.15 and ring_rough < 0.05:
+        return skew
+    return _dome(p)
 
 
 def relative_tilts_about(cameras: tuple[AffineCamera, ...], axis_deg: float) -> np.ndarray:

@@ -609,9 +609,7 @@ def evaluate_cloud(
     mirrored = bool(alignment.mirrored)
     if allow_mirror and not alignment.mirrored:
         flipped = cloud @ MIRROR.T
-        mal = align_cloud(
-            flipped, truth, mode, False, reverse_points=rev, seed=seed, max_truth_points=max_truth_points
-        )
+        mal = align_cloud(flipped, truth, mode, False, reverse_points=rev, seed=seed, max_truth_points=max_truth_points)
         mdist = distances(mal, flipped)
         mirror_fit = {k: v for k, v in _distance_stats(mdist, size).items() if k != "n"}
         mirrored = bool(np.median(mdist) < mirror_ratio * np.median(dist))

@@ -273,10 +273,10 @@ def compare_geometry(img: ImageGeometry, meta: MetadataGeometry) -> tuple[dict[s
         checks["axis_difference_deg"] = diff
         checks["axis_agrees"] = bool(abs(diff) <= tol_a)
         if not checks["axis_agrees"]:
+            cause = _axis_cause(meta.tilt_axis_deg, img.tilt_axis_deg, tol_a)
             warnings.append(
                 f"tilt_axis_deg ({meta.axis_source}) says {meta.tilt_axis_deg:.2f}° but the images show "
-                f"{img.tilt_axis_deg:.2f}° ± {sd_a:.2f}°: likely {_axis_cause(meta.tilt_axis_deg, img.tilt_axis_deg, tol_a)}"
-                " — the axis of the images is used"
+                f"{img.tilt_axis_deg:.2f}° ± {sd_a:.2f}°: likely {cause} — the axis of the images is used"
             )
     rel_meta = meta.relative_tilts_deg
     if rel_meta is not None and img.relative_tilts_deg is not None:
@@ -431,9 +431,9 @@ def choose_branch(
                 rule = "the specimen protrudes (it contradicts the metadata tilt sense)"
                 warning = (
                     f"tilt sense: the metadata tilts ({meta.tilt_source}, axis {meta.tilt_axis_deg:g}° from "
-                    f"{meta.axis_source}) would make the specimen a recess; likely an opposite tilt sense in the tags or on "
-                    "the command line (or images rotated by 180°) — the protruding branch is used (--relief metadata "
-                    "or recess to override)"
+                    f"{meta.axis_source}) would make the specimen a recess; likely an opposite tilt sense in the tags "
+                    "or on the command line (or images rotated by 180°) — the protruding branch is used (--relief "
+                    "metadata or recess to override)"
                 )
         elif prot_vote is not None:
             mirrored, rule = prot_vote, "the specimen protrudes from the substrate (metadata tilt sense unknown)"

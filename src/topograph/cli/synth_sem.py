@@ -43,7 +43,9 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
     def synth_sem(
         out: Path = typer.Argument(..., help="Output folder (images + truth/)."),
         tilts: str = typer.Option("0,5,10", "--tilts", help="Stage tilts in degrees, one per view."),
-        tilt_axis_deg: float = typer.Option(0.0, "--tilt-axis-deg", help="Tilt-axis direction in the image, °."),
+        tilt_axis_deg: float = typer.Option(
+            0.0, "--tilt-axis-deg", help="Tilt-axis direction in the image, ° counter-clockwise from x as displayed."
+        ),
         size: str = typer.Option("800", "--size", help="Image size in px: N (square) or WxH."),
         seed: int = typer.Option(0, "--seed", help="Seed of the grain shape and texture."),
         noise_seed: int = typer.Option(0, "--noise-seed", help="Seed of the image noise."),

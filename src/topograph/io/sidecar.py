@@ -70,7 +70,8 @@ class MetadataOverrides:
 
     Attributes:
         tilts_deg: one stage tilt per image (degrees), in input order; ``None`` = not given.
-        tilt_axis_deg: tilt-axis direction in the image, degrees from the image x axis toward y.
+        tilt_axis_deg: tilt-axis direction in the image, degrees counter-clockwise (as displayed) from the
+            image x axis (docs/conventions.md).
         pixel_size_um: pixel size on the specimen, µm.
         stage_rotation_deg: stage rotation, degrees.
     """

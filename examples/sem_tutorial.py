@@ -150,7 +150,7 @@ def dome_score(recon: Reconstruction, image_shape: tuple[int, int]) -> float:
     """
     xy = recon.tracks.xy[0]
     seen = np.isfinite(xy).all(axis=1)
-    depth = recon.points.xyz @ recon.cameras[0].rotation[2]
+    depth = recon.points.xyz @ -recon.cameras[0].rotation[2]  # R[2] is the beam; −R[2] points to the detector
     h, w = image_shape
     centre = (np.abs(xy[:, 0] - w / 2) < w / 4) & (np.abs(xy[:, 1] - h / 2) < h / 4)
     return float(np.median(depth[seen & centre]) - np.median(depth[seen & ~centre]))
@@ -263,9 +263,10 @@ show(fig, "grain_tracks")
 # so the cloud is in micrometres. Without metadata, the cameras come from the **factorization** of the
 # track matrix (Poelman–Kanade; at least 3 views).
 #
-# Factorization cannot tell a relief from its mirror image (the *depth-reversal ambiguity* of affine
-# cameras): both explain the images equally well, with opposite tilt signs. Known tilt signs decide it;
-# without them topograph picks a documented convention and says so in the notes. Here we run the
+# Factorization cannot tell a relief from its depth-reversed twin (the *depth-reversal ambiguity* of
+# affine cameras): both explain the images equally well, with opposite tilt signs. topograph decides with
+# two witnesses — the metadata tilt sense where known, and "a specimen on a substrate protrudes" — and
+# says which in the notes (docs/conventions.md). Here we run the
 # factorization too and compare both with the true tilts.
 
 # %%
@@ -490,12 +491,11 @@ if HAVE_QUARTZ:
 # %% [markdown]
 # ### 2.3 Cameras by factorization, bundle adjustment, and a relief check
 #
-# The notes say how the tilt axis was found and which mirror branch was kept: without any tilt sign the
-# convention is that the views are in order of increasing tilt. Which branch is right cannot be decided
-# from the images alone — but a grain resting on a substrate is a dome: its centre is nearer the
-# detector than its outline. `dome_score` (defined in the setup) checks that on the sparse cloud. If
-# the relief came out inverted, the other branch is chosen with `cameras.flip_relief` (the
-# `--flip-relief` option of `topograph sem`).
+# The notes say how the tilt axis was found and which depth branch was kept: without tilt metadata the
+# protrusion witness decides (a grain resting on a substrate protrudes from it). `dome_score` (defined in
+# the setup) checks that independently on the sparse cloud: the grain's centre is nearer the detector
+# than its outline. Were the relief inverted, the other branch is chosen with `cameras.flip_relief` (the
+# `--flip-relief` option of `topograph sem`) or `cameras.relief`.
 
 # %%
 if HAVE_QUARTZ:

@@ -28,7 +28,7 @@ from topograph.io.exports import write_ply
 from topograph.io.images import describe_series, load_sem_series, series_warnings
 from topograph.io.sidecar import MetadataOverrides
 from topograph.io.stage_cache import StageCache, fingerprint
-from topograph.io.staging import staged_output
+from topograph.io.staging import output_transaction
 from topograph.sem.config import SemConfig
 from topograph.sem.relief import ReliefCheck, check_relief
 from topograph.sem.sparse import (
@@ -111,6 +111,32 @@ def run_sem(
     on_loaded: Callable[[ImageSet], None] | None = None,
     use_cache: bool = True,
 ) -> SemRun:
+    """Reconstruct a tilt series; ``out_dir`` is checked and locked before any compute and replaced as a
+    whole when the run succeeds (:func:`topograph.io.staging.output_transaction`).
+
+    The arguments are those of :func:`_run_sem`.
+    """
+    args = (inputs, out_dir, cfg, overrides, sidecar, command, on_stage, on_loaded, use_cache)
+    if out_dir is None:
+        return _run_sem(*args, stage_dir=None)
+    with output_transaction(out_dir, [*inputs, *([sidecar] if sidecar else [])]) as stage_dir:
+        run = _run_sem(*args, stage_dir=stage_dir)
+    log.info("results written to %s (report: %s)", out_dir, Path(out_dir) / "report.html")
+    return run
+
+
+def _run_sem(
+    inputs: Sequence[str | Path],
+    out_dir: str | Path | None,
+    cfg: SemConfig | None = None,
+    overrides: MetadataOverrides | None = None,
+    sidecar: str | Path | None = None,
+    command: str | None = None,
+    on_stage: StageHook | None = None,
+    on_loaded: Callable[[ImageSet], None] | None = None,
+    use_cache: bool = True,
+    stage_dir: Path | None = None,
+) -> SemRun:
     """Reconstruct a tilt series.
 
     Args:
@@ -124,6 +150,7 @@ def run_sem(
         on_loaded: called with the loaded series before matching (to show the parsed metadata).
         use_cache: reuse the sparse stages (matching, cameras, bundle adjustment) cached in ``out_dir/cache``
             by an earlier run with the same images and the same settings of those stages.
+        stage_dir: the staging folder the files are written into (None: keep the results in memory).
 
     Returns:
         The :class:`SemRun` with cameras, sparse cloud, quality figures and (when enabled) the dense results.
@@ -216,15 +243,13 @@ def run_sem(
 
     timings["total"] = time.perf_counter() - t_all
     run.summary = build_summary(run, cfg, command)
-    if out_dir is not None:
-        stage("write")
-        with staged_output(out_dir) as tmp:
-            write_outputs(run, cfg, tmp, command)
-            store.write(tmp)
+    if stage_dir is not None:
         from topograph.report.html import write_report
 
-        report = write_report(out_dir)
-        log.info("results written to %s (report: %s)", out_dir, report)
+        stage("write")
+        write_outputs(run, cfg, stage_dir, command)
+        store.write(stage_dir)
+        write_report(stage_dir)  # inside the transaction: OUT never lacks its report
     return run
 
 

@@ -305,9 +305,25 @@ def build_summary(run: SemRun, cfg: SemConfig, command: str | None) -> dict[str,
         "timings_s": run.timings_s,
         "cached_stages": list(run.cached_stages),
     }
+    summary["frame"] = output_frame(run)
     if run.dense is not None and hasattr(run.dense, "summary"):
         summary["dense"] = run.dense.summary()
     return summary
+
+
+SPARSE_FRAME = (
+    "reconstruction frame (no dense stage, so no substrate plane): x, y, z of the cameras' world — the "
+    "stage for metadata cameras, view 0 for factorization"
+)
+
+
+def output_frame(run: SemRun) -> str:
+    """The frame every 3-D file of the run is written in (docs/outputs.md)."""
+    if run.dense is not None and hasattr(run.dense, "to_output_frame"):
+        from topograph.sem.dense import FRAME
+
+        return FRAME
+    return SPARSE_FRAME
 
 
 def _uncertainty_summary(u: TiltUncertainty | None) -> dict[str, Any] | None:
@@ -332,10 +348,20 @@ def write_outputs(run: SemRun, cfg: SemConfig, out: Path, command: str | None) -
 
     recon = run.reconstruction
     unit_text = "micrometres" if run.unit == "um" else "pixel units of view 0 (no pixel size known)"
+    to_output = getattr(run.dense, "to_output_frame", None)  # the dense stage's substrate frame, if any
+    sparse = recon.points
+    if to_output is not None:
+        sparse = dataclasses.replace(sparse, xyz=to_output(sparse.xyz), normals=None)
+    frame_name = "substrate" if to_output is not None else "reconstruction"
     write_ply(
         out / "sparse.ply",
-        recon.points,
-        comments=[f"topograph {__version__} sparse SEM cloud", f"unit {run.unit}", f"unit_description {unit_text}"],
+        sparse,
+        comments=[
+            f"topograph {__version__} sparse SEM cloud",
+            f"unit {run.unit}",
+            f"unit_description {unit_text}",
+            f"frame {frame_name}",
+        ],
     )
     cameras = {
         "unit": run.unit,
@@ -343,6 +369,9 @@ def write_outputs(run: SemRun, cfg: SemConfig, out: Path, command: str | None) -
         "model": "x = k [[1,0,0],[s,1,0]] R X + t",
         "source": recon.camera_source,
         "tilt_axis_deg": run.cameras.tilt_axis_deg,
+        "frame": "cameras map reconstruction-frame points X; output files are in the frame below",
+        "output_frame": output_frame(run),
+        "reconstruction_to_output": run.dense.output_transform() if to_output is not None else np.eye(4),
         "notes": list(recon.notes),
         "views": [
             {

@@ -52,8 +52,6 @@ def check_sem_files(out: Path, unit: str) -> dict:
     top = grain.vertices[grain.vertices[:, 2] > 0.3 * grain.vertices[:, 2].max()]
     assert np.median(tree.query(top)[0]) < 0.01 * extent
     assert np.median(tree.query(sparse.xyz)[0]) < 0.01 * extent
-    # the substrate is the plane z = 0 of that frame: most of the cloud lies near it, none far below
-    assert abs(np.median(dense.xyz[:, 2])) < 0.05 * extent
     # watertight after reload, the same solid in STL and PLY
     stl = trimesh.load(out / "grain_mesh.stl")
     ply = trimesh.load(out / "grain_mesh.ply")
@@ -73,6 +71,9 @@ def check_sem_files(out: Path, unit: str) -> dict:
     field = next(iter(gwyfile.util.get_datafields(gwyfile.load(str(out / "height_map.gwy"))).values()))
     assert field.data.shape == height.shape
     finite = np.isfinite(height)
+    # the height map's values are the z of the dense points in the substrate frame (one frame)
+    assert finite.sum() == len(dense)
+    np.testing.assert_allclose(np.sort(height[finite]), np.sort(dense.xyz[:, 2]), atol=1e-4 * extent)
     if unit == "um":
         assert ij["unit"] == "um" and ij["vunit"] == "um"
         assert xres[0] / xres[1] == pytest.approx(1.0 / summary["pixel_size_um"], rel=0.05)
@@ -115,3 +116,54 @@ def test_quartz_outputs_open_right(quartz_dir: Path, tmp_path: Path) -> None:
     run_sem([quartz_dir], out)
     facts = check_sem_files(out, "px")
     assert facts["n_dense"] > 100_000
+
+
+@pytest.mark.slow
+def test_meso_outputs_share_the_mosaic_frame_and_open_right(tmp_path: Path) -> None:
+    import gwyfile
+
+    from topograph.meso.config import LevelConfig, MesoConfig
+    from topograph.meso.pipeline import run_meso
+    from topograph.synth.meso import MesoSynthConfig, render_meso_sequence, write_meso_dataset
+
+    data = render_meso_sequence(MesoSynthConfig(image_size=(160, 120), raster=(3, 2), seed=1))
+    folder = write_meso_dataset(data, tmp_path / "data")
+    cam = ("position", "scale", "tilt", "angle", "gain", "bias")
+    cfg = MesoConfig(
+        schedule=(
+            LevelConfig("shift", 2, 15, ("position",), lr_scale=2.0),
+            LevelConfig("height", 1, 15, (*cam, "height")),
+        )
+    )
+    cfg.distortion.model = "none"
+    cfg.threads = 1
+    cfg.scale.magnification = 0.1  # any known scale: the files must then be in µm
+    out = tmp_path / "run"
+    rec, files = run_meso(sorted((folder / "images").glob("*.jpg")), out, cfg)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["unit"] == "um" and summary["height_unit"] == "um" and summary["frame"].startswith("mosaic frame")
+    px = summary["pixel_size_um"]
+    assert px == pytest.approx(rec.pixel_size_mm * 1000.0)
+    assert not (out / "height_um.tif").exists() and {"height_map.tif", "height_map.gwy"} <= {
+        p.name for p in out.iterdir()
+    }
+    with tifffile.TiffFile(out / "height_map.tif") as tif:
+        ij = tif.imagej_metadata
+        height = tif.pages.first.asarray()
+        xres = tif.pages.first.tags.valueof(282)
+    assert ij["unit"] == "um" and ij["vunit"] == "um" and xres[0] / xres[1] == pytest.approx(1.0 / px, rel=1e-4)
+    origin = json.loads(ij["Info"])["origin"]
+    field = next(iter(gwyfile.util.get_datafields(gwyfile.load(str(out / "height_map.gwy"))).values()))
+    assert field.si_unit_z.unitstr == "m" and field.xreal == pytest.approx(height.shape[1] * px * 1e-6)
+    ply = PlyData.read(str(out / "surface.ply"))
+    assert ply["vertex"].data.dtype["x"] == np.float32 and "unit um" in ply.comments
+    mesh = trimesh.load(out / "surface.ply", process=False)
+    v = np.asarray(mesh.vertices)
+    # the mosaic frame: x = origin_x + px col, y = −(origin_y + px row), z = the height map's value there
+    col = np.rint((v[:, 0] - origin[0]) / px).astype(int)
+    row = np.rint((-v[:, 1] - origin[1]) / px).astype(int)
+    np.testing.assert_allclose(v[:, 2], height[row, col], rtol=1e-5, atol=1e-3)
+    normals = mesh.face_normals[np.isfinite(mesh.face_normals).all(axis=1)]
+    assert np.median(normals[:, 2]) > 0.9  # right-handed with z up: the surface faces the cameras
+    cams = json.loads((out / "cameras.json").read_text())
+    assert cams["position_output_unit"] == "um" and len(cams["cameras"][0]["position_output"]) == 2

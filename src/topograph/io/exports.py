@@ -215,6 +215,25 @@ def read_float_tiff(path: str | Path) -> tuple[np.ndarray, float | None]:
     return np.asarray(array, dtype=np.float32), pixel_size
 
 
+def read_raster_facts(path: str | Path) -> dict:
+    """The JSON facts topograph stored with a raster TIFF (ImageJ ``Info``, or the ImageDescription of older
+    files): ``unit``, ``pixel_size_um``, ``frame`` …; ``{}`` when there are none. An ImageJ value unit
+    (``vunit``) fills ``unit`` when the JSON lacks it."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        imagej = tif.imagej_metadata or {}
+        description = tif.pages.first.description
+    for text in (imagej.get("Info"), description):
+        try:
+            meta = json.loads(text) if text and str(text).strip().startswith("{") else None
+        except (json.JSONDecodeError, TypeError, ValueError):
+            meta = None
+        if isinstance(meta, dict):
+            return meta
+    return {"unit": imagej["vunit"]} if "vunit" in imagej else {}
+
+
 def write_gwy(path: str | Path, array: np.ndarray, pixel_size_um: float | None, unit: str, title: str) -> Path:
     """Write a 2-D raster as a Gwyddion ``.gwy`` file (gwyfile): one channel with lateral and z units.
 

@@ -10,8 +10,9 @@
    killed swap left aside (``.OUT.old-*``) is put back.
 4. The run writes every file, ``report.html`` included, into a fresh staging folder beside ``OUT``.
 5. On success the fingerprinted caches of the previous run (``cache/`` and the meso ``checkpoint.pt``)
-   are carried into the staging folder, then ``OUT`` is set aside and the staging folder renamed to
-   ``OUT`` (signals blocked between the two renames), and the old folder removed. Nothing else of the
+   and a batch's ``status.json`` / ``batch.log`` are carried into the staging folder, then ``OUT`` is
+   set aside and the staging folder renamed to ``OUT`` (signals blocked between the two renames), and
+   the old folder removed. Nothing else of the
    previous run survives, so a ``--sparse-only`` re-run leaves no stale dense cloud behind.
 
 SIGINT and SIGTERM raise :class:`Interrupted` inside the run, so the staging folder is removed and the
@@ -33,9 +34,11 @@ from pathlib import Path
 
 from topograph.errors import TopographError
 
-KEEP = ("cache", "checkpoint.pt")
-"""Entries of a previous run kept by the next one: fingerprinted, so a different run simply misses them."""
-RUN_MARKERS = ("summary.json", "checkpoint.pt", "report.html")
+KEEP = ("cache", "checkpoint.pt", "status.json", "batch.log")
+"""Entries of ``OUT`` kept through the swap: the fingerprinted caches (a different run simply misses them)
+and the bookkeeping a batch writes into ``OUT/<dataset>`` while the run goes on (its status and log; the
+log is hard-linked, so lines written after the swap still land in it)."""
+RUN_MARKERS = ("summary.json", "checkpoint.pt", "report.html", "status.json")
 """An existing non-empty ``OUT`` must hold one of these (a run folder): any other folder is refused, so
 that replacing it can never delete a user's unrelated files."""
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ from topograph.io.exports import write_height_map, write_mesh_ply, write_png, wr
 from topograph.meso.figures import distortion_figure, height_figure, loss_figure
 from topograph.meso.reconstruct import MesoReconstruction
 from topograph.meso.types import MesoImages
+
+log = logging.getLogger("topograph")
 
 FRAME = (
     "mosaic frame: x to the right and y up the orthomosaic (y = −row), z = height above the dominant plane "
@@ -53,41 +56,36 @@ def height_field_mesh(
     z_scale: float,
     max_vertices: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Triangle mesh of a height field: one vertex per (decimated) valid cell, two triangles per quad.
+    """Coloured triangle mesh of a height field, by the one mesher of both engines
+    (:func:`topograph.analysis.mesh.heightfield_mesh`) on a grid decimated to at most ``max_vertices``.
 
     Args:
         height: (H, W) heights (NaN = none).
         rgb: (H, W, 3) colours in [0, 1].
         pixel_size: lateral spacing of the cells.
         origin: lateral position of cell (0, 0).
-        z_scale: factor taking heights to the lateral unit (e.g. 1e-3 for um -> mm).
+        z_scale: factor taking heights to the lateral unit.
         max_vertices: decimate with a stride so that at most this many vertices are used.
 
     Returns:
-        ``(xyz (V, 3) float32, colours (V, 3) uint8, faces (F, 3) int32)``.
+        ``(xyz (V, 3) float32, colours (V, 3) uint8, faces (F, 3) int32)``; empty when no cell has four
+        valid corners.
     """
+    from topograph.analysis.mesh import heightfield_mesh
+    from topograph.errors import TopographError
+
     h, w = height.shape
     stride = max(1, int(np.ceil(np.sqrt(h * w / max(1, max_vertices)))))
-    hs = height[::stride, ::stride]
-    cs = rgb[::stride, ::stride]
-    hh, ww = hs.shape
-    valid = np.isfinite(hs)
-    index = np.full((hh, ww), -1, dtype=np.int64)
-    index[valid] = np.arange(int(valid.sum()))
-    ii, jj = np.nonzero(valid)
-    xyz = np.column_stack(
-        (origin[0] + pixel_size * stride * jj, origin[1] + pixel_size * stride * ii, hs[ii, jj] * z_scale)
-    ).astype(np.float32)
-    colours = np.clip(np.round(cs[ii, jj] * 255), 0, 255).astype(np.uint8)
-    a = index[:-1, :-1]
-    b = index[:-1, 1:]
-    c = index[1:, :-1]
-    d = index[1:, 1:]
-    quad = (a >= 0) & (b >= 0) & (c >= 0) & (d >= 0)
-    faces = np.concatenate(
-        (np.column_stack((a[quad], c[quad], b[quad])), np.column_stack((b[quad], c[quad], d[quad])))
-    ).astype(np.int32)
-    return xyz, colours, faces
+    step = pixel_size * stride
+    try:
+        mesh = heightfield_mesh(height[::stride, ::stride] * z_scale, step, origin)
+    except TopographError:  # no cell with four valid corners
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8), np.zeros((0, 3), np.int32)
+    v = np.asarray(mesh.vertices)
+    cols = np.rint((v[:, 0] - origin[0]) / step).astype(np.int64)
+    rows = np.rint((v[:, 1] - origin[1]) / step).astype(np.int64)
+    colours = np.clip(np.round(rgb[::stride, ::stride][rows, cols] * 255), 0, 255).astype(np.uint8)
+    return v.astype(np.float32), colours, np.asarray(mesh.faces, dtype=np.int32)
 
 
 def _history_csv(history: list[dict]) -> str:
@@ -141,6 +139,7 @@ def write_outputs(rec: MesoReconstruction, out_dir: str | Path, command: str | N
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
+    notes: list[str] = []
     scaled = rec.pixel_size_mm is not None
     # one unit policy: µm when the scale is known (lateral and height), else mosaic pixels / object units
     pixel_um = rec.pixel_size_mm * 1000.0 if scaled else None
@@ -157,14 +156,19 @@ def write_outputs(rec: MesoReconstruction, out_dir: str | Path, command: str | N
     files["height_png"] = height_figure(rec.height, bar_px, bar_unit, unit, out / "height_map.png", "height map")
     # heights share the lateral unit (µm, or object units when unscaled): z_scale 1
     xyz, col, faces = height_field_mesh(rec.height, rec.ortho, px, origin, 1.0, rec.config.output.max_mesh_vertices)
-    xyz[:, 1] = -xyz[:, 1]  # y up: the right-handed mosaic frame (FRAME)
-    files["surface_ply"] = write_mesh_ply(
-        out / "surface.ply",
-        xyz,
-        faces,
-        comments=[f"unit {lateral}", "frame mosaic", "topograph meso height field"],
-        colours=col,
-    )
+    xyz[:, 1] = -xyz[:, 1]  # y up: the right-handed mosaic frame (FRAME) ...
+    faces = faces[:, ::-1]  # ... mirrors the grid, so the winding is reversed to keep normals facing up
+    if len(faces):
+        files["surface_ply"] = write_mesh_ply(
+            out / "surface.ply",
+            xyz,
+            faces,
+            comments=[f"unit {lateral}", "frame mosaic", "topograph meso height field"],
+            colours=col,
+        )
+    else:
+        notes.append("no mosaic cell has four known heights: surface.ply is not written")
+        log.warning(notes[-1])
     cams = rec.cameras.to_dict()
     cams["scale"] = {
         "source": rec.scale.source,
@@ -207,7 +211,7 @@ def write_outputs(rec: MesoReconstruction, out_dir: str | Path, command: str | N
         "init_method": rec.init.method,
         "quality": run_quality(rec),
         "timings_s": rec.timings,
-        "warnings": list(rec.checks.warnings),
+        "warnings": [*rec.checks.warnings, *notes],
     }
     files["summary_json"] = write_json(out / "summary.json", summary)
     return files

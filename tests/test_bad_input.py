@@ -123,6 +123,19 @@ def _unreadable(tmp: Path, mp: pytest.MonkeyPatch) -> list[str]:
     return ["sem", str(folder), "-o", str(tmp / "out")]
 
 
+def _meso_unreadable(tmp: Path, mp: pytest.MonkeyPatch) -> list[str]:
+    args = _meso(tmp, "--focal-mm", "4.2", "--pixel-pitch-um", "1.4")
+    real_fromfile = np.fromfile
+
+    def fromfile(path, *a, **k):  # noqa: ANN001, ANN202
+        if str(path).endswith("view_01.jpg"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_fromfile(path, *a, **k)
+
+    mp.setattr(np, "fromfile", fromfile)
+    return args
+
+
 def _eval_mismatch(tmp: Path, mp: pytest.MonkeyPatch) -> list[str]:
     from topograph.synth.sem import GrainSpec, render_sem_series, save_sem_dataset
 
@@ -283,6 +296,9 @@ CASES: dict[str, Case] = {
         "link to a missing file",
     ),
     "meso malicious checkpoint": Case(_malicious_checkpoint, "cannot be read safely"),
+    "meso unreadable image": Case(
+        _meso_unreadable, "permission denied", forbid=("microscope", "re-export", "while writing")
+    ),
     # ---- SEM options and series ------------------------------------------------------------------------
     "sem --tilts 0,89,10": Case(lambda t, m: _sem(t, "--tilts", "0,89,10"), "outside ±80"),
     "sem --tilts -89": Case(lambda t, m: _sem(t, "--tilts", "-89,0,5"), "outside ±80"),

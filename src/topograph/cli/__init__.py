@@ -6,6 +6,7 @@ builds the app and turns :class:`~topograph.errors.TopographError` into one line
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import sys
@@ -78,8 +79,20 @@ def main() -> None:
         _interrupted(interrupt)
     except OSError as exc:  # a file-system failure outside the checked paths: one line, no traceback
         where = f" ({exc.filename})" if exc.filename else ""
-        err_console.print(f"[bold red]error:[/] {exc.strerror or exc}{where}", highlight=False, soft_wrap=True)
+        fix = _OS_FIXES.get(exc.errno or 0, "check the path and the disk, then rerun")
+        err_console.print(
+            f"[bold red]error:[/] {exc.strerror or exc}{where} — {fix}", highlight=False, markup=True, soft_wrap=True
+        )
         sys.exit(2)
+
+
+_OS_FIXES = {
+    errno.EACCES: "make the file or folder readable / writable for you (ls -l shows who owns it), or use a copy",
+    errno.EPERM: "make the file or folder readable / writable for you (ls -l shows who owns it), or use a copy",
+    errno.EROFS: "the disk is read-only: write the results to another folder with -o",
+    errno.ENOSPC: "free some disk space or write the results to another disk with -o",
+    errno.ENOENT: "check the spelling of the path and the current folder",
+}
 
 
 def _interrupt_in_chain(exc: BaseException) -> KeyboardInterrupt | None:

@@ -145,6 +145,8 @@ def output_transaction(
                 _carry_over(out, stage, keep)
                 _swap(stage, out)
             except OSError as exc:
+                if not _while_writing(exc, out, holder):
+                    raise  # e.g. an unreadable input: not a problem of the output folder
                 raise _file_system_error(exc, out) from exc
         finally:
             shutil.rmtree(holder, ignore_errors=True)
@@ -152,6 +154,21 @@ def output_transaction(
 
 staged_output = output_transaction
 """Former name, kept for callers outside the engines."""
+
+
+def _while_writing(exc: OSError, out: Path, holder: Path) -> bool:
+    """Whether ``exc`` came from writing the run's output (its staging folder or ``OUT``)."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    names = [n for n in (exc.filename, exc.filename2) if n]
+    if not names:
+        return False
+    targets = [out.resolve(), holder.resolve()]
+    for name in names:
+        p = Path(os.fsdecode(name)).resolve()
+        if any(p == t or t in p.parents for t in targets):
+            return True
+    return False
 
 
 def _file_system_error(exc: OSError, out: Path) -> TopographError:

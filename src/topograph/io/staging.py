@@ -38,7 +38,7 @@ KEEP = ("cache", "checkpoint.pt", "status.json", "batch.log")
 """Entries of ``OUT`` kept through the swap: the fingerprinted caches (a different run simply misses them)
 and the bookkeeping a batch writes into ``OUT/<dataset>`` while the run goes on (its status and log; the
 log is hard-linked, so lines written after the swap still land in it)."""
-RUN_MARKERS = ("summary.json", "checkpoint.pt", "report.html", "status.json")
+RUN_MARKERS = ("summary.json", "checkpoint.pt", "report.html", "status.json", "cache")
 """An existing non-empty ``OUT`` must hold one of these (a run folder): any other folder is refused, so
 that replacing it can never delete a user's unrelated files."""
 

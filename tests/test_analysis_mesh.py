@@ -184,7 +184,7 @@ def test_write_and_read_mesh_round_trip(tmp_path) -> None:
     ply = write_mesh(sphere, tmp_path / "g.ply", unit="px")
     mesh, cloud, unit = read_geometry(ply)
     assert cloud is None and unit == "px"
-    assert mesh.volume == pytest.approx(sphere.volume, rel=1e-12)
+    assert mesh.volume == pytest.approx(sphere.volume, rel=1e-6)  # float32 vertices on disk
     mesh, _, unit = read_geometry(write_mesh(sphere, tmp_path / "g.stl"))
     assert unit is None and mesh.is_watertight and mesh.volume == pytest.approx(sphere.volume, rel=1e-5)
     mesh, _, unit = read_geometry(write_mesh(sphere, tmp_path / "g.obj"))

@@ -153,5 +153,5 @@ def test_meso_tutorial_executes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
     assert r["unit"] == "um" and r["height_finite"] > 0.3 and r["ortho_finite"]
     for fig in ("photos", "truth", "init", "loss", "mosaic", "distortion", "table1"):
         assert (tmp_path / "meso" / "figures" / f"{fig}.png").is_file()
-    for name in ("orthomosaic.png", "height_um.tif", "cameras.json", "summary.json"):
+    for name in ("orthomosaic.png", "height_map.tif", "height_map.gwy", "cameras.json", "summary.json"):
         assert (tmp_path / "meso" / "run" / name).is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import cv2
@@ -77,9 +78,10 @@ def test_float_tiff_round_trip(tmp_path: Path) -> None:
     with tifffile.TiffFile(path) as tif:
         page = tif.pages.first
         xres = page.tags["XResolution"].value
-        assert xres[0] / xres[1] == pytest.approx(1e4 / 0.25)  # pixels per cm
-        assert int(page.tags["ResolutionUnit"].value) == 3
-        assert '"unit": "um"' in page.description
+        assert xres[0] / xres[1] == pytest.approx(1 / 0.25)  # pixels per µm, ImageJ calibration
+        ij = tif.imagej_metadata
+        assert ij["unit"] == "um" and ij["vunit"] == "um"  # Fiji shows µm laterally and for the values
+        assert json.loads(ij["Info"])["pixel_size_um"] == 0.25
 
 
 def test_float_tiff_pixel_size_from_tags_or_none(tmp_path: Path) -> None:
@@ -87,9 +89,14 @@ def test_float_tiff_pixel_size_from_tags_or_none(tmp_path: Path) -> None:
     tifffile.imwrite(tmp_path / "tags.tif", a, resolution=(1e4 / 2.0, 1e4 / 2.0), resolutionunit="CENTIMETER")
     _, px = read_float_tiff(tmp_path / "tags.tif")
     assert px == pytest.approx(2.0)
-    write_float_tiff(tmp_path / "nopx.tif", a, pixel_size_um=None)
+    write_float_tiff(tmp_path / "nopx.tif", a, pixel_size_um=None, unit="px")
     _, px = read_float_tiff(tmp_path / "nopx.tif")
     assert px is None
+    with tifffile.TiffFile(tmp_path / "nopx.tif") as tif:  # pixel-unit run: no physical resolution at all
+        assert tif.imagej_metadata["unit"] == "pixel"
+        res = tif.pages.first.tags.valueof(282)
+        assert res is None or res[0] / res[1] == pytest.approx(1.0)
+        assert tif.pages.first.tags.valueof(296) in (None, 1)  # ResolutionUnit NONE
     with pytest.raises(TopographError):
         read_float_tiff(tmp_path / "missing.tif")
 
@@ -104,3 +111,54 @@ def test_png_round_trip(tmp_path: Path) -> None:
     assert np.array_equal(cv2.imread(str(tmp_path / "c.png"))[..., ::-1], rgb)  # stored RGB, OpenCV reads BGR
     with pytest.raises(ValueError):
         write_png(tmp_path / "f.png", grey.astype(np.float32))
+
+
+def test_height_map_gwy_holds_scale_z_unit_and_mask(tmp_path: Path) -> None:
+    import gwyfile
+
+    from topograph.io.exports import write_height_map
+
+    height = np.arange(12, dtype=np.float32).reshape(3, 4) * 0.5
+    height[0, 0] = np.nan
+    tif, gwy = write_height_map(tmp_path, height, 0.2, "um", {"frame": "test"})
+    assert tif.name == "height_map.tif" and gwy.name == "height_map.gwy"
+    obj = gwyfile.load(str(gwy))
+    field = gwyfile.util.get_datafields(obj)["height (um)"]
+    assert field.xreal == pytest.approx(4 * 0.2e-6) and field.yreal == pytest.approx(3 * 0.2e-6)
+    assert field.si_unit_xy.unitstr == "m" and field.si_unit_z.unitstr == "m"
+    assert field.data[2, 3] == pytest.approx(5.5e-6)
+    assert obj["/0/mask"].data[0, 0] == 1.0 and obj["/0/mask"].data[1, 1] == 0.0
+    _, px_gwy = write_height_map(tmp_path, height, None, "px", name="px_map")
+    f2 = gwyfile.util.get_datafields(gwyfile.load(str(px_gwy)))["height (px)"]
+    assert f2.si_unit_xy.unitstr == "px" and f2.xreal == 4 and f2.si_unit_z.unitstr == "px"
+
+
+def test_stl_round_trip_of_a_pinched_solid_is_watertight(tmp_path: Path) -> None:
+    """Two cubes touching along one edge, held by distinct vertex indices there (a bow-tie): watertight in
+    memory, but after an STL round trip the merged edge has 4 faces unless the writer separates the
+    pinched vertices (the quartz grain_mesh.stl had 7 such edges)."""
+    import trimesh
+
+    from topograph.io.exports import write_mesh
+
+    a = trimesh.creation.box(extents=(1, 1, 1))
+    a.apply_translation((0.5, 0.5, 0.5))
+    b = trimesh.creation.box(extents=(1, 1, 1))
+    b.apply_translation((-0.5, -0.5, 0.5))
+    solid = trimesh.Trimesh(
+        np.vstack([a.vertices, b.vertices]), np.vstack([a.faces, b.faces + len(a.vertices)]), process=False
+    )
+    assert solid.is_watertight
+    solid.export(tmp_path / "naive.stl")
+    naive = trimesh.load(tmp_path / "naive.stl")
+    assert not naive.is_watertight  # the failure the writer must avoid
+    write_mesh(solid, tmp_path / "m.stl", unit="um")
+    write_mesh(solid, tmp_path / "m.ply", unit="um")
+    stl = trimesh.load(tmp_path / "m.stl")
+    ply = trimesh.load(tmp_path / "m.ply")
+    assert stl.is_watertight and ply.is_watertight
+    assert abs(stl.volume / ply.volume - 1) < 1e-3 and abs(ply.volume / 2.0 - 1) < 1e-3
+    from plyfile import PlyData
+
+    data = PlyData.read(str(tmp_path / "m.ply"))
+    assert data["vertex"].data.dtype["x"] == np.float32 and "unit um" in data.comments

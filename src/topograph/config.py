@@ -72,17 +72,21 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             )
         return value
     if tp is bool:
-        if isinstance(value, str):
-            low = value.strip().lower()
-            if low in ("true", "1", "yes", "on"):
-                return True
-            if low in ("false", "0", "no", "off"):
-                return False
-            raise ValueError(value)
-        return bool(value)
+        if isinstance(value, bool):
+            return value
+        low = str(value).strip().lower()
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        raise TopographError(f"config key '{key}' must be true or false, got {value!r}", f"write {key}: true")
     if tp in (int, float, str):
         if tp is int and isinstance(value, float) and not value.is_integer():
             raise TopographError(f"config key '{key}' must be an integer, got {value!r}", "give a whole number")
+        if tp in (int, float) and (isinstance(value, (bool, dict, list, tuple))):
+            raise TopographError(f"config key '{key}' must be a number, got {value!r}", f"write {key}: <number>")
+        if tp is str and isinstance(value, (dict, list, tuple)):
+            raise TopographError(f"config key '{key}' must be a text value, got {value!r}", "write one word")
         try:
             return tp(value)
         except (TypeError, ValueError) as exc:
@@ -129,10 +133,16 @@ def from_yaml(cls: type[T], text_or_path: str | Path) -> T:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        where = f" (line {line + 1})" if line is not None else ""
-        raise TopographError(f"configuration is not valid YAML{where}", "fix the syntax of the file") from exc
+        raise TopographError(f"configuration is not valid YAML: {yaml_error_line(exc)}", "fix the syntax") from exc
     return from_dict(cls, data)
+
+
+def yaml_error_line(exc: Exception) -> str:
+    """One line for a YAML parse error (PyYAML's own message spans several lines with a code excerpt)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return " ".join(f"{where}{problem}".split())
 
 
 def apply_overrides(cfg: T, overrides: dict[str, Any]) -> T:

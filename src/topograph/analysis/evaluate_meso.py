@@ -302,17 +302,14 @@ def load_meso_result(
         raise TopographError(f"height map {hp} not found", "check the path")
     import tifffile
 
+    from topograph.io.exports import read_raster_facts
+
     with tifffile.TiffFile(hp) as tf:
         h = tf.asarray().astype(np.float32)
-        desc = tf.pages[0].description or ""
     if h.ndim == 3:
         h = h[..., 0] if h.shape[2] <= 4 else h[0]
-    unit = "um"
-    try:
-        meta = json.loads(desc) if desc.strip().startswith("{") else {}
-        unit = str(meta.get("unit", meta.get("height_unit", "um")))
-    except ValueError:
-        pass
+    meta = read_raster_facts(hp)  # topograph's JSON (ImageJ Info or the description)
+    unit = str(meta.get("unit", meta.get("height_unit", "um")))
     factor = _height_unit_factor_um(unit)
     if factor is None:
         log.warning("height map %s is in '%s', not a length unit: only the rescale factor is meaningful", hp, unit)

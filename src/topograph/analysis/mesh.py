@@ -19,8 +19,7 @@ from scipy import ndimage
 from scipy.interpolate import griddata
 
 from topograph.errors import TopographError
-from topograph.io.atomic import atomic_path
-from topograph.io.exports import write_mesh_ply, write_stl
+from topograph.io.exports import write_mesh as _write_mesh
 from topograph.types import HeightMap
 
 log = logging.getLogger("topograph")
@@ -449,32 +448,8 @@ def mesh_from_cloud_heightfield(
 
 
 def write_mesh(mesh: trimesh.Trimesh, path: str | os.PathLike[str], unit: str = "um") -> Path:
-    """Write a mesh atomically as PLY (binary, float64, ``comment unit <unit>``), STL (binary) or OBJ.
-
-    PLY and STL go through the vectorised writers of :mod:`topograph.io.exports` (a million faces in
-    well under a second).
-
-    The format follows the suffix. STL has no place for the unit; PLY and OBJ carry it as a comment.
-
-    Raises:
-        TopographError: unsupported suffix or empty mesh.
-    """
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in (".ply", ".stl", ".obj"):
-        raise TopographError(f"cannot write a mesh as '{suffix or path.name}'", "use a .ply, .stl or .obj file name")
-    if len(mesh.faces) == 0:
-        raise TopographError("the mesh has no faces", "nothing to write")
-    if suffix == ".ply":
-        write_mesh_ply(path, mesh.vertices, mesh.faces, comments=[f"unit {unit}", "written by topograph"])
-    elif suffix == ".stl":
-        write_stl(path, mesh.vertices, mesh.faces)
-    else:
-        with atomic_path(path) as tmp:
-            text = trimesh.exchange.obj.export_obj(mesh, include_normals=False, include_texture=False)
-            tmp.write_text(f"# unit {unit}\n{text}", encoding="utf-8")
-    log.info("wrote %s (%d vertices, %d faces)", path, len(mesh.vertices), len(mesh.faces))
-    return path
+    """Write a mesh as PLY, STL or OBJ: :func:`topograph.io.exports.write_mesh` (the one output layer)."""
+    return _write_mesh(mesh, path, unit=unit)
 
 
 BASE_LEVELS = ("rim", "lowest")

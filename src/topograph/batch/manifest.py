@@ -270,7 +270,9 @@ def _read_yaml(path: Path) -> tuple[list[Any], dict[str, Any]]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
-        raise TopographError(f"cannot read the manifest {path}: {exc}", "fix the YAML syntax") from exc
+        from topograph.config import yaml_error_line
+
+        raise TopographError(f"cannot read the manifest {path}: {yaml_error_line(exc)}", "fix the YAML syntax") from exc
     if isinstance(data, list):
         return data, {}
     if not isinstance(data, Mapping) or "datasets" not in data:

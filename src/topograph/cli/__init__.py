@@ -6,6 +6,7 @@ builds the app and turns :class:`~topograph.errors.TopographError` into one line
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
 import sys
@@ -69,6 +70,40 @@ def main() -> None:
     except TopographError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        err_console.print("[bold red]interrupted[/]")
-        sys.exit(130)
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM during a run (topograph.io.staging.Interrupted)
+        _interrupted(exc)
+    except SystemExit as exc:  # typer turns KeyboardInterrupt into a silent exit 130: say it once
+        interrupt = _interrupt_in_chain(exc)
+        if interrupt is None:
+            raise
+        _interrupted(interrupt)
+    except OSError as exc:  # a file-system failure outside the checked paths: one line, no traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        fix = _OS_FIXES.get(exc.errno or 0, "check the path and the disk, then rerun")
+        err_console.print(
+            f"[bold red]error:[/] {exc.strerror or exc}{where} — {fix}", highlight=False, markup=True, soft_wrap=True
+        )
+        sys.exit(2)
+
+
+_OS_FIXES = {
+    errno.EACCES: "make the file or folder readable / writable for you (ls -l shows who owns it), or use a copy",
+    errno.EPERM: "make the file or folder readable / writable for you (ls -l shows who owns it), or use a copy",
+    errno.EROFS: "the disk is read-only: write the results to another folder with -o",
+    errno.ENOSPC: "free some disk space or write the results to another disk with -o",
+    errno.ENOENT: "check the spelling of the path and the current folder",
+}
+
+
+def _interrupt_in_chain(exc: BaseException) -> KeyboardInterrupt | None:
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None or isinstance(seen, KeyboardInterrupt):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _interrupted(exc: KeyboardInterrupt) -> None:
+    err_console.print("[bold red]interrupted[/] (the output folder is unchanged)")
+    sys.exit(128 + getattr(exc, "signum", 2))

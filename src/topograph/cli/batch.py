@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -57,6 +58,21 @@ def _results_table(results: list[Any]) -> Table:
     return table
 
 
+_MEMORY = re.compile(r"^\s*\d+(\.\d+)?\s*([kmgt]i?)?b?\s*$", re.IGNORECASE)
+
+
+def check_cluster_options(workers: int | None, threads_per_worker: int, memory_limit: str) -> None:
+    """Worker counts and the memory limit, checked before any worker starts."""
+    if workers is not None and workers < 1:
+        raise TopographError(f"--workers must be at least 1, got {workers}", "e.g. --workers 2")
+    if threads_per_worker < 1:
+        raise TopographError(f"--threads-per-worker must be at least 1, got {threads_per_worker}", "e.g. 1")
+    if memory_limit.strip().lower() not in ("auto", "none", "0") and not _MEMORY.match(memory_limit):
+        raise TopographError(
+            f"--memory-limit must be auto, none or a size, got '{memory_limit}'", "e.g. --memory-limit 4GB"
+        )
+
+
 def register(app: typer.Typer, synth_app: typer.Typer) -> None:
     @app.command("batch")
     def batch_command(
@@ -100,6 +116,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         from topograph.batch import ClusterOptions, datasets_from_glob, read_manifest, run_batch
         from topograph.cli import err_console
 
+        check_cluster_options(workers, threads_per_worker, memory_limit)
         if (manifest is None) == (glob_pattern is None):
             raise TopographError("give either a MANIFEST or --glob", "e.g. topograph batch --glob 'grains/*/' -o OUT")
         if retry_failed and force:

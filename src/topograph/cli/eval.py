@@ -25,6 +25,25 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return str(v)
 
 
+def check_result_file(out: Path | None) -> None:
+    """``-o`` of ``eval`` names a JSON file: refuse a folder or a path under a file before evaluating."""
+    if out is None:
+        return
+    if str(out).strip() in ("", "."):
+        raise TopographError(f"-o must name a JSON file, got '{out}'", "e.g. -o result.json")
+    if out.is_dir():
+        raise TopographError(f"-o {out} is an existing folder", f"name a file, e.g. -o {out / 'eval.json'}")
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise TopographError(f"-o {out} lies under {parent}, which is a file", "choose another -o")
+    import os
+
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise TopographError(f"cannot write {out}: {parent} is not writable", "choose a folder you can write to")
+
+
 def _emit(result: dict[str, Any], as_json: bool, out: Path | None) -> None:
     from topograph.io.atomic import to_jsonable, write_json
 
@@ -67,6 +86,25 @@ def _read_axis(path: Path) -> float | None:
     return float(axis) if isinstance(axis, (int, float)) else None
 
 
+def _run_pixel_size_um(path: Path) -> float | None:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = doc.get("pixel_size_um") if isinstance(doc, dict) else None
+    return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+
+def pixel_size_mismatch(run_um: float | None, truth_um: float, rel_tol: float = 0.01) -> str | None:
+    """A one-line warning when the run's pixel size differs from the truth's by more than ``rel_tol``."""
+    if run_um is None or abs(run_um - truth_um) <= rel_tol * truth_um:
+        return None
+    return (
+        f"the run's pixel size {run_um:.5g} µm differs from the truth's {truth_um:.5g} µm "
+        f"({100 * (run_um / truth_um - 1):+.1f} %): the distances hold only after the fitted scale"
+    )
+
+
 def resolve_sem_inputs(cloud: Path | None, cameras: Path | None, run: Path | None) -> tuple[Path, Path | None]:
     """The cloud and cameras files, from explicit paths or a run folder (dense.ply, else sparse.ply)."""
     if run is not None:
@@ -107,6 +145,10 @@ def evaluate_sem_files(
         from topograph.synth.sem import load_sem_truth
 
         t = load_sem_truth(truth)
+        run_px = _run_pixel_size_um(cameras) if cameras is not None else None
+        mismatch = pixel_size_mismatch(run_px, float(t.pixel_size_um))
+        if mismatch and mode == "rigid":
+            raise TopographError(mismatch, "evaluate with --mode similarity, or against the truth of this series")
         res = evaluate_sem_truth(
             pc.xyz,
             t,
@@ -117,6 +159,9 @@ def evaluate_sem_files(
             completeness_tol_fraction=tol_fraction,
             recovered_tilt_axis_deg=_read_axis(cameras) if cameras is not None else None,
         )
+        if mismatch:
+            res.setdefault("warnings", []).append(mismatch)
+            console.print(f"[yellow]warning:[/] {mismatch}")
     res["cloud"] = str(cloud)
     res["cloud_unit"] = pc.unit
     res["cameras"] = str(cameras) if cameras else None
@@ -245,6 +290,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         A mirrored or upside-down cloud is a failure (exit status 1); the mirror fit is computed to say so."""
         if mode not in ("similarity", "rigid"):
             raise TopographError(f"unknown --mode '{mode}'", "use --mode similarity or --mode rigid")
+        check_result_file(out)
         cloud_path, cameras_path = resolve_sem_inputs(cloud, cameras, run)
         with console.status("aligning the cloud to the truth"):
             res = evaluate_sem_files(
@@ -278,6 +324,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
 
         if erode_px < 0:
             raise TopographError(f"--erode-px must be ≥ 0, got {erode_px}", "e.g. --erode-px 3")
+        check_result_file(out)
         t = load_meso_truth(truth)
         result = load_meso_result(height, ortho, run)
         with console.status("registering the result to the truth"):

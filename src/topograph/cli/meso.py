@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shlex
 import sys
 from pathlib import Path
@@ -19,10 +20,22 @@ _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
 
 
 def expand_images(items: list[Path]) -> list[Path]:
-    """Files as given; a folder expands to its images sorted by name."""
+    """Files as given; a folder expands to its images sorted by name. Each file's declared size is checked
+    from its header (an image of 50 000 × 50 000 px is refused before anything decodes it)."""
+    from topograph.io.images import check_declared_size
+
     out: list[Path] = []
     for item in items:
+        if item.is_symlink() and not item.exists():
+            raise TopographError(
+                f"{item} is a link to a missing file", "restore the file it points to, or leave it out"
+            )
         if item.is_dir():
+            dangling = sorted(p for p in item.iterdir() if p.is_symlink() and not p.exists())
+            if any(p.suffix.lower() in _IMAGE_SUFFIXES for p in dangling):
+                raise TopographError(
+                    f"{dangling[0]} is a link to a missing file", "restore the file it points to, or remove the link"
+                )
             found = sorted(p for p in item.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
             if not found:
                 raise TopographError(
@@ -31,7 +44,36 @@ def expand_images(items: list[Path]) -> list[Path]:
             out.extend(found)
         else:
             out.append(item)
+    for path in out:
+        if path.is_file():
+            check_declared_size(path)
     return out
+
+
+def check_scale_and_threads(cfg) -> None:  # noqa: ANN001 - MesoConfig, imported lazily
+    """Values that would fail only after minutes of compute (or never): checked before the run starts."""
+    sc = cfg.scale
+    for key, value, example in (
+        ("--focal-mm (scale.focal_mm)", sc.focal_mm, "--focal-mm 4.2"),
+        ("--pixel-pitch-um (scale.pixel_pitch_um)", sc.pixel_pitch_um, "--pixel-pitch-um 1.4"),
+        ("--magnification (scale.magnification)", sc.magnification, "--magnification 0.07"),
+        ("--scale-distance-mm (scale.scale_distance_mm)", sc.scale_distance_mm, "--scale-distance-mm 10"),
+    ):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise TopographError(f"{key} must be a positive number, got {value:g}", f"e.g. {example}")
+    if sc.scale_points is not None and len(sc.scale_points) == 4:
+        x1, y1, x2, y2 = sc.scale_points
+        if not all(math.isfinite(v) for v in sc.scale_points):
+            raise TopographError(f"--scale-points must be finite, got {list(sc.scale_points)}", "e.g. 10,20,400,20")
+        if math.hypot(x2 - x1, y2 - y1) < 1.0:
+            raise TopographError(
+                f"the two scale points ({x1:g}, {y1:g}) and ({x2:g}, {y2:g}) are less than 1 px apart",
+                "give two distinct points a known distance apart, e.g. --scale-points 10,20,400,20",
+            )
+    if sc.reference_image < 0:
+        raise TopographError(f"--reference-image must be >= 0, got {sc.reference_image}", "e.g. --reference-image 0")
+    if cfg.threads < 0:
+        raise TopographError(f"--threads must be >= 0 (0 = all cores), got {cfg.threads}", "e.g. --threads 2")
 
 
 def parse_points(text: str | None) -> list[float] | None:
@@ -163,7 +205,13 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
                 **parse_sets(sets),
             },
         )
+        check_scale_and_threads(cfg)
         paths = expand_images(images)
+        if cfg.scale.reference_image >= len(paths):
+            raise TopographError(
+                f"--reference-image {cfg.scale.reference_image} does not exist ({len(paths)} images)",
+                f"use 0 … {len(paths) - 1}",
+            )
         rec, files = run_meso(
             paths,
             out,

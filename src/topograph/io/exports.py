@@ -1,13 +1,20 @@
-"""Standard output files: PLY point clouds, float32 TIFF rasters with pixel size, 8-bit PNG previews.
+"""Every output file of both engines: clouds, meshes, height maps, images (one naming and unit policy).
 
 Every writer goes through :func:`topograph.io.atomic.atomic_path` (temp file + rename), so a crash never
-leaves a half-written file under the final name.
+leaves a half-written file under the final name. docs/outputs.md lists the files per engine.
 
-* PLY: binary little-endian; ``x y z`` float32, optional ``nx ny nz`` float32, optional ``intensity``
-  float32 in [0, 1] plus the same as grey ``red green blue`` uchar (so viewers show it); the length unit
-  is stated in a header comment ``unit <um|px>``.
-* Float TIFF: float32, resolution tags in pixels per centimetre (``10⁴ / pixel_size_um``) and an
-  ImageDescription JSON ``{"pixel_size_um": …, "unit": …}``.
+* Units: lengths in micrometres (``um``) when the scale is known, else in pixels (``px``) — for both
+  engines, laterally and in height. The unit is stated in every file that can hold it.
+* PLY (clouds and meshes): binary little-endian, ``x y z`` float32, a header comment ``unit <um|px>``
+  (and ``frame <name>``). Clouds: optional ``nx ny nz`` and ``intensity`` float32 plus grey
+  ``red green blue`` uchar (so viewers show it); meshes: optional vertex colours, ``face`` lists.
+* STL: binary; meshes are made watertight *as stored* (:func:`separate_pinched_vertices`): STL keeps no
+  vertex indices, so a reader merges equal positions, and two vertices that share a position (a bow-tie)
+  would make the re-read mesh non-manifold.
+* Height maps: ``height_map.tif`` float32 with ImageJ metadata (Fiji shows the unit; in µm runs the
+  resolution is the pixel size, in pixel runs no physical resolution is written) and our JSON facts in
+  the ImageJ ``Info`` field; ``height_map.gwy`` for Gwyddion (and MountainsMap, which imports .gwy) with
+  lateral and z units in metres, unknown heights masked.
 """
 
 from __future__ import annotations
@@ -15,11 +22,12 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from topograph.errors import TopographError
-from topograph.io.atomic import atomic_path
+from topograph.io.atomic import atomic_path, to_jsonable
 from topograph.types import PointCloud
 
 logger = logging.getLogger("topograph")
@@ -117,14 +125,22 @@ def read_ply(path: str | Path) -> PointCloud:
     return PointCloud(xyz=xyz, unit=unit, intensity=intensity, normals=normals)
 
 
-def write_float_tiff(path: str | Path, array: np.ndarray, pixel_size_um: float | None, unit: str = "um") -> Path:
-    """Write a 2-D raster (e.g. a height map) as a float32 TIFF with its pixel size.
+def write_float_tiff(
+    path: str | Path,
+    array: np.ndarray,
+    pixel_size_um: float | None,
+    unit: str = "um",
+    facts: dict | None = None,
+) -> Path:
+    """Write a 2-D raster (e.g. a height map) as a float32 ImageJ TIFF.
 
     Args:
         path: target file (``.tif``).
         array: (H, W) values (NaN allowed, e.g. unknown heights).
-        pixel_size_um: grid spacing in µm; ``None`` when unknown (pixel units; no resolution tags).
-        unit: unit of the values, stored in the description JSON.
+        pixel_size_um: grid spacing in µm; ``None`` in pixel-unit runs: then no physical resolution is
+            written (ImageJ unit "pixel").
+        unit: unit of the values (``um``, ``px``, ``mm``); ImageJ's value unit ``vunit``.
+        facts: extra JSON facts (frame, origin ...) stored with ``pixel_size_um`` and ``unit`` in ``Info``.
 
     Returns:
         ``path``.
@@ -136,21 +152,25 @@ def write_float_tiff(path: str | Path, array: np.ndarray, pixel_size_um: float |
         raise ValueError(f"write_float_tiff expects a 2-D array, got shape {a.shape}")
     if pixel_size_um is not None and not (np.isfinite(pixel_size_um) and pixel_size_um > 0):
         raise ValueError(f"pixel_size_um must be positive, got {pixel_size_um}")
-    description = json.dumps({"pixel_size_um": pixel_size_um, "unit": unit, "shape": list(a.shape)})
+    info = {"pixel_size_um": pixel_size_um, "unit": unit, "shape": list(a.shape), **(facts or {})}
+    metadata: dict = {"axes": "YX", "vunit": unit, "Info": json.dumps(to_jsonable(info))}
     kwargs: dict = {}
     if pixel_size_um is not None:
-        per_cm = UM_PER_CM / float(pixel_size_um)
-        kwargs = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
+        metadata["unit"] = "um"
+        kwargs["resolution"] = (1.0 / float(pixel_size_um), 1.0 / float(pixel_size_um))
+    else:
+        metadata["unit"] = "pixel"
     with atomic_path(path) as tmp:
-        tifffile.imwrite(tmp, a, description=description, metadata=None, photometric="minisblack", **kwargs)
+        tifffile.imwrite(tmp, a, imagej=True, metadata=metadata, **kwargs)
     return Path(path)
 
 
 def read_float_tiff(path: str | Path) -> tuple[np.ndarray, float | None]:
     """Read a raster TIFF and its pixel size.
 
-    The pixel size comes from the description JSON written by :func:`write_float_tiff`, else from the
-    resolution tags (centimetre or inch units), else ``None``.
+    The pixel size comes from topograph's JSON (ImageJ ``Info``, or the ImageDescription of older
+    files), else from an ImageJ calibration in µm/nm/mm, else from the resolution tags (centimetre or
+    inch units), else ``None``.
 
     Returns:
         ``(array, pixel_size_um)``: (H, W) float32 and µm or ``None``.
@@ -168,23 +188,130 @@ def read_float_tiff(path: str | Path) -> tuple[np.ndarray, float | None]:
             page = tif.pages.first
             array = page.asarray()
             description = page.description
+            imagej = tif.imagej_metadata or {}
             tags = page.tags
             res_unit = tags.valueof(296)  # ResolutionUnit
             x_res = tags.valueof(282)  # XResolution (numerator, denominator)
     except Exception as exc:
         raise TopographError(f"cannot read TIFF {path}: {exc}", "give a complete TIFF file") from exc
+    per_unit = None
+    if x_res is not None:
+        per_unit = x_res[0] / x_res[1] if isinstance(x_res, tuple) and x_res[1] else float(x_res or 0)
+    for text in (imagej.get("Info"), description):
+        try:
+            meta = json.loads(text) if text else {}
+        except (json.JSONDecodeError, TypeError, ValueError):
+            continue
+        if isinstance(meta, dict) and "pixel_size_um" in meta:
+            value = meta["pixel_size_um"]
+            return np.asarray(array, dtype=np.float32), float(value) if value is not None else None
+    ij_unit = str(imagej.get("unit", "")).replace("\\u00B5", "u").replace("µ", "u").replace("micron", "um")
+    if imagej and per_unit:
+        scale = {"um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4}.get(ij_unit)
+        return np.asarray(array, dtype=np.float32), (scale / per_unit if scale else None)
     pixel_size = None
-    try:
-        meta = json.loads(description) if description else {}
-        if isinstance(meta, dict) and meta.get("pixel_size_um") is not None:
-            pixel_size = float(meta["pixel_size_um"])
-    except (json.JSONDecodeError, TypeError, ValueError):
-        pass
-    if pixel_size is None and x_res is not None and res_unit in (2, 3):
-        per_unit = x_res[0] / x_res[1] if isinstance(x_res, tuple) else float(x_res)
-        if per_unit > 0:
-            pixel_size = (UM_PER_CM if res_unit == 3 else 2.54 * UM_PER_CM) / per_unit
+    if per_unit and res_unit in (2, 3):
+        pixel_size = (UM_PER_CM if res_unit == 3 else 2.54 * UM_PER_CM) / per_unit
     return np.asarray(array, dtype=np.float32), pixel_size
+
+
+def read_raster_facts(path: str | Path) -> dict:
+    """The JSON facts topograph stored with a raster TIFF (ImageJ ``Info``, or the ImageDescription of older
+    files): ``unit``, ``pixel_size_um``, ``frame`` …; ``{}`` when there are none. An ImageJ value unit
+    (``vunit``) fills ``unit`` when the JSON lacks it."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        imagej = tif.imagej_metadata or {}
+        description = tif.pages.first.description
+    for text in (imagej.get("Info"), description):
+        try:
+            meta = json.loads(text) if text and str(text).strip().startswith("{") else None
+        except (json.JSONDecodeError, TypeError, ValueError):
+            meta = None
+        if isinstance(meta, dict):
+            return meta
+    return {"unit": imagej["vunit"]} if "vunit" in imagej else {}
+
+
+def write_gwy(path: str | Path, array: np.ndarray, pixel_size_um: float | None, unit: str, title: str) -> Path:
+    """Write a 2-D raster as a Gwyddion ``.gwy`` file (gwyfile): one channel with lateral and z units.
+
+    Lengths are stored in metres (Gwyddion's convention) when ``pixel_size_um`` is known and the values
+    are in ``um`` (or ``mm``); in pixel-unit runs the lateral unit is ``px`` with one unit per pixel.
+    Unknown values (NaN) are set to the lowest valid value and masked (``/0/mask``), as Gwyddion does.
+    """
+    from gwyfile.objects import GwyContainer, GwyDataField, GwySIUnit
+
+    a = np.asarray(array, dtype=np.float64)
+    if a.ndim != 2:
+        raise ValueError(f"write_gwy expects a 2-D array, got shape {a.shape}")
+    to_m = {"um": 1e-6, "mm": 1e-3, "nm": 1e-9}
+    h, w = a.shape
+    if pixel_size_um is not None:
+        xy_unit, step = "m", float(pixel_size_um) * 1e-6
+    else:
+        xy_unit, step = "px", 1.0
+    z_factor, z_unit = (to_m[unit], "m") if unit in to_m else (1.0, unit)
+    invalid = ~np.isfinite(a)
+    fill = float(np.nanmin(a)) if (~invalid).any() else 0.0
+    data = np.where(invalid, fill, a) * z_factor
+    container = GwyContainer()
+    container["/0/data"] = GwyDataField(
+        data, xreal=w * step, yreal=h * step, si_unit_xy=GwySIUnit(unitstr=xy_unit), si_unit_z=GwySIUnit(unitstr=z_unit)
+    )
+    container["/0/data/title"] = title
+    if invalid.any():
+        container["/0/mask"] = GwyDataField(
+            invalid.astype(np.float64),
+            xreal=w * step,
+            yreal=h * step,
+            si_unit_xy=GwySIUnit(unitstr=xy_unit),
+            si_unit_z=GwySIUnit(unitstr=""),
+        )
+    with atomic_path(path) as tmp:
+        container.tofile(str(tmp))
+    return Path(path)
+
+
+def write_height_map(
+    folder: str | Path,
+    height: np.ndarray,
+    pixel_size_um: float | None,
+    unit: str,
+    facts: dict | None = None,
+    name: str = "height_map",
+) -> list[Path]:
+    """``<name>.tif`` (float32 ImageJ TIFF) and ``<name>.gwy`` (Gwyddion) of one height map.
+
+    Args:
+        folder: output folder.
+        height: (H, W) heights, NaN = unknown.
+        pixel_size_um: grid spacing in µm, or None in pixel-unit runs.
+        unit: height unit (``um`` or ``px``).
+        facts: frame, origin and other facts stored in the TIFF's JSON.
+    """
+    folder = Path(folder)
+    return [
+        write_float_tiff(folder / f"{name}.tif", height, pixel_size_um, unit=unit, facts=facts),
+        write_gwy(folder / f"{name}.gwy", height, pixel_size_um, unit, title=f"height ({unit})"),
+    ]
+
+
+def write_rgb_tiff(path: str | Path, rgb_uint8: np.ndarray, pixel_size_um: float | None) -> Path:
+    """An 8-bit RGB image as TIFF, calibrated in µm for ImageJ when the pixel size is known."""
+    import tifffile
+
+    a = np.asarray(rgb_uint8)
+    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
+        raise ValueError(f"write_rgb_tiff expects (H, W, 3) uint8, got {a.shape} {a.dtype}")
+    kwargs: dict = {"photometric": "rgb", "metadata": None}
+    if pixel_size_um is not None:
+        per_cm = UM_PER_CM / float(pixel_size_um)
+        kwargs.update(resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, a, **kwargs)
+    return Path(path)
 
 
 def write_png(path: str | Path, array_uint8: np.ndarray) -> Path:
@@ -211,19 +338,25 @@ def write_png(path: str | Path, array_uint8: np.ndarray) -> Path:
 
 
 def write_mesh_ply(
-    path: str | Path, vertices: np.ndarray, faces: np.ndarray, comments: list[str] | None = None
+    path: str | Path,
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    comments: list[str] | None = None,
+    colours: np.ndarray | None = None,
 ) -> Path:
     """Write a triangle mesh as a binary little-endian PLY in one vectorised pass.
 
-    Layout: ``vertex`` with ``x y z`` float64, ``face`` with ``list uchar int vertex_indices``. Each face
-    record is packed as one (uchar 3, int32 × 3) row of a structured array, so a million faces take well
-    under a second (a per-face writer such as plyfile's list path takes ~10 µs per face).
+    Layout: ``vertex`` with ``x y z`` float32 (and ``red green blue`` uchar with ``colours``), ``face``
+    with ``list uchar int vertex_indices``. Each record is one row of a structured array, so a million
+    faces take well under a second (plyfile's per-face list path takes ~10 µs per face); plyfile and
+    trimesh read the file back.
 
     Args:
         path: target file (``.ply``).
         vertices: (V, 3) positions.
         faces: (F, 3) vertex indices (< 2³¹).
         comments: header comment lines (one each, newlines replaced).
+        colours: optional (V, 3) uint8 vertex colours.
 
     Returns:
         ``path``.
@@ -231,7 +364,7 @@ def write_mesh_ply(
     Raises:
         TopographError: empty mesh or indices out of range.
     """
-    v = np.ascontiguousarray(vertices, dtype="<f8")
+    v = np.asarray(vertices)
     f = np.asarray(faces)
     if v.ndim != 2 or v.shape[1] != 3 or f.ndim != 2 or f.shape[1] != 3 or len(f) == 0:
         raise TopographError(
@@ -239,25 +372,101 @@ def write_mesh_ply(
         )
     if f.min() < 0 or f.max() >= len(v):
         raise TopographError("the mesh has face indices outside its vertex list", "repair the mesh before writing it")
+    vfields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
+    if colours is not None:
+        vfields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    vert = np.empty(len(v), dtype=vfields)
+    vert["x"], vert["y"], vert["z"] = v[:, 0], v[:, 1], v[:, 2]
+    if colours is not None:
+        c = np.asarray(colours, dtype=np.uint8)
+        vert["red"], vert["green"], vert["blue"] = c[:, 0], c[:, 1], c[:, 2]
     record = np.empty(len(f), dtype=[("n", "u1"), ("idx", "<i4", (3,))])
     record["n"] = 3
     record["idx"] = f
     lines = ["ply", "format binary_little_endian 1.0"]
     lines += [f"comment {c.replace(chr(10), ' ')}" for c in (comments or [])]
-    lines += [
-        f"element vertex {len(v)}",
-        "property double x",
-        "property double y",
-        "property double z",
-        f"element face {len(f)}",
-        "property list uchar int vertex_indices",
-        "end_header",
-    ]
+    lines += [f"element vertex {len(v)}"]
+    lines += [f"property {'float' if t == '<f4' else 'uchar'} {n}" for n, t in vfields]
+    lines += [f"element face {len(f)}", "property list uchar int vertex_indices", "end_header"]
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         fh.write(("\n".join(lines) + "\n").encode("ascii", errors="replace"))
-        fh.write(v.tobytes())
+        fh.write(vert.tobytes())
         fh.write(record.tobytes())
     return Path(path)
+
+
+def separate_pinched_vertices(vertices: np.ndarray, faces: np.ndarray, fraction: float = 1e-4) -> np.ndarray:
+    """Move apart distinct vertices that share one position (as stored in float32), keeping the topology.
+
+    A closed mesh may touch itself at a point (a bow-tie: two fans of faces meeting at one position but
+    held by two vertex indices). Formats without shared vertices (STL) and readers that merge equal
+    positions turn that point into one non-manifold vertex, so the re-read mesh is no longer watertight.
+    Each copy is moved toward the centroid of its own faces by ``fraction`` of the mean edge length at
+    it, and at least 64 float32 steps at the mesh's largest coordinate — so the copies stay apart when
+    stored as float32, while the enclosed volume changes by ~ ``fraction`` of the faces around them.
+
+    Returns:
+        (V, 3) float64 vertices (a copy; unchanged when no two vertices coincide).
+    """
+    v = np.asarray(vertices, dtype=np.float64).copy()
+    f = np.asarray(faces, dtype=np.int64)
+    key = np.ascontiguousarray(v.astype(np.float32)).view(np.dtype((np.void, 12))).ravel()
+    _, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+    pinched = np.nonzero(counts[inverse] > 1)[0]
+    if len(pinched) == 0:
+        return v
+    floor = 64.0 * float(np.spacing(np.float32(np.abs(v).max())))
+    tri = v[f]  # (F, 3, 3)
+    centroid = tri.mean(axis=1)
+    edge = np.linalg.norm(tri - np.roll(tri, 1, axis=1), axis=2).mean(axis=1)  # (F,)
+    for vid in pinched:
+        around = np.nonzero((f == vid).any(axis=1))[0]
+        if len(around) == 0:
+            continue
+        target = centroid[around].mean(axis=0)
+        direction = target - v[vid]
+        norm = np.linalg.norm(direction)
+        if norm > 0:
+            v[vid] += direction / norm * max(fraction * float(edge[around].mean()), floor)
+    return v
+
+
+def write_mesh(
+    mesh: Any, path: str | Path, unit: str = "um", frame: str | None = None, colours: np.ndarray | None = None
+) -> Path:
+    """Write a ``trimesh.Trimesh`` atomically as PLY (float32, ``comment unit``), STL (binary) or OBJ.
+
+    The format follows the suffix. STL has no place for the unit; PLY and OBJ carry it as a comment.
+    Watertight meshes have pinched vertices separated first (:func:`separate_pinched_vertices`), so the
+    file stays watertight when read back by tools that merge vertices by position.
+
+    Raises:
+        TopographError: unsupported suffix or empty mesh.
+    """
+    import trimesh
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".ply", ".stl", ".obj"):
+        raise TopographError(f"cannot write a mesh as '{suffix or path.name}'", "use a .ply, .stl or .obj file name")
+    if len(mesh.faces) == 0:
+        raise TopographError("the mesh has no faces", "nothing to write")
+    vertices = np.asarray(mesh.vertices)
+    if mesh.is_watertight:
+        vertices = separate_pinched_vertices(vertices, mesh.faces)
+    comments = [f"unit {unit}", *([f"frame {frame}"] if frame else []), "written by topograph"]
+    if suffix == ".ply":
+        write_mesh_ply(path, vertices, mesh.faces, comments=comments, colours=colours)
+    elif suffix == ".stl":
+        write_stl(path, vertices, mesh.faces, header=f"topograph mesh, unit {unit}")
+    else:
+        with atomic_path(path) as tmp:
+            text = trimesh.exchange.obj.export_obj(
+                trimesh.Trimesh(vertices, mesh.faces, process=False), include_normals=False, include_texture=False
+            )
+            tmp.write_text("".join(f"# {c}\n" for c in comments) + text, encoding="utf-8")
+    logger.info("wrote %s (%d vertices, %d faces)", path, len(mesh.vertices), len(mesh.faces))
+    return path
 
 
 def write_stl(path: str | Path, vertices: np.ndarray, faces: np.ndarray, header: str = "topograph") -> Path:

@@ -62,6 +62,8 @@ def list_image_files(inputs: Sequence[str | Path]) -> list[Path]:
     if not paths:
         raise TopographError("no input images given", "pass the image files or one folder holding them")
     for p in paths:
+        if p.is_symlink() and not p.exists():
+            raise TopographError(f"{p} is a link to a missing file", "restore the file it points to, or leave it out")
         if not p.exists():
             raise TopographError(f"input path does not exist: {p}", "check the spelling and the current directory")
     folders = [p for p in paths if p.is_dir()]
@@ -72,6 +74,16 @@ def list_image_files(inputs: Sequence[str | Path]) -> list[Path]:
                 "pass either image files or exactly one folder",
             )
         folder = folders[0]
+        dangling = sorted(
+            f.name
+            for f in folder.iterdir()
+            if f.is_symlink() and not f.exists() and f.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if dangling:
+            raise TopographError(
+                f"{folder / dangling[0]} is a link to a missing file",
+                "restore the file it points to, or remove the link from the series",
+            )
         files = sorted(
             (
                 f
@@ -109,6 +121,7 @@ def read_raw_image(path: Path) -> tuple[np.ndarray, MetadataReading]:
         TopographError: the file cannot be decoded.
     """
     fix = "check that the file is a complete, uncorrupted TIFF/PNG/JPEG image (re-export it from the microscope)"
+    check_declared_size(path)
     try:
         if is_tiff(path):
             import tifffile
@@ -131,8 +144,66 @@ def read_raw_image(path: Path) -> tuple[np.ndarray, MetadataReading]:
             return np.asarray(im), MetadataReading(SemMetadata())
     except TopographError:
         raise
+    except PermissionError as exc:
+        raise TopographError(f"cannot read image {path}: permission denied", readable_fix(path)) from exc
     except Exception as exc:  # any decoder failure is the same user problem
         raise TopographError(f"cannot read image {path}: {exc}", fix) from exc
+
+
+def readable_fix(path: Path) -> str:
+    """The fix for an image that exists but cannot be opened for reading."""
+    return f"make it readable (chmod u+r {path}) or copy the series to a folder you own"
+
+
+MAX_IMAGE_PIXELS = 1 << 30
+"""Largest image read (pixels; OpenCV's own decoding limit): 32 768 × 32 768."""
+
+
+def declared_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) a file declares in its header, read without decoding the pixels (None if unknown).
+
+    TIFF: the first page's shape (tifffile); PNG: the IHDR chunk; other formats: Pillow's lazy open.
+    """
+    try:
+        if is_tiff(path):
+            import tifffile
+
+            with tifffile.TiffFile(path) as tif:
+                page = tif.pages.first
+                return int(page.imagewidth), int(page.imagelength)
+        with open(path, "rb") as fh:
+            head = fh.read(24)
+        if head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR":
+            return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        from PIL import Image
+
+        limit = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None  # only the header is read here
+        try:
+            with Image.open(path) as im:
+                return im.size
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+    except PermissionError as exc:
+        raise TopographError(f"cannot read image {path}: permission denied", readable_fix(path)) from exc
+    except Exception:  # noqa: BLE001 - an unreadable header is reported by the decoder, with its own message
+        return None
+
+
+def check_declared_size(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """Refuse an image whose header declares more than ``max_pixels`` before anything decodes it.
+
+    Raises:
+        TopographError: the declared size is too large.
+    """
+    size = declared_size(Path(path))
+    if size is not None and size[0] * size[1] > max_pixels:
+        w, h = size
+        raise TopographError(
+            f"{Path(path).name} declares {w}×{h} px ({w * h / 1e6:.0f} Mpx), more than topograph reads "
+            f"({max_pixels / 1e6:.0f} Mpx)",
+            "check the file (a damaged header?) or crop / downscale the image",
+        )
 
 
 def to_gray(array: np.ndarray, name: str = "") -> np.ndarray:

@@ -53,7 +53,16 @@ def _number(value: Any, key: str, where: str) -> float:
     value = float(value)
     if key in _POSITIVE and value <= 0:
         raise TopographError(f"{where}: '{key}' must be positive, got {value}", f"give a positive {key}")
+    if key in _LIMITS and abs(value) > _LIMITS[key]:
+        raise TopographError(
+            f"{where}: '{key}' {value:g} is outside ±{_LIMITS[key]:g}°", f"give {key} in degrees within that range"
+        )
     return value
+
+
+_LIMITS = {"tilts_deg": 80.0, "tilt_axis_deg": 360.0, "stage_rotation_deg": 360.0}
+"""Largest magnitude (degrees) a value can have: SEM stages tilt by at most ~75° (at 80° the specimen is
+seen almost edge-on); a larger tilt is a typing error (89, 1e308), not a measurement."""
 
 
 def _tilt_list(values: Any, where: str) -> tuple[float, ...]:
@@ -220,7 +229,11 @@ def load_sidecar(path: str | Path) -> Sidecar:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise TopographError(f"cannot parse sidecar {path}: {exc}", "write it as YAML or JSON") from exc
+        from topograph.config import yaml_error_line
+
+        raise TopographError(
+            f"cannot parse sidecar {path}: {yaml_error_line(exc)}", "write it as YAML or JSON"
+        ) from exc
     return parse_sidecar(data, path)
 
 

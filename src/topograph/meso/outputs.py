@@ -1,17 +1,16 @@
-"""Writing a mesoscopic reconstruction to disk (every file atomically).
+"""Writing a mesoscopic reconstruction to disk (every file through :mod:`topograph.io.exports`).
 
-Files in the output folder:
+Units follow the one policy of both engines: micrometres when the scale is known (lateral and height),
+else mosaic pixels (``px``). Files in the output folder:
 
-* ``orthomosaic.png`` (RGBA, transparent where no image) and ``orthomosaic.tif`` (RGB, with resolution)
-* ``height_um.tif``: float32 heights in micrometres (``height_px.tif`` in mosaic pixels when the scale is
-  unknown), NaN where fewer than ``output.min_views`` images overlap; TIFF resolution in pixels per cm and
-  a JSON description with ``pixel_size_mm`` and the origin
-* ``height.png``: colour height map with colour bar and scale bar
-* ``surface.ply``: the height field as a triangle mesh with vertex colours (x, y, z in mm, or px)
-* ``cameras.json``: poses, focal length, distortion profile and centre, scale
+* ``orthomosaic.png`` (RGBA, transparent where no image) and ``orthomosaic.tif`` (RGB, resolution in µm)
+* ``height_map.tif`` (float32 ImageJ TIFF, µm or px, NaN where fewer than ``output.min_views`` images
+  overlap) and ``height_map.gwy`` (Gwyddion); ``height_map.png``: colour map with colour and scale bars
+* ``surface.ply``: the height field as a triangle mesh with vertex colours in the mosaic frame (:data:`FRAME`)
+* ``cameras.json``: poses, focal length, distortion profile and centre, scale, and the frame
 * ``loss.png``, ``distortion.png``: figures; ``history.csv``: loss per iteration
 * ``input_checks.json``: sharpness, overlap matrix, EXIF drift warnings; ``config.yaml``: resolved config
-* ``summary.json``: engine, command, version, units, pixel size, scale source, quality figures, timings
+* ``summary.json``: engine, command, version, units, frame, pixel size, scale source, quality, timings
 * ``series.json`` and ``thumbnails/``: the inputs (:func:`write_inputs`)
 """
 
@@ -19,54 +18,34 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
+import logging
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from topograph import __version__
 from topograph.config import to_yaml
-from topograph.io.atomic import atomic_path, write_json, write_text
+from topograph.io.atomic import write_json, write_text
+from topograph.io.exports import write_height_map, write_mesh_ply, write_png, write_rgb_tiff
 from topograph.meso.figures import distortion_figure, height_figure, loss_figure
 from topograph.meso.reconstruct import MesoReconstruction
 from topograph.meso.types import MesoImages
 
+log = logging.getLogger("topograph")
 
-def write_height_tiff(
-    path: Path, height: np.ndarray, pixel_size_mm: float | None, unit: str, origin_mm: tuple[float, float] | None
-) -> Path:
-    """Float32 height TIFF with resolution tags (pixels per cm) and a JSON description."""
-    import tifffile
-
-    desc = {"unit": unit, "pixel_size_mm": pixel_size_mm, "origin_mm": list(origin_mm) if origin_mm else None}
-    kwargs: dict = {"description": json.dumps(desc), "metadata": None}
-    if pixel_size_mm:
-        res = 10.0 / pixel_size_mm
-        kwargs.update(resolution=(res, res), resolutionunit="CENTIMETER")
-    with atomic_path(path) as tmp:
-        tifffile.imwrite(tmp, height.astype(np.float32), **kwargs)
-    return path
+FRAME = (
+    "mosaic frame: x to the right and y up the orthomosaic (y = −row), z = height above the dominant plane "
+    "toward the cameras (right-handed); x, y of mosaic pixel (col, row) = origin + pixel_size · (col, −row)"
+)
+"""The frame of ``surface.ply`` and of the camera positions in ``cameras.json`` (``position_output``)."""
 
 
-def write_orthomosaic(out: Path, rgb: np.ndarray, valid: np.ndarray, pixel_size_mm: float | None) -> list[Path]:
-    """``orthomosaic.png`` (RGBA) and ``orthomosaic.tif`` (RGB uint8)."""
-    import tifffile
-
+def write_orthomosaic(out: Path, rgb: np.ndarray, valid: np.ndarray, pixel_size_um: float | None) -> list[Path]:
+    """``orthomosaic.png`` (RGBA) and ``orthomosaic.tif`` (RGB uint8, calibrated in µm when known)."""
     u8 = np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
     rgba = np.dstack((u8, np.where(valid, 255, 0).astype(np.uint8)))
-    png = out / "orthomosaic.png"
-    with atomic_path(png) as tmp:
-        cv2.imwrite(str(tmp), cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
-    tif = out / "orthomosaic.tif"
-    kwargs: dict = {"photometric": "rgb", "metadata": None}
-    if pixel_size_mm:
-        res = 10.0 / pixel_size_mm
-        kwargs.update(resolution=(res, res), resolutionunit="CENTIMETER")
-    with atomic_path(tif) as tmp:
-        tifffile.imwrite(tmp, u8, **kwargs)
-    return [png, tif]
+    return [write_png(out / "orthomosaic.png", rgba), write_rgb_tiff(out / "orthomosaic.tif", u8, pixel_size_um)]
 
 
 def height_field_mesh(
@@ -77,58 +56,36 @@ def height_field_mesh(
     z_scale: float,
     max_vertices: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Triangle mesh of a height field: one vertex per (decimated) valid cell, two triangles per quad.
+    """Coloured triangle mesh of a height field, by the one mesher of both engines
+    (:func:`topograph.analysis.mesh.heightfield_mesh`) on a grid decimated to at most ``max_vertices``.
 
     Args:
         height: (H, W) heights (NaN = none).
         rgb: (H, W, 3) colours in [0, 1].
         pixel_size: lateral spacing of the cells.
         origin: lateral position of cell (0, 0).
-        z_scale: factor taking heights to the lateral unit (e.g. 1e-3 for um -> mm).
+        z_scale: factor taking heights to the lateral unit.
         max_vertices: decimate with a stride so that at most this many vertices are used.
 
     Returns:
-        ``(xyz (V, 3) float32, colours (V, 3) uint8, faces (F, 3) int32)``.
+        ``(xyz (V, 3) float32, colours (V, 3) uint8, faces (F, 3) int32)``; empty when no cell has four
+        valid corners.
     """
+    from topograph.analysis.mesh import heightfield_mesh
+    from topograph.errors import TopographError
+
     h, w = height.shape
     stride = max(1, int(np.ceil(np.sqrt(h * w / max(1, max_vertices)))))
-    hs = height[::stride, ::stride]
-    cs = rgb[::stride, ::stride]
-    hh, ww = hs.shape
-    valid = np.isfinite(hs)
-    index = np.full((hh, ww), -1, dtype=np.int64)
-    index[valid] = np.arange(int(valid.sum()))
-    ii, jj = np.nonzero(valid)
-    xyz = np.column_stack(
-        (origin[0] + pixel_size * stride * jj, origin[1] + pixel_size * stride * ii, hs[ii, jj] * z_scale)
-    ).astype(np.float32)
-    colours = np.clip(np.round(cs[ii, jj] * 255), 0, 255).astype(np.uint8)
-    a = index[:-1, :-1]
-    b = index[:-1, 1:]
-    c = index[1:, :-1]
-    d = index[1:, 1:]
-    quad = (a >= 0) & (b >= 0) & (c >= 0) & (d >= 0)
-    faces = np.concatenate(
-        (np.column_stack((a[quad], c[quad], b[quad])), np.column_stack((b[quad], c[quad], d[quad])))
-    ).astype(np.int32)
-    return xyz, colours, faces
-
-
-def write_ply(path: Path, xyz: np.ndarray, colours: np.ndarray, faces: np.ndarray, comment: str) -> Path:
-    """Binary PLY with coloured vertices and triangular faces."""
-    from plyfile import PlyData, PlyElement
-
-    vert = np.empty(
-        len(xyz), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")]
-    )
-    vert["x"], vert["y"], vert["z"] = xyz[:, 0], xyz[:, 1], xyz[:, 2]
-    vert["red"], vert["green"], vert["blue"] = colours[:, 0], colours[:, 1], colours[:, 2]
-    face = np.empty(len(faces), dtype=[("vertex_indices", "i4", (3,))])
-    face["vertex_indices"] = faces
-    ply = PlyData([PlyElement.describe(vert, "vertex"), PlyElement.describe(face, "face")], comments=[comment])
-    with atomic_path(path) as tmp:
-        ply.write(str(tmp))
-    return path
+    step = pixel_size * stride
+    try:
+        mesh = heightfield_mesh(height[::stride, ::stride] * z_scale, step, origin)
+    except TopographError:  # no cell with four valid corners
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.uint8), np.zeros((0, 3), np.int32)
+    v = np.asarray(mesh.vertices)
+    cols = np.rint((v[:, 0] - origin[0]) / step).astype(np.int64)
+    rows = np.rint((v[:, 1] - origin[1]) / step).astype(np.int64)
+    colours = np.clip(np.round(rgb[::stride, ::stride][rows, cols] * 255), 0, 255).astype(np.uint8)
+    return v.astype(np.float32), colours, np.asarray(mesh.faces, dtype=np.int32)
 
 
 def _history_csv(history: list[dict]) -> str:
@@ -182,26 +139,36 @@ def write_outputs(rec: MesoReconstruction, out_dir: str | Path, command: str | N
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, Path] = {}
+    notes: list[str] = []
     scaled = rec.pixel_size_mm is not None
-    px = rec.pixel_size_mm if scaled else rec.grid.cell
-    lateral = "mm" if scaled else "px"
+    # one unit policy: µm when the scale is known (lateral and height), else mosaic pixels / object units
+    pixel_um = rec.pixel_size_mm * 1000.0 if scaled else None
+    px = pixel_um if scaled else rec.grid.cell
+    lateral = "um" if scaled else "px"
     unit = rec.scale.height_unit
     hm = rec.height_map()
+    origin = (hm.origin[0] * 1000.0, hm.origin[1] * 1000.0) if scaled else hm.origin
     valid = rec.weight > 0.25 * rec.grid.cell**2
-    png, tif = write_orthomosaic(out, rec.ortho, valid, rec.pixel_size_mm)
-    files["orthomosaic_png"], files["orthomosaic_tif"] = png, tif
-    hname = "height_um.tif" if unit == "um" else "height_px.tif"
-    files["height_tif"] = write_height_tiff(
-        out / hname, rec.height, rec.pixel_size_mm, unit, hm.origin if scaled else None
-    )
-    files["height_png"] = height_figure(rec.height, px, lateral, unit, out / "height.png", "height map")
-    z_scale = 1e-3 if (scaled and unit == "um") else 1.0
-    xyz, col, faces = height_field_mesh(
-        rec.height, rec.ortho, px, hm.origin, z_scale, rec.config.output.max_mesh_vertices
-    )
-    files["surface_ply"] = write_ply(
-        out / "surface.ply", xyz, col, faces, f"topograph meso height field; units {lateral}"
-    )
+    files["orthomosaic_png"], files["orthomosaic_tif"] = write_orthomosaic(out, rec.ortho, valid, pixel_um)
+    facts = {"frame": "mosaic raster (column, row); value = height above the dominant plane", "origin": origin}
+    files["height_tif"], files["height_gwy"] = write_height_map(out, rec.height, pixel_um, unit, facts)
+    bar_px, bar_unit = (rec.pixel_size_mm, "mm") if scaled else (px, "px")  # a scale bar of a few mm
+    files["height_png"] = height_figure(rec.height, bar_px, bar_unit, unit, out / "height_map.png", "height map")
+    # heights share the lateral unit (µm, or object units when unscaled): z_scale 1
+    xyz, col, faces = height_field_mesh(rec.height, rec.ortho, px, origin, 1.0, rec.config.output.max_mesh_vertices)
+    xyz[:, 1] = -xyz[:, 1]  # y up: the right-handed mosaic frame (FRAME) ...
+    faces = faces[:, ::-1]  # ... mirrors the grid, so the winding is reversed to keep normals facing up
+    if len(faces):
+        files["surface_ply"] = write_mesh_ply(
+            out / "surface.ply",
+            xyz,
+            faces,
+            comments=[f"unit {lateral}", "frame mosaic", "topograph meso height field"],
+            colours=col,
+        )
+    else:
+        notes.append("no mosaic cell has four known heights: surface.ply is not written")
+        log.warning(notes[-1])
     cams = rec.cameras.to_dict()
     cams["scale"] = {
         "source": rec.scale.source,
@@ -215,6 +182,11 @@ def write_outputs(rec: MesoReconstruction, out_dir: str | Path, command: str | N
         "object plane = the robustly fitted dominant plane of the scene; x right, y down; positions are the "
         "cameras' nadirs (vanishing points); units: object units (mm_per_unit mm each)"
     )
+    cams["output_frame"] = FRAME
+    k_um = rec.scale.mm_per_unit * 1000.0 if scaled else 1.0
+    for cam, pos in zip(cams["cameras"], rec.cameras.positions, strict=True):
+        cam["position_output"] = [float(pos[0] * k_um), float(-pos[1] * k_um)]  # surface.ply's x, y
+    cams["position_output_unit"] = lateral
     files["cameras_json"] = write_json(out / "cameras.json", cams)
     files["loss_png"] = loss_figure(rec.history, out / "loss.png")
     files["distortion_png"] = distortion_figure(rec.cameras.distortion, rec.image_size, out / "distortion.png")
@@ -231,13 +203,15 @@ def write_outputs(rec: MesoReconstruction, out_dir: str | Path, command: str | N
         "height_unit": unit,
         "lateral_unit": lateral,
         "pixel_size": px,
+        "pixel_size_um": pixel_um,
+        "frame": FRAME,
         "mosaic_shape": list(rec.height.shape),
         "height_range": [float(finite.min()), float(finite.max())] if finite.size else None,
         "scale_source": rec.scale.source,
         "init_method": rec.init.method,
         "quality": run_quality(rec),
         "timings_s": rec.timings,
-        "warnings": list(rec.checks.warnings),
+        "warnings": [*rec.checks.warnings, *notes],
     }
     files["summary_json"] = write_json(out / "summary.json", summary)
     return files

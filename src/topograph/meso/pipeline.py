@@ -6,7 +6,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from topograph.io.staging import staged_output
+from topograph.io.staging import output_transaction
 from topograph.meso.config import MesoConfig
 from topograph.meso.data import load_images
 from topograph.meso.outputs import write_inputs, write_outputs
@@ -34,8 +34,8 @@ def run_meso(
         command: the command line, saved in summary.json and the report for reproducibility.
         resume: continue an interrupted run from ``out_dir/checkpoint.pt`` (same images and settings).
 
-    The files appear in ``out_dir`` only when everything was written (staged output), with
-    ``report.html`` last.
+    ``out_dir`` is checked and locked before any compute and replaced as a whole when everything,
+    ``report.html`` included, was written (:func:`topograph.io.staging.output_transaction`).
 
     Returns:
         The reconstruction and the written files by name.
@@ -43,15 +43,17 @@ def run_meso(
     Raises:
         TopographError: unreadable or inconsistent input, missing focal length, no overlap.
     """
-    images = load_images(paths)
-    rec = reconstruct(images, cfg, progress, checkpoint=Path(out_dir) / "checkpoint.pt", resume=resume)
     out = Path(out_dir)
-    with staged_output(out) as tmp:
-        staged = write_outputs(rec, tmp, command)
-        write_inputs(images, tmp)
-    files = {name: out / path.relative_to(tmp) for name, path in staged.items()}
-    from topograph.report.html import write_report
+    # The folder is checked and locked before any compute; the checkpoint lives in OUT itself (so an
+    # interrupted run can resume), every other file is staged and OUT replaced as a whole at the end.
+    with output_transaction(out, paths) as stage:
+        images = load_images(paths)
+        rec = reconstruct(images, cfg, progress, checkpoint=out / "checkpoint.pt", resume=resume)
+        staged = write_outputs(rec, stage, command)
+        write_inputs(images, stage)
+        from topograph.report.html import write_report
 
-    files["report_html"] = write_report(out)
+        staged["report_html"] = write_report(stage)
+    files = {name: out / path.relative_to(stage) for name, path in staged.items()}
     log.info("wrote %d files to %s (report: %s)", len(files), out, files["report_html"])
     return rec, files

@@ -41,6 +41,17 @@ from topograph.types import AffineCamera, HeightMap, ImageSet, PointCloud, Recon
 log = logging.getLogger("topograph")
 
 
+FRAME_NAME = "substrate"
+FRAME = (
+    "substrate frame: x, y in the fitted substrate plane, z = height above it toward the detector "
+    "(right-handed); the same frame for dense.ply, sparse.ply, grain_mesh.* and surface_mesh.ply"
+)
+HEIGHT_MAP_FRAME = (
+    "reference view pixel grid (column, row) × grid_spacing; value = height above the substrate plane "
+    "(z of the substrate frame)"
+)
+
+
 @dataclass(frozen=True)
 class Plane:
     """Plane ``n · X = d`` with unit normal ``n`` pointing toward the detector."""
@@ -82,6 +93,29 @@ class DenseResult:
     unit: str
     timings_s: dict[str, float] = field(default_factory=dict)
     """Seconds per step of :func:`run_dense`; :meth:`write` adds ``write_*`` entries to the same dict."""
+    surface_stride: int = 1
+    """Reference pixels per node of ``surface_mesh`` (its node (r, c) is reference pixel (k r, k c))."""
+
+    def to_output_frame(self, xyz: np.ndarray) -> np.ndarray:
+        """(N, 3) reconstruction-frame points → the substrate frame of every output file (see :data:`FRAME`)."""
+        origin = self.plane.normal * self.plane.offset
+        return (np.asarray(xyz, dtype=np.float64) - origin) @ self.plane.frame().T
+
+    def output_transform(self) -> np.ndarray:
+        """(4, 4) homogeneous matrix of :meth:`to_output_frame` (reconstruction frame → output frame)."""
+        m = np.eye(4)
+        m[:3, :3] = self.plane.frame()
+        m[:3, 3] = -self.plane.frame() @ (self.plane.normal * self.plane.offset)
+        return m
+
+    def surface_mesh_vertices(self) -> np.ndarray:
+        """``surface_mesh`` vertices in the output frame: the fused 3-D point of each node's reference pixel
+        (the in-memory mesh lies on the reference pixel grid, with z = height above the substrate)."""
+        mesh = self.surface_mesh
+        step = self.surface_stride * self.height_map.pixel_size
+        cols = np.rint(mesh.vertices[:, 0] / step).astype(np.int64) * self.surface_stride
+        rows = np.rint(mesh.vertices[:, 1] / step).astype(np.int64) * self.surface_stride
+        return self.to_output_frame(self.points_grid[rows, cols])
 
     def summary(self) -> dict[str, Any]:
         grain = int(self.grain_mask.sum())
@@ -103,11 +137,12 @@ class DenseResult:
 
         The seconds spent on each file go into :attr:`timings_s` as ``write_<name>``.
         """
+        import trimesh
+
         from topograph import __version__
-        from topograph.analysis.mesh import write_mesh
         from topograph.analysis.render import height_map_png, render_cloud_views
         from topograph.io.atomic import write_json
-        from topograph.io.exports import write_float_tiff, write_ply, write_png
+        from topograph.io.exports import write_height_map, write_mesh, write_ply, write_png
 
         unit_text = "micrometres" if self.unit == "um" else "pixel units of view 0 (no pixel size known)"
         shown_unit = "µm" if self.unit == "um" else "px"
@@ -118,18 +153,41 @@ class DenseResult:
             fn(*args, **kwargs)
             self.timings_s[f"write_{name}"] = time.perf_counter() - t0
 
-        comments = [f"topograph {__version__} dense SEM cloud", f"unit {self.unit}", f"unit_description {unit_text}"]
-        timed("dense_ply", write_ply, out / "dense.ply", self.cloud, comments=comments)
-        timed("height_map_tif", write_float_tiff, out / "height_map.tif", self.height_map.height, px, unit=self.unit)
+        # One frame for every 3-D file: the substrate frame (FRAME); the in-memory cloud stays in the
+        # reconstruction frame, the grain mesh is built in the substrate frame already.
+        cloud = PointCloud(self.to_output_frame(self.cloud.xyz), unit=self.unit, intensity=self.cloud.intensity)
+        comments = [
+            f"topograph {__version__} dense SEM cloud",
+            f"unit {self.unit}",
+            f"unit_description {unit_text}",
+            f"frame {FRAME_NAME}",
+        ]
+        timed("dense_ply", write_ply, out / "dense.ply", cloud, comments=comments)
+        facts = {
+            "frame": HEIGHT_MAP_FRAME,
+            "reference_view": self.reference_view,
+            "grid_spacing": px,
+            "grid_spacing_unit": self.unit,
+        }
+        timed(
+            "height_map",
+            write_height_map,
+            out,
+            self.height_map.height,
+            px if self.unit == "um" else None,  # pixel-unit runs: no physical resolution
+            self.unit,
+            facts,
+        )
         timed("height_map_png", height_map_png, self.height_map.height, px, out / "height_map.png", unit=shown_unit)
         timed("grain_mask_png", write_png, out / "grain_mask.png", (self.grain_mask * 255).astype(np.uint8))
         if self.grain_mesh is not None:
-            timed("grain_mesh_ply", write_mesh, self.grain_mesh, out / "grain_mesh.ply", unit=self.unit)
-            timed("grain_mesh_stl", write_mesh, self.grain_mesh, out / "grain_mesh.stl", unit=self.unit)
+            for name in ("grain_mesh.ply", "grain_mesh.stl"):
+                timed(name.replace(".", "_"), write_mesh, self.grain_mesh, out / name, unit=self.unit, frame=FRAME_NAME)
         if self.surface_mesh is not None:
-            timed("surface_mesh_ply", write_mesh, self.surface_mesh, out / "surface_mesh.ply", unit=self.unit)
+            surface = trimesh.Trimesh(self.surface_mesh_vertices(), self.surface_mesh.faces, process=False)
+            timed("surface_mesh_ply", write_mesh, surface, out / "surface_mesh.ply", unit=self.unit, frame=FRAME_NAME)
         figure = out / "figures" / "dense_cloud_views.png"
-        timed("cloud_views_png", render_cloud_views, self.cloud.xyz, self.cloud.intensity, figure, unit=shown_unit)
+        timed("cloud_views_png", render_cloud_views, cloud.xyz, cloud.intensity, figure, unit=shown_unit)
         if self.metrics is not None:
             write_json(out / "grain_metrics.json", {"unit": self.unit, **self.metrics.to_dict()})
         if self.areal is not None:
@@ -535,6 +593,7 @@ def run_dense(images: ImageSet, recon: Reconstruction, cfg: DenseConfig, pixel_s
         closure=cfg.closure,
         unit=unit,
         timings_s=timings,
+        surface_stride=k,
     )
 
 

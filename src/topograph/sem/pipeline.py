@@ -28,7 +28,7 @@ from topograph.io.exports import write_ply
 from topograph.io.images import describe_series, load_sem_series, series_warnings
 from topograph.io.sidecar import MetadataOverrides
 from topograph.io.stage_cache import StageCache, fingerprint
-from topograph.io.staging import staged_output
+from topograph.io.staging import output_transaction
 from topograph.sem.cameras import camera_model_failure, relative_tilts_about
 from topograph.sem.config import SemConfig
 from topograph.sem.relief import ReliefCheck, check_relief
@@ -119,6 +119,32 @@ def run_sem(
     on_loaded: Callable[[ImageSet], None] | None = None,
     use_cache: bool = True,
 ) -> SemRun:
+    """Reconstruct a tilt series; ``out_dir`` is checked and locked before any compute and replaced as a
+    whole when the run succeeds (:func:`topograph.io.staging.output_transaction`).
+
+    The arguments are those of :func:`_run_sem`.
+    """
+    args = (inputs, out_dir, cfg, overrides, sidecar, command, on_stage, on_loaded, use_cache)
+    if out_dir is None:
+        return _run_sem(*args, stage_dir=None)
+    with output_transaction(out_dir, [*inputs, *([sidecar] if sidecar else [])]) as stage_dir:
+        run = _run_sem(*args, stage_dir=stage_dir)
+    log.info("results written to %s (report: %s)", out_dir, Path(out_dir) / "report.html")
+    return run
+
+
+def _run_sem(
+    inputs: Sequence[str | Path],
+    out_dir: str | Path | None,
+    cfg: SemConfig | None = None,
+    overrides: MetadataOverrides | None = None,
+    sidecar: str | Path | None = None,
+    command: str | None = None,
+    on_stage: StageHook | None = None,
+    on_loaded: Callable[[ImageSet], None] | None = None,
+    use_cache: bool = True,
+    stage_dir: Path | None = None,
+) -> SemRun:
     """Reconstruct a tilt series.
 
     Args:
@@ -132,6 +158,7 @@ def run_sem(
         on_loaded: called with the loaded series before matching (to show the parsed metadata).
         use_cache: reuse the sparse stages (matching, cameras, bundle adjustment) cached in ``out_dir/cache``
             by an earlier run with the same images and the same settings of those stages.
+        stage_dir: the staging folder the files are written into (None: keep the results in memory).
 
     Returns:
         The :class:`SemRun` with cameras, sparse cloud, quality figures and (when enabled) the dense results.
@@ -239,15 +266,13 @@ def run_sem(
 
     timings["total"] = time.perf_counter() - t_all
     run.summary = build_summary(run, cfg, command)
-    if out_dir is not None:
-        stage("write")
-        with staged_output(out_dir) as tmp:
-            write_outputs(run, cfg, tmp, command)
-            store.write(tmp)
+    if stage_dir is not None:
         from topograph.report.html import write_report
 
-        report = write_report(out_dir)
-        log.info("results written to %s (report: %s)", out_dir, report)
+        stage("write")
+        write_outputs(run, cfg, stage_dir, command)
+        store.write(stage_dir)
+        write_report(stage_dir)  # inside the transaction: OUT never lacks its report
     return run
 
 
@@ -317,9 +342,25 @@ def build_summary(run: SemRun, cfg: SemConfig, command: str | None) -> dict[str,
         "timings_s": run.timings_s,
         "cached_stages": list(run.cached_stages),
     }
+    summary["frame"] = output_frame(run)
     if run.dense is not None and hasattr(run.dense, "summary"):
         summary["dense"] = run.dense.summary()
     return summary
+
+
+SPARSE_FRAME = (
+    "reconstruction frame (no dense stage, so no substrate plane): x, y, z of the cameras' world — the "
+    "stage for metadata cameras, view 0 for factorization"
+)
+
+
+def output_frame(run: SemRun) -> str:
+    """The frame every 3-D file of the run is written in (docs/outputs.md)."""
+    if run.dense is not None and hasattr(run.dense, "to_output_frame"):
+        from topograph.sem.dense import FRAME
+
+        return FRAME
+    return SPARSE_FRAME
 
 
 def _uncertainty_summary(u: TiltUncertainty | None) -> dict[str, Any] | None:
@@ -344,10 +385,20 @@ def write_outputs(run: SemRun, cfg: SemConfig, out: Path, command: str | None) -
 
     recon = run.reconstruction
     unit_text = "micrometres" if run.unit == "um" else "pixel units of view 0 (no pixel size known)"
+    to_output = getattr(run.dense, "to_output_frame", None)  # the dense stage's substrate frame, if any
+    sparse = recon.points
+    if to_output is not None:
+        sparse = dataclasses.replace(sparse, xyz=to_output(sparse.xyz), normals=None)
+    frame_name = "substrate" if to_output is not None else "reconstruction"
     write_ply(
         out / "sparse.ply",
-        recon.points,
-        comments=[f"topograph {__version__} sparse SEM cloud", f"unit {run.unit}", f"unit_description {unit_text}"],
+        sparse,
+        comments=[
+            f"topograph {__version__} sparse SEM cloud",
+            f"unit {run.unit}",
+            f"unit_description {unit_text}",
+            f"frame {frame_name}",
+        ],
     )
     cameras = {
         "unit": run.unit,
@@ -355,6 +406,9 @@ def write_outputs(run: SemRun, cfg: SemConfig, out: Path, command: str | None) -
         "model": "x = k [[1,0,0],[s,1,0]] R X + t",
         "source": recon.camera_source,
         "tilt_axis_deg": run.cameras.tilt_axis_deg,
+        "frame": "cameras map reconstruction-frame points X; output files are in the frame below",
+        "output_frame": output_frame(run),
+        "reconstruction_to_output": run.dense.output_transform() if to_output is not None else np.eye(4),
         "notes": list(recon.notes),
         "views": [
             {

@@ -370,8 +370,11 @@ def test_cli_eval_sem_on_rendered_grain(tmp_path) -> None:
     doc = json.loads(out.read_text())
     assert doc["mirrored"] is True and not doc["alignment"]["mirrored"]
     assert doc["mirror_fit"]["rms_distance_pct"] < 0.05  # measured ≈ 0.005 %
-    # the same cloud without the mirror scores ~0 and passes
-    write_ply(tmp_path / "cloud.ply", PointCloud(pts @ (0.5 * r).T + 3.0, unit="um"))
+    # the same cloud without the mirror, turned about Z (right way up), scores ~0 and passes
+    from topograph.geometry.affine import rotation_about_axis
+
+    rz = rotation_about_axis(np.array([0.0, 0.0, 1.0]), np.deg2rad(30.0))
+    write_ply(tmp_path / "cloud.ply", PointCloud(pts @ (0.5 * rz).T + 3.0, unit="um"))
     res = CliRunner().invoke(app, [*args, "--cameras", str(tmp_path / "cameras.json"), "-o", str(out)])
     assert res.exit_code == 0, res.output
     doc = json.loads(out.read_text())
@@ -379,4 +382,9 @@ def test_cli_eval_sem_on_rendered_grain(tmp_path) -> None:
     assert doc["rms_distance_pct"] < 0.05 and doc["groups"]["grain"]["rms_distance_pct"] < 0.05  # measured ≈ 0.005 %
     assert doc["completeness"] > 0.9  # one view's points vs the union of what the three views see
     assert doc["tilts"]["sign_flipped"] is True and doc["tilts"]["max_abs_error_deg"] < 1e-9
+    # turned upside down (a proper rotation, not a mirror): also a failure
+    write_ply(tmp_path / "cloud.ply", PointCloud(pts @ (0.5 * r).T + 3.0, unit="um"))
+    res = CliRunner().invoke(app, [*args, "-o", str(out)])
+    assert res.exit_code == 1 and "upside down" in res.output
+    assert json.loads(out.read_text())["upside_down"] is True
     assert doc["rotations"]["max_abs_error_deg"] < 1e-6

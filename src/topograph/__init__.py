@@ -66,7 +66,11 @@ if TYPE_CHECKING:  # for type checkers and IDEs only; at run time the names load
 
 def require_torch(feature: str = "the meso engine") -> None:
     """Raise :class:`OptionalDependencyError` naming the ``meso`` extra when PyTorch is not installed."""
-    if importlib.util.find_spec("torch") is None:
+    try:
+        found = importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):  # a broken or blocked install counts as absent
+        found = False
+    if not found:
         raise OptionalDependencyError("torch", feature, extra="meso")
 
 

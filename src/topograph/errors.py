@@ -34,8 +34,11 @@ class TopographError(Exception):
     """Exit status of the command line for this error (3: the input cannot give a result)."""
 
     def __init__(self, cause: str, fix: str | None = None) -> None:
-        self.cause = cause
-        self.fix = fix
+        from topograph.hints import phrase  # a Python caller reads arguments where the CLI reads --flags
+
+        self.cause = phrase(cause)
+        self.fix = phrase(fix) if fix else fix
+        cause, fix = self.cause, self.fix
         super().__init__(f"{cause} — {fix}" if fix else cause)
 
 

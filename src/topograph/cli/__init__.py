@@ -23,6 +23,7 @@ import click
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from topograph import __version__
 from topograph.errors import (
@@ -33,6 +34,7 @@ from topograph.errors import (
     EXIT_USAGE,
     TopographError,
 )
+from topograph.hints import cli_active
 
 app = typer.Typer(
     name="topograph",
@@ -174,7 +176,8 @@ def run(args: list[str] | None = None) -> int:
     _State.run_log = None
     _State.strict = False
     try:
-        code = app(args=args, prog_name="topograph", standalone_mode=False)
+        with cli_active():
+            code = app(args=args, prog_name="topograph", standalone_mode=False)
         code = code if isinstance(code, int) else EXIT_OK
     except _EXIT as exc:  # --version, --help, completion
         return int(getattr(exc, "exit_code", EXIT_OK) or EXIT_OK)
@@ -185,7 +188,7 @@ def run(args: list[str] | None = None) -> int:
         exc.show()
         return int(getattr(exc, "exit_code", EXIT_USAGE) or EXIT_USAGE)
     except TopographError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return exc.exit_code
     except ModuleNotFoundError as exc:
         if exc.name != "torch":
@@ -193,7 +196,7 @@ def run(args: list[str] | None = None) -> int:
         from topograph.errors import OptionalDependencyError
 
         err = OptionalDependencyError("torch", "the meso engine", extra="meso")
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
         return err.exit_code
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]")

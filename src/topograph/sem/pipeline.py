@@ -23,6 +23,7 @@ from topograph import __version__
 from topograph.config import to_yaml
 from topograph.errors import TopographError
 from topograph.geometry.factorization import TiltUncertainty, tilt_uncertainty
+from topograph.hints import phrase
 from topograph.io.atomic import write_json, write_text
 from topograph.io.exports import write_ply
 from topograph.io.images import describe_series, load_sem_series, series_warnings
@@ -101,7 +102,7 @@ def series_fingerprint(images: ImageSet) -> str:
 
 
 def run_sem(
-    inputs: Sequence[str | Path],
+    inputs: str | Path | Sequence[str | Path],
     out_dir: str | Path | None,
     cfg: SemConfig | None = None,
     overrides: MetadataOverrides | None = None,
@@ -114,7 +115,7 @@ def run_sem(
     """Reconstruct a tilt series.
 
     Args:
-        inputs: image files or one folder.
+        inputs: image files, or one folder (a single path is taken as a one-item list).
         out_dir: output folder (written only when the run succeeds), or None to keep results in memory.
         cfg: configuration (defaults when None).
         overrides: tilts / tilt axis / pixel size given on the command line (they win over file tags).
@@ -128,6 +129,8 @@ def run_sem(
     Returns:
         The :class:`SemRun` with cameras, sparse cloud, quality figures and (when enabled) the dense results.
     """
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
     cfg = cfg or SemConfig()
     stage = on_stage or (lambda name: None)
     timings: dict[str, float] = {}
@@ -201,6 +204,7 @@ def run_sem(
             )
             log.warning(warnings[-1])
 
+    warnings = [phrase(w) for w in warnings]  # arguments, not --flags, for Python callers
     run = SemRun(images, matches, cams, recon, pixel_size, unit, Path(out_dir) if out_dir else None, timings, warnings)
     run.cached_stages = store.hits
     run.tilt_uncertainty = tilt_error
@@ -243,7 +247,8 @@ def factorization_tilt_uncertainty(recon: Reconstruction, cfg: SemConfig) -> Til
 def _log_cameras(images: ImageSet, recon: Reconstruction) -> None:
     for f, im in enumerate(images.images):
         log.info(
-            "view %d %s: tilt %+.3f° rel. to view 0, scale %.5f, reprojection RMS before → after bundle adjustment %.3f → %.3f px",
+            "view %d %s: tilt %+.3f° rel. to view 0, scale %.5f, "
+            "reprojection RMS before → after bundle adjustment %.3f → %.3f px",
             f,
             im.name,
             recon.tilts_deg[f],

@@ -342,7 +342,7 @@ def write_outputs(run: SemRun, cfg: SemConfig, out: Path, command: str | None) -
     for p in run.matches.pairs:
         i, j = p.raw.i, p.raw.j
         draw_matches(
-            run.images[i].pixels, run.images[j].pixels, p.raw, figs / f"matches_{i}_{j}.png", inlier_mask=p.inlier_mask
+            run.images[i].pixels, run.images[j].pixels, p.raw, figs / f"matches_{i}_{j}.jpg", inlier_mask=p.inlier_mask
         )
     draw_match_count_matrix(run.matches.counts, names, figs / "match_counts.png")
     residual_px = np.linalg.norm(reprojection_residuals(recon.cameras, recon.points.xyz, recon.tracks), axis=2)

@@ -21,11 +21,11 @@ from typing import Any
 
 import click
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
 
 from topograph import __version__
+from topograph.cli.console import err_console
 from topograph.errors import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
@@ -35,6 +35,7 @@ from topograph.errors import (
     TopographError,
 )
 from topograph.hints import cli_active
+from topograph.progress import RichSteps, reporting
 
 app = typer.Typer(
     name="topograph",
@@ -49,7 +50,6 @@ app = typer.Typer(
 synth_app = typer.Typer(help="Generate datasets with exact ground truth.", no_args_is_help=True)
 app.add_typer(synth_app, name="synth")
 
-err_console = Console(stderr=True)
 
 # Modules that add commands; each defines ``register(app, synth_app)``.
 _COMMAND_MODULES: list[str] = [
@@ -176,8 +176,12 @@ def run(args: list[str] | None = None) -> int:
     _State.run_log = None
     _State.strict = False
     try:
-        with cli_active():
-            code = app(args=args, prog_name="topograph", standalone_mode=False)
+        steps = RichSteps(err_console)  # progress of long steps with ETA, opened by the first one
+        try:
+            with cli_active(), reporting(steps):
+                code = app(args=args, prog_name="topograph", standalone_mode=False)
+        finally:
+            steps.stop()
         code = code if isinstance(code, int) else EXIT_OK
     except _EXIT as exc:  # --version, --help, completion
         return int(getattr(exc, "exit_code", EXIT_OK) or EXIT_OK)

@@ -213,7 +213,7 @@ def headline_measures(summary: dict[str, Any], run_dir: Path, height: HeightGrid
         out.append(Measure("Height range (1st–99th percentile)", f"{height.p01:.4g} … {height.p99:.4g}", height.unit))
         if height.spacing is not None:
             w, h = height.full_shape[1] * height.spacing, height.full_shape[0] * height.spacing
-            out.append(Measure("Height map extent (width × height)", f"{w:.4g} × {h:.4g}", "µm"))
+            out.append(Measure("Height map extent (width × height)", f"{w:.4g} × {h:.4g}", height.lateral_unit))
     n = dense.get("n_points")
     if isinstance(n, int):
         out.append(Measure("Dense points", f"{n:,}"))
@@ -243,6 +243,8 @@ class HeightGrid:
     sq: float | None
     rgb: np.ndarray | None
     source: str
+    lateral_unit: str = "µm"
+    """Unit of ``spacing``: µm, or px when the run has no pixel size (heights in px too)."""
 
     def payload(self) -> dict[str, Any]:
         """The JSON block read by ``viewer.js`` for the mesh and the line profile (arrays base64, little-endian)."""
@@ -252,7 +254,7 @@ class HeightGrid:
             "cols": int(z.shape[1]),
             "z": base64.b64encode(z.tobytes()).decode("ascii"),
             "cell": float(self.step * (self.spacing or 1.0)),
-            "lateral_unit": "µm" if self.spacing is not None else "px",
+            "lateral_unit": self.lateral_unit if self.spacing is not None else "px",
             "unit": self.unit,
             "z_range": [self.p01, self.p99],
             "rgb": None if self.rgb is None else base64.b64encode(np.ascontiguousarray(self.rgb).tobytes()).decode(),
@@ -296,7 +298,10 @@ def load_height_grid(run_dir: Path, unit: str, max_side: int = MAX_GRID_SIDE) ->
         if img is not None and img.shape[:2] == full.shape:
             rgb = np.ascontiguousarray(img[::step, ::step, ::-1])
     shape = (int(full.shape[0]), int(full.shape[1]))
-    return HeightGrid(z, step, shape, spacing, unit_text(unit) or unit, values, p01, p99, sa, sq, rgb, path.name)
+    lateral = "µm" if unit in ("um", "") else "px"  # a run without pixel size stores spacing 1 = one pixel
+    return HeightGrid(
+        z, step, shape, spacing, unit_text(unit) or unit, values, p01, p99, sa, sq, rgb, path.name, lateral
+    )
 
 
 def height_map_png_uri(grid: HeightGrid, max_side: int = 720) -> str:

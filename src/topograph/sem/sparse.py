@@ -20,6 +20,7 @@ from topograph.geometry.factorization import factorize, mirror, resolve_mirror
 from topograph.geometry.tracks import build_tracks, match_count_matrix
 from topograph.geometry.triangulation import per_view_rms_px, triangulate
 from topograph.matching.base import create_matcher
+from topograph.progress import steps
 from topograph.sem.config import BundleConfig, CameraConfig, MatchingConfig
 from topograph.types import AffineCamera, ImageSet, Matches, PointCloud, Reconstruction, Tracks
 
@@ -65,8 +66,8 @@ def match_series(images: ImageSet, cfg: MatchingConfig) -> SparseMatches:
     axes: list[float] = []
     features = None
     if hasattr(matcher, "detect") and hasattr(matcher, "match_features"):
-        features = [matcher.detect(im.pixels) for im in images.images]
-    for i, j in itertools.combinations(range(n), 2):
+        features = [matcher.detect(im.pixels) for im in steps(images.images, "features")]
+    for i, j in steps(list(itertools.combinations(range(n), 2)), "matching image pairs"):
         if features is not None:
             raw = matcher.match_features(features[i], features[j], i, j)
         else:

@@ -106,6 +106,7 @@ class RichSteps:
             TimeRemainingColumn,
         )
 
+        console = console or Console(stderr=True)
         self.progress = Progress(
             SpinnerColumn(),
             TextColumn("[bold]{task.description}"),
@@ -114,8 +115,9 @@ class RichSteps:
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
-            console=console or Console(stderr=True),
+            console=console,
             transient=False,
+            disable=not console.is_terminal,  # pipes and log files get the log lines, not a redrawn display
         )
         self._stage: Any = None
         self._task: Any = None
@@ -128,10 +130,12 @@ class RichSteps:
             self.progress.start()
             self._started = True
 
-    def stop(self) -> None:
-        """Close the display (a no-op when nothing was shown)."""
+    def stop(self, clear: bool = False) -> None:
+        """Close the display (a no-op when nothing was shown); ``clear`` erases it (e.g. before an error)."""
         self._close_stage()
         if self._started:
+            if clear:
+                self.progress.live.transient = True
             self.progress.stop()
             self._started = False
 

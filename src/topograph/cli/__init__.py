@@ -180,8 +180,10 @@ def run(args: list[str] | None = None) -> int:
         try:
             with cli_active(), reporting(steps):
                 code = app(args=args, prog_name="topograph", standalone_mode=False)
-        finally:
-            steps.stop()
+        except BaseException:
+            steps.stop(clear=True)  # the error line, not a half-filled display, is the last thing shown
+            raise
+        steps.stop()
         code = code if isinstance(code, int) else EXIT_OK
     except _EXIT as exc:  # --version, --help, completion
         return int(getattr(exc, "exit_code", EXIT_OK) or EXIT_OK)

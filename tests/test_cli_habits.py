@@ -71,7 +71,7 @@ def test_sem_run_without_torch_prints_result_path_and_keeps_log(tmp_path: Path) 
     log = (out / "log.txt").read_text(encoding="utf-8")
     assert "topograph sem grain -o out" in log and "bundle adjustment" in log
     assert ".staging-" not in log and ".staging-" not in proc.stderr
-    assert "reprojection RMS before → after" in log
+    assert "reprojection RMS before → after" in log and "after bundle adjustment: tilt" in log
     # --strict: a run that warns (no pixel size in plain PNGs) keeps its files but exits 4.
     synth = _cli(["synth", "sem", "plain", "--size", "300", "--tilts", "0,5,10", "--no-metadata"], tmp_path)
     assert synth.returncode == 0, synth.stderr

@@ -62,7 +62,7 @@ def print_camera_table(run) -> None:  # noqa: ANN001 - SemRun, imported lazily
     recon = run.reconstruction
     unit = "px/µm" if run.unit == "um" else "px/px"
     table = Table(title=f"Cameras ({recon.camera_source})", title_justify="left")
-    for col in ("#", "image", "rel. tilt °", f"scale {unit}", "RMS before px", "RMS after px"):
+    for col in ("#", "image", "rel. tilt ° (after BA)", f"scale {unit}", "RMS before BA px", "RMS after BA px"):
         table.add_column(col, justify="right")
     err = run.tilt_uncertainty.uncertainty_deg if run.tilt_uncertainty is not None else None
     for f, im in enumerate(run.images.images):

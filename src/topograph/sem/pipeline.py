@@ -247,8 +247,8 @@ def factorization_tilt_uncertainty(recon: Reconstruction, cfg: SemConfig) -> Til
 def _log_cameras(images: ImageSet, recon: Reconstruction) -> None:
     for f, im in enumerate(images.images):
         log.info(
-            "view %d %s: tilt %+.3f° rel. to view 0, scale %.5f, "
-            "reprojection RMS before → after bundle adjustment %.3f → %.3f px",
+            "view %d %s after bundle adjustment: tilt %+.3f° rel. to view 0, scale %.5f; "
+            "reprojection RMS before → after %.3f → %.3f px",
             f,
             im.name,
             recon.tilts_deg[f],

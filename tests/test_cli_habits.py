@@ -127,3 +127,11 @@ def test_log_lines_name_final_paths(path: str) -> None:
 
     assert ".staging-" not in final_path_text(f"wrote {path}")
     assert final_path_text(f"wrote {path}").endswith("out/figures/a.png" if "figures" in path else "out/a.png")
+
+
+def test_torch_is_only_in_the_meso_extra() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert not [d for d in project["dependencies"] if d.lower().startswith("torch")]
+    assert any(d.startswith("torch") for d in project["optional-dependencies"]["meso"])

@@ -65,7 +65,7 @@ _COMMAND_MODULES: list[str] = [
     "demo",
 ]
 # Commands whose ``--out`` is a folder of results: its path goes to stdout and the log to OUT/log.txt.
-_RUN_COMMANDS = {"sem", "meso", "demo", "batch", "synth sem", "synth meso"}
+_RUN_COMMANDS = {"sem", "meso", "demo", "batch", "report", "synth sem", "synth meso"}
 LOG_NAME = "log.txt"
 
 
@@ -129,7 +129,7 @@ def _track_run_folder(callback: Any) -> Any:
 
     @functools.wraps(callback)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        out = kwargs.get("out")
+        out = kwargs.get("out", kwargs.get("run_dir"))
         _State.run_dir = Path(out) if out is not None else None
         return callback(*args, **kwargs)
 
@@ -147,9 +147,11 @@ for _typer, _prefix in ((app, ""), (synth_app, "synth ")):
 
 
 def result_path(out: Path) -> Path:
-    """The path printed on stdout for a run folder: its ``report.html`` (also one level down), else the folder."""
-    if (out / "report.html").is_file():
-        return out.resolve() / "report.html"
+    """The path printed on stdout for a run folder: its ``report.html`` (a batch's ``batch_report.html``; a demo's
+    one or two levels down), else the folder."""
+    for name in ("report.html", "batch_report.html"):
+        if (out / name).is_file():
+            return out.resolve() / name
     reports = sorted(out.glob("*/*/report.html")) + sorted(out.glob("*/report.html"))
     return reports[0].resolve() if reports else out.resolve()
 

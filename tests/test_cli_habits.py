@@ -135,3 +135,55 @@ def test_torch_is_only_in_the_meso_extra() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
     assert not [d for d in project["dependencies"] if d.lower().startswith("torch")]
     assert any(d.startswith("torch") for d in project["optional-dependencies"]["meso"])
+
+
+def test_steps_report_to_the_active_reporter_only() -> None:
+    import io
+
+    from rich.console import Console
+
+    from topograph.meso.progress import RichProgress
+    from topograph.progress import RichSteps, reporting, stage, steps
+
+    class Record:
+        def __init__(self) -> None:
+            self.events: list[tuple] = []
+
+        def stage(self, name: str) -> None:
+            self.events.append(("stage", name))
+
+        def begin(self, description: str, total: int) -> None:
+            self.events.append(("begin", description, total))
+
+        def step(self) -> None:
+            self.events.append(("step",))
+
+        def end(self) -> None:
+            self.events.append(("end",))
+
+    assert list(steps(range(3), "nobody listens")) == [0, 1, 2]
+    rec = Record()
+    with reporting(rec):
+        stage("match")
+        assert list(steps(["a", "b"], "pairs")) == ["a", "b"]
+    assert rec.events == [("stage", "match"), ("begin", "pairs", 2), ("step",), ("step",), ("end",)]
+    # a pipe gets no redrawn display; a terminal gets the bar with done/total
+    pipe = io.StringIO()
+    quiet = RichSteps(Console(file=pipe, force_terminal=False))
+    with reporting(quiet):
+        list(steps(range(4), "dense"))
+    quiet.stop()
+    assert pipe.getvalue() == ""
+    tty = io.StringIO()
+    shown = RichSteps(Console(file=tty, force_terminal=True, width=120))
+    with reporting(shown):
+        list(steps(range(4), "dense"))
+    shown.stop()
+    assert "dense" in tty.getvalue() and "4/4" in tty.getvalue()
+    # the meso progress display takes counted steps on its own bars
+    meso = io.StringIO()
+    sink = RichProgress(Console(file=meso, force_terminal=True, width=120))
+    with reporting(sink):
+        list(steps(range(5), "flow matches (images)"))
+    sink.stop()
+    assert "flow matches" in meso.getvalue() and "5/5" in meso.getvalue()

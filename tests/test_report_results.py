@@ -93,7 +93,7 @@ def test_card_first_raw_keys_and_timings_collapsed(tmp_path: Path) -> None:
     assert payload["kind"] == "mesh" and payload["grid"]["rows"] * payload["grid"]["cols"] > 1000
     # outside the collapsed end, keys read as labels
     visible, collapsed = text.split('<section id="reproduce"')
-    assert "relies_on_underside" not in visible and "Relies on the unseen underside" in visible
+    assert "relies_on_underside" not in visible and "1234 µm³ (includes the unseen underside)" in visible
     assert "reprojection_rms_px_after" not in visible and "RMS after bundle adjustment (px)" in visible
     assert "<details>" in collapsed and "timings" in collapsed.lower() and "reprojection_rms_px_after" in collapsed
     assert "Timings" not in visible

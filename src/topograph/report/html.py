@@ -42,6 +42,7 @@ from topograph.report.results import (
     histogram_svg,
     human_label,
     load_height_grid,
+    unit_text,
 )
 from topograph.report.svg_charts import bar_chart, line_chart
 
@@ -603,6 +604,19 @@ def _flatten(prefix: str, obj: Any, rows: list[tuple[str, str]]) -> None:
         rows.append((prefix, _fmt(obj)))
 
 
+def _readable(obj: Any) -> Any:
+    """Metric entries ``{"value", "unit", "relies_on_underside"}`` as one text (``"2.1e+08 µm³ (includes the
+    unseen underside)"``); the list of such metrics is dropped (each entry says it)."""
+    if not isinstance(obj, dict):
+        return obj
+    if "value" in obj and "unit" in obj and set(obj) <= {"value", "unit", "relies_on_underside", "definition"}:
+        text = f"{_fmt(obj['value'])} {unit_text(obj.get('unit'))}".strip()
+        if obj.get("relies_on_underside"):
+            text += " (includes the unseen underside)"
+        return text
+    return {k: _readable(v) for k, v in obj.items() if not (k == "relies_on_underside" and isinstance(v, list))}
+
+
 def key_value_table(obj: dict[str, Any], human: bool = True) -> str:
     """A two-column table of a (nested) dict; all text escaped.
 
@@ -610,7 +624,7 @@ def key_value_table(obj: dict[str, Any], human: bool = True) -> str:
     metrics › Volume › Relies on the unseen underside"``); without, as the dotted keys of the JSON file.
     """
     rows: list[tuple[str, str]] = []
-    _flatten("", obj, rows)
+    _flatten("", _readable(obj) if human else obj, rows)
     if human:
         return _table(["quantity", "value"], [[_esc(human_label(k)), _esc(v)] for k, v in rows], "kv")
     return _table(["key", "value"], [[f"<code>{_esc(k)}</code>", _esc(v)] for k, v in rows], "kv")
@@ -768,10 +782,9 @@ def quality_html(run: RunArtifacts) -> str:
     charts = []
     rms = {k: s[k] for k in per_view if k.startswith("reprojection_rms")}
     if rms:
-        series = {_label(k).replace(" (px)", ""): v for k, v in rms.items()}
-        charts.append(
-            _figure(residual_chart([str(k) for k in range(len(names))], series), "Reprojection RMS per view", "")
-        )
+        series = {k.removeprefix("reprojection_rms_px_"): v for k, v in rms.items()}  # short legend: before/after
+        caption = "Reprojection RMS per view, before and after bundle adjustment"
+        charts.append(_figure(residual_chart([str(k) for k in range(len(names))], series), caption, ""))
     if "relative_tilts_deg" in per_view:
         meta = [r.get("tilt_deg") for r in run.series] if len(run.series) == len(names) else None
         if meta is not None and _is_number(meta[0]):
@@ -907,7 +920,7 @@ def results_card_html(run: RunArtifacts, viewer: ViewerData | None, grid: Height
         hist = histogram_svg(grid.values, grid.unit or "unit")
         lower = (
             '<div class="card-row">'
-            f'<div><h3>Height map and line profile</h3>{profile_html(grid)}</div>'
+            f"<div><h3>Height map and line profile</h3>{profile_html(grid)}</div>"
             f'<div><h3>Height histogram</h3><figure class="hist">{hist}'
             f"<figcaption>{_esc(f'{grid.values.size:,} heights of {grid.source}')}</figcaption></figure></div>"
             "</div>"

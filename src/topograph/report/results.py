@@ -54,7 +54,7 @@ LABELS: dict[str, str] = {
     "reprojection_rms_px_after": "Reprojection RMS after bundle adjustment (px)",
     "scales": "Scale k (px per unit)",
     "pixel_size_um": "Pixel size (µm)",
-    "unit": "Unit of the outputs",
+    "unit": "Unit",
     "cached_stages": "Stages reused from the cache",
     "dense": "Dense reconstruction",
     "grain_metrics": "Grain metrics",

@@ -60,8 +60,9 @@ def test_readme_commands_and_ci_agree() -> None:
 
 def test_guides_name_every_cli_option() -> None:
     """Every option of `topograph sem` and `topograph meso` is explained in its guide."""
-    from topograph.cli import app
     from typer.main import get_command
+
+    from topograph.cli import app
 
     group = get_command(app)
     for command, guide in (("sem", "guide-sem.md"), ("meso", "guide-meso.md")):

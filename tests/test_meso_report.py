@@ -77,6 +77,7 @@ def test_failed_meso_run_leaves_no_output(dataset: Path, tmp_path: Path) -> None
     assert not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium chromium-driver)")
 def test_meso_report_renders_its_height_field_in_headless_chromium(dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"

@@ -993,7 +993,8 @@ def build_report(run_dir: str | Path) -> str:
     """The complete HTML text of the report of ``run_dir`` (see the module docstring for what it reads)."""
     run = read_run(run_dir)
     unit = run.summary.get("unit") if isinstance(run.summary.get("unit"), str) else ""
-    grid = load_height_grid(run.run_dir, unit)
+    height_unit = run.summary.get("height_unit") if isinstance(run.summary.get("height_unit"), str) else unit
+    grid = load_height_grid(run.run_dir, height_unit)
     viewer = None if grid is not None else load_viewer_data(run.run_dir, unit=unit)
     built = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     nonce = secrets.token_urlsafe(16)

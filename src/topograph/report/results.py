@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+HEIGHT_MAP_FILES = ("height_map.tif", "height_um.tif", "height_px.tif")
+"""Height maps of a run folder, in order of preference (SEM writes the first, meso one of the others)."""
 MAX_GRID_SIDE = 240
 """Longest side of the height grid embedded for the 3D mesh and the line profile (≤ 65,535 vertices)."""
 
@@ -213,7 +215,10 @@ def headline_measures(summary: dict[str, Any], run_dir: Path, height: HeightGrid
         out.append(Measure("Height range (1st–99th percentile)", f"{height.p01:.4g} … {height.p99:.4g}", height.unit))
         if height.spacing is not None:
             w, h = height.full_shape[1] * height.spacing, height.full_shape[0] * height.spacing
-            out.append(Measure("Height map extent (width × height)", f"{w:.4g} × {h:.4g}", height.lateral_unit))
+            unit = height.lateral_unit
+            if unit == "µm" and max(w, h) >= 10_000:  # a phone mosaic: mm reads better
+                w, h, unit = w / 1000, h / 1000, "mm"
+            out.append(Measure("Height map extent (width × height)", f"{w:.4g} × {h:.4g}", unit))
     n = dense.get("n_points")
     if isinstance(n, int):
         out.append(Measure("Dense points", f"{n:,}"))
@@ -263,13 +268,15 @@ class HeightGrid:
 
 
 def load_height_grid(run_dir: Path, unit: str, max_side: int = MAX_GRID_SIDE) -> HeightGrid | None:
-    """``run_dir/height_map.tif`` reduced to at most ``max_side`` px per side (None when absent or unreadable)."""
+    """The run's height map (:data:`HEIGHT_MAP_FILES`) reduced to at most ``max_side`` px per side (None when
+    absent or unreadable); ``unit`` is the unit of the heights (``"um"``, or ``"px"`` without a scale)."""
     from topograph.errors import TopographError
     from topograph.io.exports import read_float_tiff
 
-    path = run_dir / "height_map.tif"
-    if not path.is_file():
+    found = [run_dir / name for name in HEIGHT_MAP_FILES if (run_dir / name).is_file()]
+    if not found:
         return None
+    path = found[0]
     try:
         full, spacing = read_float_tiff(path)
     except TopographError:

@@ -106,19 +106,31 @@ def test_import_topograph_and_configs_do_not_import_torch() -> None:
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
 
 
-def test_messages_name_python_arguments_outside_the_cli() -> None:
+def test_messages_name_python_arguments_in_python_api_calls(tmp_path: Path) -> None:
+    import cv2
+    import numpy as np
+
+    import topograph
     from topograph.errors import TopographError
-    from topograph.hints import cli_active, phrase
+    from topograph.hints import cli_active, phrase, python_api
 
     text = "no pixel size known (give --pixel-size-um for µm), e.g. --tilts 0,5,10"
-    python = phrase(text)
-    assert "--" not in python
-    assert "MetadataOverrides(pixel_size_um=...)" in python and "MetadataOverrides(tilts_deg=[0,5,10])" in python
-    with cli_active():
-        assert phrase(text) == text
-        assert "--tilts" in str(TopographError("tilts missing", "give --tilts 0,5,10"))
-    assert "--tilts" not in str(TopographError("tilts missing", "give --tilts 0,5,10"))
-    assert phrase("an --unknown-flag stays") == "an --unknown-flag stays"
+    assert phrase(text) == text  # neither the CLI nor the API: as written
+    with python_api():
+        python = phrase(text)
+        assert "--" not in python
+        assert "MetadataOverrides(pixel_size_um=...)" in python and "MetadataOverrides(tilts_deg=[0,5,10])" in python
+        assert phrase("an --unknown-flag stays") == "an --unknown-flag stays"
+        with cli_active():  # the CLI calling the API keeps its flags
+            assert phrase(text) == text
+            assert "--tilts" in str(TopographError("tilts missing", "give --tilts 0,5,10"))
+    # the public entry point phrases its errors for Python
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        cv2.imwrite(str(tmp_path / f"v{k}.png"), rng.integers(0, 255, (64, 64), dtype=np.uint8))
+    with pytest.raises(TopographError) as err:
+        topograph.run_sem(tmp_path, None, overrides=topograph.MetadataOverrides(tilts_deg=(0.0, 5.0)))
+    assert "overrides.tilts_deg has 2 tilts" in str(err.value) and "command-line" not in str(err.value)
 
 
 @pytest.mark.parametrize("path", ["/tmp/run/.out.staging-ab12_x/figures/a.png", ".out.staging-zz9/a.png"])

@@ -39,6 +39,8 @@ _LAZY: dict[str, tuple[str, bool]] = {
     "write_report": ("topograph.report.html", False),
 }
 
+_ENTRY_POINTS = {"run_sem", "run_meso"}
+
 __all__ = [
     "MesoConfig",
     "MesoReconstruction",
@@ -81,6 +83,10 @@ def __getattr__(name: str) -> Any:
     if needs_torch:
         require_torch()
     value = getattr(importlib.import_module(module), name)
+    if name in _ENTRY_POINTS:
+        from topograph.hints import api_entry
+
+        value = api_entry(value)  # messages name Python arguments, not --flags
     globals()[name] = value  # later look-ups skip __getattr__
     return value
 

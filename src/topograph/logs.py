@@ -22,12 +22,12 @@ def final_path_text(text: str) -> str:
 
 class FinalPathFilter(logging.Filter):
     """Rewrites staging-folder paths in a record's message and arguments into the final ``OUT`` paths,
-    and command-line flags into Python arguments when the CLI is not running (:func:`topograph.hints.phrase`)."""
+    and command-line flags into Python arguments inside a Python API call (:func:`topograph.hints.phrase`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from topograph.hints import is_cli, phrase
+        from topograph.hints import is_python_api, phrase
 
-        if not is_cli() and isinstance(record.msg, str) and "--" in record.msg:
+        if is_python_api() and isinstance(record.msg, str) and "--" in record.msg:
             record.msg = phrase(record.msg)
         if isinstance(record.msg, str) and ".staging-" in record.msg:
             record.msg = final_path_text(record.msg)

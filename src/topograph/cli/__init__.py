@@ -34,7 +34,7 @@ from topograph.errors import (
     EXIT_USAGE,
     TopographError,
 )
-from topograph.hints import cli_active
+from topograph.hints import cli_active, enter_cli, leave
 from topograph.progress import RichSteps, reporting
 
 app = typer.Typer(
@@ -100,6 +100,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _global_options(
+    ctx: typer.Context,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print warnings and errors."),
     log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
     strict: bool = typer.Option(
@@ -122,6 +123,9 @@ def _global_options(
     logger.setLevel(logging.DEBUG if level == "DEBUG" else logging.INFO)
     logger.propagate = False
     _State.strict = strict
+    # Messages keep their --flags for every command of this app, also when it runs in-process (CliRunner).
+    token = enter_cli()
+    ctx.call_on_close(lambda: leave(token))
 
 
 def _track_run_folder(callback: Any) -> Any:

@@ -39,3 +39,25 @@ def _reset_topograph_logger():
     logger.handlers.clear()
     logger.propagate = True
     logger.setLevel(logging.NOTSET)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """With TOPOGRAPH_TEST_TIMES=FILE, append each test's wall and CPU seconds (this process and its
+    subprocesses, setup to teardown) to FILE. CPU time hardly depends on what else runs on the machine, so it
+    measures a test tier on a shared machine better than wall time (docs/benchmarks.md, issue 20)."""
+    path = os.environ.get("TOPOGRAPH_TEST_TIMES")
+    if not path:
+        yield
+        return
+    import resource
+    import time
+
+    def cpu() -> float:
+        own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+    t0, c0 = time.perf_counter(), cpu()
+    yield
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"{item.nodeid}\t{time.perf_counter() - t0:.2f}\t{cpu() - c0:.2f}\n")

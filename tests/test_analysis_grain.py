@@ -161,14 +161,14 @@ def test_cli_analyze_point_cloud(tmp_path) -> None:
     assert data["grain"]["volume"]["value"] == pytest.approx(2 / 3 * np.pi, rel=0.03)
 
 
-def test_cli_errors_are_one_line_with_exit_status_2(tmp_path) -> None:
+def test_cli_errors_are_one_line_with_exit_status_3(tmp_path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "topograph", "analyze", str(tmp_path / "nope.stl")],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 2
+    assert proc.returncode == 3  # input error (2 is a usage error), see topograph.errors
     assert "file not found" in proc.stderr and "Traceback" not in proc.stderr
     empty = tmp_path / "empty.ply"
     empty.write_text(

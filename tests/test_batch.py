@@ -199,7 +199,7 @@ def test_cli_glob_on_an_existing_scheduler(data: dict, client, tmp_path: Path) -
     args = ["batch", "--glob", f"{root}/*", "--engine", "sem", "--sparse-only", "-o", str(out)]
     args += ["--scheduler", client.scheduler.address]
     res = CliRunner().invoke(app, args)
-    assert res.exit_code == 1, res.output  # one dataset failed
+    assert res.exit_code == 3, res.output  # one dataset failed: an input error (topograph.errors)
     rows = _csv_rows(out / "batch_results.csv")
     assert rows["good"]["state"] == "done" and rows["bad"]["state"] == "failed"
     assert "grain.volume" not in rows["good"]  # --sparse-only: no dense stage, no grain metrics

@@ -474,6 +474,7 @@ def _read(path: Path) -> np.ndarray:
     return cv2.imread(os.fspath(path), cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
 
 
+@pytest.mark.slow
 def test_quartz_sift_and_dense_agree(quartz_dir):
     a, b = _read(quartz_dir / "Quarz_01.png"), _read(quartz_dir / "Quarz_02.png")
     m = create_matcher("sift").match(a, b, 0, 1)

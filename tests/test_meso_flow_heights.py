@@ -118,6 +118,7 @@ def test_fused_maps_recover_the_card(exact):
     assert fh.heights.shape == (4, 60, 80)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flat_weight", [0.0, 0.1])
 def test_refinement_recovers_cameras_from_exact_matches(exact, flat_weight):
     _, matches, _ = exact

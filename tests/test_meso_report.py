@@ -63,6 +63,9 @@ def test_meso_run_writes_summary_inputs_and_report(dataset: Path, tmp_path: Path
         assert needle in html, needle
     assert EVIL not in html
     assert to_yaml(rec.config).splitlines()[0] in html  # the configuration to reproduce the run
+    # the same layout as SEM: the results card first, with the height map as a mesh, its profile and histogram
+    assert re.findall(r'<section id="([\w-]+)"', html)[0] == "results"
+    assert '"kind":"mesh"' in html and "data-topograph-profile" in html and "Sa of the height map" in html
     assert not list(tmp_path.glob(".run.staging-*"))  # staging folder cleaned up
 
 
@@ -77,6 +80,7 @@ def test_failed_meso_run_leaves_no_output(dataset: Path, tmp_path: Path) -> None
     assert not out.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (apt-get install chromium chromium-driver)")
 def test_meso_report_renders_its_height_field_in_headless_chromium(dataset: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"

@@ -53,7 +53,7 @@ def toy_config(model: str, height_iterations: int = 100) -> MesoConfig:
     return cfg
 
 
-@pytest.mark.parametrize("model", ["tv", "cnn"])
+@pytest.mark.parametrize("model", ["tv", pytest.param("cnn", marks=pytest.mark.slow)])
 def test_cnn_and_tv_heights_recover_the_toy_relief(scene, model):
     rec = reconstruct(scene.images(), toy_config(model))
     assert isinstance(rec.model.heights, HeightCNN if model == "cnn" else HeightMaps)
@@ -97,6 +97,7 @@ def resumable_config() -> MesoConfig:
     return cfg
 
 
+@pytest.mark.slow
 def test_same_seed_same_heights_and_resume_ends_where_the_uninterrupted_run_ends(scene, tmp_path):
     images = scene.images()
     cfg = resumable_config()
@@ -140,6 +141,7 @@ def test_same_seed_same_heights_and_resume_ends_where_the_uninterrupted_run_ends
     )
 
 
+@pytest.mark.slow
 def test_injected_divergence_is_rolled_back_and_the_run_converges(scene, caplog):
     cfg = toy_config("tv", height_iterations=60)
     camera = cfg.schedule[1]
@@ -175,6 +177,7 @@ def test_cli_rejects_bad_height_and_batch_options(tmp_path, args, message):
     assert "\n" not in str(result.exception)
 
 
+@pytest.mark.slow
 def test_warm_up_keeps_a_continuation_round_from_kicking_the_cnn_heights(scene):
     """A further round that keeps training the CNN starts a fresh Adam state: without a warm-up its first
     step moves every weight by about its learning rate (measured: loss x7.7, plateau 6.0 -> 4.7); with a

@@ -158,7 +158,10 @@ def test_report_is_self_contained_and_inert(tmp_path: Path) -> None:
     assert all("alert(" not in s for s in parser.scripts)
     # Content: captions, per-view table, generated residual chart, match matrix, generic nested metrics.
     assert "Matches, view 0 ↔ 1" in text
-    assert 'alt="Reprojection RMS per view"' in text and 'alt="Recovered tilts"' in text
+    assert (
+        'alt="Reprojection RMS per view, before and after bundle adjustment"' in text
+        and 'alt="Recovered tilts"' in text
+    )
     assert "rel. tilt (°)" in text and "5.02" in text
     assert "Matches per image pair" in text and ">345<" in text
     assert "grain_metrics.height_um" in text and "12.38" in text

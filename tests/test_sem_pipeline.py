@@ -35,8 +35,10 @@ def grain_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize(
     ("size", "seed", "whole_bound", "grain_bound", "tilt_tol"),
-    [(800, 11, 0.2, 0.2, 0.1), (500, 11, 0.3, 0.2, 0.15)],
-    ids=["800 px (the renderer's default)", "500 px"],
+    [
+        pytest.param(800, 11, 0.2, 0.2, 0.1, marks=pytest.mark.slow, id="800 px (the renderer's default)"),
+        pytest.param(500, 11, 0.3, 0.2, 0.15, id="500 px"),
+    ],
 )
 def test_factorization_on_rendered_grain_recovers_tilts_and_shape(
     tmp_path: Path, size: int, seed: int, whole_bound: float, grain_bound: float, tilt_tol: float
@@ -107,6 +109,7 @@ def test_tilts_given_on_the_command_line_override_missing_metadata(grain_png: Pa
     assert res["median_distance_pct"] < 0.75, res  # sparse: keypoint-precision limited (see above)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("tilts", "seed", "median_bound"),
     [((-10.0, 0.0, 10.0), 21, 0.12), ((-10.0, -5.0, 0.0, 5.0, 10.0), 22, 0.12), ((0.0, 5.0, 10.0), 23, 0.13)],
@@ -148,6 +151,7 @@ def test_dense_reconstruction_of_rendered_grain(
     assert "Reprojection residuals after bundle adjustment" in (out / "report.html").read_text()
 
 
+@pytest.mark.slow
 def test_quartz_sparse(quartz_dir: Path) -> None:
     run = run_sem([quartz_dir], None, SPARSE_ONLY)
     recon = run.reconstruction

@@ -119,6 +119,7 @@ def test_rotation_angle_differs_from_euler_y_for_an_oblique_axis() -> None:
     assert abs(abs(_euler_y_deg(res.cameras[2].rotation)) - 10.0 * np.cos(np.deg2rad(45.0))) < 0.05
 
 
+@pytest.mark.slow
 def test_quartz_tilts_are_limited_by_image_deformation(quartz_dir: Path) -> None:
     """Real series. Measured: tilts 4.99/9.82°, bootstrap sd 0.04/0.08°, image halves 3.9/7.7° vs 5.3/10.4°
     (z ≈ 8), spread ±0.68/1.34°; 3D-SEM's 4.73/9.34° lie inside that uncertainty."""

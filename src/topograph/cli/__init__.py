@@ -1,33 +1,57 @@
 """The ``topograph`` command line (typer + rich).
 
-Each engine adds its commands from its own module (``register(app, synth_app)``); this module only
-builds the app and turns :class:`~topograph.errors.TopographError` into one line and a non-zero exit.
+Each engine adds its commands from its own module (``register(app, synth_app)``); this module builds the
+app and owns the habits every command shares:
+
+* ``--version``; shell completion (``--install-completion`` / ``--show-completion``);
+* exit status by kind of failure (see :mod:`topograph.errors`): 0 success, 1 internal error,
+  2 usage error, 3 input error, 4 quality failure (``--strict``), 130 interrupted;
+* the result path alone on stdout, everything else (log, progress, tables) on stderr;
+* the log of a run kept with it as ``OUT/log.txt``.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
 import importlib
 import logging
 import sys
+from pathlib import Path
+from typing import Any
 
+import click
 import typer
-from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
-from topograph.errors import TopographError
+from topograph import __version__
+from topograph.cli.console import err_console
+from topograph.errors import (
+    EXIT_INPUT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_QUALITY,
+    EXIT_USAGE,
+    TopographError,
+)
+from topograph.hints import cli_active, enter_cli, leave
+from topograph.progress import RichSteps, reporting
 
 app = typer.Typer(
     name="topograph",
-    help="Measured 3D from close-range images: SEM tilt series and mesoscopic phone photogrammetry.",
+    help=(
+        "Measured 3D from close-range images: SEM tilt series and mesoscopic phone photogrammetry.\n\n"
+        "Exit status: 0 success, 2 usage error, 3 input error, 4 quality failure (--strict), 130 interrupted."
+    ),
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
 )
 synth_app = typer.Typer(help="Generate datasets with exact ground truth.", no_args_is_help=True)
 app.add_typer(synth_app, name="synth")
 
-err_console = Console(stderr=True)
 
 # Modules that add commands; each defines ``register(app, synth_app)``.
 _COMMAND_MODULES: list[str] = [
@@ -42,48 +66,167 @@ _COMMAND_MODULES: list[str] = [
     "synth_meso",
     "demo",
 ]
+# Commands whose ``--out`` is a folder of results: its path goes to stdout and the log to OUT/log.txt.
+_RUN_COMMANDS = {"sem", "meso", "demo", "batch", "report", "synth sem", "synth meso"}
+LOG_NAME = "log.txt"
+
+
+class RunLog(logging.Handler):
+    """Collects the formatted log of one command (for ``OUT/log.txt``) and counts its warnings."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+        self.n_warnings = 0
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.WARNING:
+            self.n_warnings += 1
+        self.lines.append(self.format(record))
+
+
+class _State:
+    """What the current invocation learnt: its run folder and the --strict flag."""
+
+    run_dir: Path | None = None
+    strict: bool = False
+    run_log: RunLog | None = None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"topograph {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
 def _global_options(
+    ctx: typer.Context,
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only print warnings and errors."),
     log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+    strict: bool = typer.Option(
+        False, "--strict", help="Exit with status 4 when the run logged a quality warning (its files are kept)."
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     level = "WARNING" if quiet else log_level.upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise TopographError(f"unknown log level '{log_level}'", "use DEBUG, INFO, WARNING or ERROR")
+        raise typer.BadParameter(f"unknown log level '{log_level}': use DEBUG, INFO, WARNING or ERROR")
     logger = logging.getLogger("topograph")
     logger.handlers.clear()
-    logger.addHandler(RichHandler(console=err_console, show_path=False, show_time=False, markup=False))
-    logger.setLevel(level)
+    console_handler = RichHandler(console=err_console, show_path=False, show_time=False, markup=False)
+    console_handler.setLevel(level)
+    logger.addHandler(console_handler)
+    _State.run_log = RunLog()
+    logger.addHandler(_State.run_log)  # the file log keeps INFO even with --quiet
+    logger.setLevel(logging.DEBUG if level == "DEBUG" else logging.INFO)
     logger.propagate = False
+    _State.strict = strict
+    # Messages keep their --flags for every command of this app, also when it runs in-process (CliRunner).
+    token = enter_cli()
+    ctx.call_on_close(lambda: leave(token))
+
+
+def _track_run_folder(callback: Any) -> Any:
+    """Wrap a command so that its ``out`` argument is remembered as the run folder."""
+
+    @functools.wraps(callback)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        out = kwargs.get("out", kwargs.get("run_dir"))
+        _State.run_dir = Path(out) if out is not None else None
+        return callback(*args, **kwargs)
+
+    return wrapper
 
 
 for _name in _COMMAND_MODULES:
     importlib.import_module(f"topograph.cli.{_name}").register(app, synth_app)
 
+for _typer, _prefix in ((app, ""), (synth_app, "synth ")):
+    for _info in _typer.registered_commands:
+        _cmd_name = _info.name or (_info.callback.__name__ if _info.callback else "")
+        if _info.callback is not None and _prefix + _cmd_name in _RUN_COMMANDS:
+            _info.callback = _track_run_folder(_info.callback)
 
-def main() -> None:
-    """Console entry point: run the app; user errors print one line and exit with status 2."""
+
+def result_path(out: Path) -> Path:
+    """The path printed on stdout for a run folder: its ``report.html`` (a batch's ``batch_report.html``; a demo's
+    one or two levels down), else the folder."""
+    for name in ("report.html", "batch_report.html"):
+        if (out / name).is_file():
+            return out.resolve() / name
+    reports = sorted(out.glob("*/*/report.html")) + sorted(out.glob("*/report.html"))
+    return reports[0].resolve() if reports else out.resolve()
+
+
+def _keep_log(out: Path, run_log: RunLog) -> None:
+    """Append this command's log to ``OUT/log.txt`` (the run folder keeps the history of its runs)."""
     try:
-        app()
-    except TopographError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
-        sys.exit(2)
-    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM during a run (topograph.io.staging.Interrupted)
-        _interrupted(exc)
-    except SystemExit as exc:  # typer turns KeyboardInterrupt into a silent exit 130: say it once
-        interrupt = _interrupt_in_chain(exc)
-        if interrupt is None:
+        with open(out / LOG_NAME, "a", encoding="utf-8") as f:
+            f.write(f"# topograph {__version__}: {' '.join(['topograph', *sys.argv[1:]])}\n")
+            f.write("\n".join(run_log.lines) + "\n")
+    except OSError as exc:
+        err_console.print(f"[yellow]warning:[/] could not write {out / LOG_NAME}: {exc}")
+
+
+# typer >= 0.20 vendors click as ``typer._click``; older versions use click itself: catch both.
+_EXIT = (typer.Exit, click.exceptions.Exit)
+_ABORT = (typer.Abort, click.exceptions.Abort)
+_CLICK_ERRORS = (typer.TyperException, click.ClickException)
+
+
+def run(args: list[str] | None = None) -> int:
+    """Run the command line on ``args`` (default ``sys.argv[1:]``) and return the exit status."""
+    _State.run_dir = None
+    _State.run_log = None
+    _State.strict = False
+    try:
+        steps = RichSteps(err_console)  # progress of long steps with ETA, opened by the first one
+        try:
+            with cli_active(), reporting(steps):
+                code = app(args=args, prog_name="topograph", standalone_mode=False)
+        except BaseException:
+            steps.stop(clear=True)  # the error line, not a half-filled display, is the last thing shown
             raise
-        _interrupted(interrupt)
+        steps.stop()
+        code = code if isinstance(code, int) else EXIT_OK
+    except _EXIT as exc:  # --version, --help, completion
+        return int(getattr(exc, "exit_code", EXIT_OK) or EXIT_OK)
+    except _ABORT as exc:  # Ctrl-C / SIGTERM (click turns KeyboardInterrupt into Abort)
+        return _interrupted(exc)
+    except _CLICK_ERRORS as exc:  # usage errors found by the option parser
+        exc.show()
+        return int(getattr(exc, "exit_code", EXIT_USAGE) or EXIT_USAGE)
+    except TopographError as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        return exc.exit_code
+    except ModuleNotFoundError as exc:
+        if exc.name != "torch":
+            raise
+        from topograph.errors import OptionalDependencyError
+
+        err = OptionalDependencyError("torch", "the meso engine", extra="meso")
+        err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
+        return err.exit_code
+    except KeyboardInterrupt as exc:  # SIGINT, or SIGTERM during a run (topograph.io.staging.Interrupted)
+        return _interrupted(exc)
     except OSError as exc:  # a file-system failure outside the checked paths: one line, no traceback
         where = f" ({exc.filename})" if exc.filename else ""
         fix = _OS_FIXES.get(exc.errno or 0, "check the path and the disk, then rerun")
-        err_console.print(
-            f"[bold red]error:[/] {exc.strerror or exc}{where} — {fix}", highlight=False, markup=True, soft_wrap=True
-        )
-        sys.exit(2)
+        err_console.print(f"[bold red]error:[/] {escape(f'{exc.strerror or exc}{where} — {fix}')}", soft_wrap=True)
+        return EXIT_INPUT
+    out = _State.run_dir
+    if code == EXIT_OK and out is not None and out.is_dir():
+        if _State.run_log is not None:
+            _keep_log(out, _State.run_log)
+        print(result_path(out), flush=True)
+        if _State.strict and _State.run_log is not None and _State.run_log.n_warnings:
+            err_console.print(f"[bold red]quality:[/] {_State.run_log.n_warnings} warning(s) and --strict: exit 4")
+            return EXIT_QUALITY
+    return code
 
 
 _OS_FIXES = {
@@ -104,6 +247,22 @@ def _interrupt_in_chain(exc: BaseException) -> KeyboardInterrupt | None:
     return None
 
 
-def _interrupted(exc: KeyboardInterrupt) -> None:
+def _interrupted(exc: BaseException) -> int:
+    """One line for Ctrl-C / SIGTERM; the status is 128 + the signal number (130 for Ctrl-C)."""
     err_console.print("[bold red]interrupted[/] (the output folder is unchanged)")
-    sys.exit(128 + getattr(exc, "signum", 2))
+    signum = getattr(_interrupt_in_chain(exc), "signum", None)
+    return EXIT_INTERRUPTED if signum is None else 128 + int(signum)
+
+
+def main() -> None:
+    """Console entry point: exit with the status of :func:`run` (internal errors keep their traceback)."""
+    try:
+        sys.exit(run())
+    except SystemExit:
+        raise
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        err_console.print("[bold red]internal error[/] (a bug): please report it with the traceback above")
+        sys.exit(EXIT_INTERNAL)

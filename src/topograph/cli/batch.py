@@ -12,7 +12,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from topograph.errors import TopographError
+from topograph.errors import EXIT_INPUT, TopographError
 
 
 def batch_defaults(
@@ -168,4 +168,4 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         )
         if c["failed"]:
             err_console.print("[red]some datasets failed[/]: fix them and re-run with --retry-failed")
-            raise typer.Exit(1)
+            raise typer.Exit(EXIT_INPUT)  # 3: some datasets could not give a result (topograph.errors)

@@ -8,13 +8,13 @@ import sys
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from topograph.cli.console import err_console
 from topograph.config import apply_overrides, from_yaml
 from topograph.errors import TopographError
 
-console = Console(stderr=True)
+console = err_console
 
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff"}
 
@@ -181,6 +181,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         from topograph.meso.config import MesoConfig
         from topograph.meso.pipeline import run_meso
         from topograph.meso.progress import NullProgress, RichProgress
+        from topograph.progress import NoSteps, reporting
 
         cfg = from_yaml(MesoConfig, config) if config else MesoConfig()
         cfg = apply_overrides(
@@ -212,14 +213,16 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
                 f"--reference-image {cfg.scale.reference_image} does not exist ({len(paths)} images)",
                 f"use 0 … {len(paths) - 1}",
             )
-        rec, files = run_meso(
-            paths,
-            out,
-            cfg,
-            NullProgress() if no_progress else RichProgress(),
-            command=shlex.join(["topograph", *sys.argv[1:]]),
-            resume=resume,
-        )
+        sink = NullProgress() if no_progress else RichProgress(console)
+        with reporting(NoSteps() if no_progress else sink):  # the flow-match steps on the same bars
+            rec, files = run_meso(
+                paths,
+                out,
+                cfg,
+                sink,
+                command=shlex.join(["topograph", *sys.argv[1:]]),
+                resume=resume,
+            )
         table = Table(title="Cameras", title_justify="left")
         for col in ("#", "image", "x", "y", "height", "tilt °", "angle °"):
             table.add_column(col, justify="right")

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from topograph.cli.console import err_console
 from topograph.config import apply_overrides, from_yaml
 from topograph.errors import TopographError
 from topograph.sem.config import SemConfig
 
-console = Console(stderr=True)
+console = err_console
 
 
 def parse_float_list(text: str | None, what: str) -> list[float] | None:
@@ -62,7 +62,7 @@ def print_camera_table(run) -> None:  # noqa: ANN001 - SemRun, imported lazily
     recon = run.reconstruction
     unit = "px/µm" if run.unit == "um" else "px/px"
     table = Table(title=f"Cameras ({recon.camera_source})", title_justify="left")
-    for col in ("#", "image", "rel. tilt °", f"scale {unit}", "RMS before px", "RMS after px"):
+    for col in ("#", "image", "rel. tilt ° (after BA)", f"scale {unit}", "RMS before BA px", "RMS after BA px"):
         table.add_column(col, justify="right")
     err = run.tilt_uncertainty.uncertainty_deg if run.tilt_uncertainty is not None else None
     for f, im in enumerate(run.images.images):
@@ -122,6 +122,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         """Reconstruct a tilt series: cameras, sparse and dense clouds, height map, mesh and grain metrics."""
         from topograph.io.images import describe_series
         from topograph.io.sidecar import MetadataOverrides
+        from topograph.progress import stage as progress_stage
         from topograph.sem.pipeline import command_line, run_sem
 
         cfg = load_sem_config(config)
@@ -142,19 +143,18 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         overrides = MetadataOverrides(
             tilts_deg=parse_float_list(tilts, "--tilts"), tilt_axis_deg=tilt_axis_deg, pixel_size_um=pixel_size_um
         )
-        with console.status("loading") as status:
-            run = run_sem(
-                images,
-                out,
-                cfg,
-                overrides=overrides,
-                sidecar=sidecar,
-                command=command_line(),
-                on_stage=lambda name: status.update(f"[bold]{name}[/]"),
-                # Show what was parsed before the long work starts.
-                on_loaded=lambda series: print_series_table(describe_series(series)),
-                use_cache=not no_cache,
-            )
+        run = run_sem(
+            images,
+            out,
+            cfg,
+            overrides=overrides,
+            sidecar=sidecar,
+            command=command_line(),
+            on_stage=progress_stage,  # stage name, elapsed time, and a bar with ETA for counted work
+            # Show what was parsed before the long work starts.
+            on_loaded=lambda series: print_series_table(describe_series(series)),
+            use_cache=not no_cache,
+        )
         print_camera_table(run)
         if run.cached_stages:
             console.print(f"reused from {out / 'cache'}: {', '.join(run.cached_stages)} (use --no-cache to recompute)")

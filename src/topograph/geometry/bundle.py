@@ -347,7 +347,7 @@ def bundle_adjust(
     new_pts[problem.active] = problem.unpack(sol.x)[4]
     rms_after = per_view_rms_px(new_cams, new_pts, tracks)
     logger.info(
-        "bundle adjustment: %d points, %d observations, RMS %.3f → %.3f px (%s)",
+        "bundle adjustment: %d points, %d observations, reprojection RMS before → after %.3f → %.3f px (%s)",
         problem.active.size,
         problem.obs_f.size,
         float(np.nanmean(rms_before)),

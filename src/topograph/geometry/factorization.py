@@ -511,10 +511,14 @@ class TiltUncertainty:
         tilts = (np.round(self.tilts_deg, 3) + 0.0).tolist()
         stat = np.round(self.statistical_deg, 3).tolist()
         if self.consistent:
-            return f"relative tilts {tilts} deg ± {stat} (bootstrap over {self.n_tracks} tracks)"
+            return (
+                f"relative tilts by factorization (before bundle adjustment) {tilts} deg ± {stat} "
+                f"(bootstrap over {self.n_tracks} tracks)"
+            )
         spread = np.round(self.region_spread_deg, 2).tolist()
         return (
-            f"relative tilts {tilts} deg: ± {stat} from the track noise, but image halves disagree by up to "
+            f"relative tilts by factorization (before bundle adjustment) {tilts} deg: ± {stat} from the track "
+            "noise, but image halves disagree by up to "
             f"± {spread} deg ({float(self.region_z.max()):.0f} sd): the views deform beyond the affine model "
             "(e.g. scan drift), which limits the tilt accuracy"
         )

@@ -11,19 +11,33 @@ Layers (see ``design.md``): ``functional/`` (pure torch math) <- ``models/`` (pa
 ``engine`` / ``optim/`` (loss, rounds) <- ``reconstruct`` / ``pipeline`` / ``outputs``.
 """
 
-from topograph.meso.config import MesoConfig
-from topograph.meso.data import load_images
-from topograph.meso.evaluate import evaluate_regions
-from topograph.meso.pipeline import run_meso
-from topograph.meso.reconstruct import MesoReconstruction, reconstruct
-from topograph.meso.types import MesoImages
+from __future__ import annotations
 
-__all__ = [
-    "MesoConfig",
-    "MesoImages",
-    "MesoReconstruction",
-    "evaluate_regions",
-    "load_images",
-    "reconstruct",
-    "run_meso",
-]
+import importlib
+from typing import Any
+
+# name -> module; loaded on first use so that ``topograph.meso.config`` (and MesoConfig) import without
+# PyTorch, and a missing PyTorch gives one line naming the ``meso`` extra.
+_LAZY = {
+    "MesoConfig": "topograph.meso.config",
+    "MesoImages": "topograph.meso.types",
+    "evaluate_regions": "topograph.meso.evaluate",
+    "load_images": "topograph.meso.data",
+    "run_meso": "topograph.meso.pipeline",
+    "MesoReconstruction": "topograph.meso.reconstruct",
+    "reconstruct": "topograph.meso.reconstruct",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'topograph.meso' has no attribute '{name}'")
+    if name != "MesoConfig":
+        from topograph import require_torch
+
+        require_torch()
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value

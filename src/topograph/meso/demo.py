@@ -36,7 +36,8 @@ def run_demo(out: Path, size: int = 0, seed: int = 0, console: Any = None) -> di
     status(f"rendering a cut-cards phone sequence ({cfg.raster[0] * cfg.raster[1]} images, {width} px wide)")
     phantom = render_meso_sequence(cfg)
     data = write_meso_dataset(phantom, out / "data")
-    paths = sorted(p for p in data.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
+    folder = data / "images" if (data / "images").is_dir() else data  # write_meso_dataset: images/ and truth/
+    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg"))
     status("reconstructing (registration, stitching, height maps)")
     t0 = time.perf_counter()
     rec, _files = run_meso(paths, out / "result", command="topograph demo meso")

@@ -29,6 +29,7 @@ from topograph.meso.config import FlowHeightConfig
 from topograph.meso.engine import pixel_coordinates
 from topograph.meso.functional.projection import backproject_tilted, backproject_tilted_exact, rotate_in_plane
 from topograph.meso.models.camera import MesoModel
+from topograph.progress import steps
 
 log = logging.getLogger("topograph")
 
@@ -203,7 +204,8 @@ def flow_matches(model: MesoModel, pixels: np.ndarray, cfg: FlowHeightConfig | N
     cols = np.arange(w, dtype=np.float32)[None, :]
     rows = np.arange(h, dtype=np.float32)[:, None]
     pairs: list[PairMatches] = []
-    for i, chosen in enumerate(_neighbours(model, (w_full, h_full), affines, cfg)):
+    neighbours = list(enumerate(_neighbours(model, (w_full, h_full), affines, cfg)))
+    for i, chosen in steps(neighbours, "flow matches (images)"):
         for j in chosen:
             u_j = invert_flat(model, j, flat[i], affines[j]).cpu().numpy().reshape(h, w, 2).astype(np.float32)
             map_x = (u_j[..., 0] + 0.5) / sx - 0.5

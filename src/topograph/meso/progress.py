@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 class ProgressSink(Protocol):
@@ -29,9 +32,10 @@ class NullProgress:
 
 
 class RichProgress:
-    """A rich progress bar per round on stderr, with the current loss."""
+    """A rich progress bar per round on stderr, with the current loss and the ETA (also a
+    :class:`topograph.progress.StepReporter` for counted steps between the rounds)."""
 
-    def __init__(self) -> None:
+    def __init__(self, console: Console | None = None) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -41,7 +45,7 @@ class RichProgress:
             MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"),
             TimeRemainingColumn(),
-            console=Console(stderr=True),
+            console=console or Console(stderr=True),
             transient=False,
         )
         self._task: int | None = None
@@ -61,3 +65,18 @@ class RichProgress:
         if self._started:
             self._progress.stop()
             self._started = False
+
+    # topograph.progress.StepReporter: counted steps outside the rounds (e.g. the flow matches) on the same
+    # display, with their ETA.
+    def stage(self, name: str) -> None:
+        return None
+
+    def begin(self, description: str, total: int) -> None:
+        self.start(description, total)
+
+    def step(self) -> None:
+        if self._task is not None:
+            self._progress.update(self._task, advance=1)
+
+    def end(self) -> None:
+        self._task = None

@@ -35,6 +35,15 @@ import numpy as np
 
 from topograph.errors import TopographError
 from topograph.io.atomic import write_text
+from topograph.report.results import (
+    HeightGrid,
+    headline_measures,
+    height_map_png_uri,
+    histogram_svg,
+    human_label,
+    load_height_grid,
+    unit_text,
+)
 from topograph.report.svg_charts import bar_chart, line_chart
 
 log = logging.getLogger("topograph")
@@ -100,8 +109,8 @@ _SERIES_COLUMNS = (
 )
 _LABELS = {
     "relative_tilts_deg": "rel. tilt (°)",
-    "reprojection_rms_px_before": "RMS before BA (px)",
-    "reprojection_rms_px_after": "RMS after BA (px)",
+    "reprojection_rms_px_before": "RMS before bundle adjustment (px)",
+    "reprojection_rms_px_after": "RMS after bundle adjustment (px)",
     "scales": "scale",
     "tilt_deg": "tilt (°)",
     "pixel_size_um": "pixel (µm)",
@@ -400,6 +409,27 @@ def find_figures(run_dir: Path) -> list[Path]:
     return found
 
 
+def jpeg_data_uri(path: Path, quality: int = 85) -> tuple[str | None, str | None]:
+    """A raster image re-encoded as JPEG (at most :data:`MAX_EMBED_SIDE` px on the long side) as a data URI.
+
+    Photographs with overlays (match figures) shrink about tenfold against PNG at no loss a reader sees.
+    """
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        return image_data_uri(path)
+    h, w = img.shape[:2]
+    s = min(1.0, MAX_EMBED_SIDE / max(h, w))
+    if s < 1.0:
+        img = cv2.resize(img, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        return image_data_uri(path)
+    note = f"downscaled from {w}×{h} px for the report" if s < 1.0 else None
+    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode("ascii"), note
+
+
 def image_data_uri(path: Path) -> tuple[str | None, str | None]:
     """``(data URI, note)`` for an image file; large raster images are downscaled first.
 
@@ -552,7 +582,7 @@ def _fmt_list(values: list[Any]) -> str:
 
 
 def _label(key: str) -> str:
-    return _LABELS.get(key, key.replace("_", " "))
+    return _LABELS.get(key) or human_label(key)
 
 
 def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
@@ -574,11 +604,30 @@ def _flatten(prefix: str, obj: Any, rows: list[tuple[str, str]]) -> None:
         rows.append((prefix, _fmt(obj)))
 
 
-def key_value_table(obj: dict[str, Any]) -> str:
-    """A two-column table of a (nested) dict, nested keys joined with dots; all text escaped."""
+def _readable(obj: Any) -> Any:
+    """Metric entries ``{"value", "unit", "relies_on_underside"}`` as one text (``"2.1e+08 µm³ (includes the
+    unseen underside)"``); the list of such metrics is dropped (each entry says it)."""
+    if not isinstance(obj, dict):
+        return obj
+    if "value" in obj and "unit" in obj and set(obj) <= {"value", "unit", "relies_on_underside", "definition"}:
+        text = f"{_fmt(obj['value'])} {unit_text(obj.get('unit'))}".strip()
+        if obj.get("relies_on_underside"):
+            text += " (includes the unseen underside)"
+        return text
+    return {k: _readable(v) for k, v in obj.items() if not (k == "relies_on_underside" and isinstance(v, list))}
+
+
+def key_value_table(obj: dict[str, Any], human: bool = True) -> str:
+    """A two-column table of a (nested) dict; all text escaped.
+
+    With ``human`` the keys read as labels (``"grain_metrics.volume.relies_on_underside"`` → ``"Grain
+    metrics › Volume › Relies on the unseen underside"``); without, as the dotted keys of the JSON file.
+    """
     rows: list[tuple[str, str]] = []
-    _flatten("", obj, rows)
-    return _table(["quantity", "value"], [[_esc(k), _esc(v)] for k, v in rows], "kv")
+    _flatten("", _readable(obj) if human else obj, rows)
+    if human:
+        return _table(["quantity", "value"], [[_esc(human_label(k)), _esc(v)] for k, v in rows], "kv")
+    return _table(["key", "value"], [[f"<code>{_esc(k)}</code>", _esc(v)] for k, v in rows], "kv")
 
 
 def _per_view_keys(summary: dict[str, Any], n: int) -> list[str]:
@@ -636,15 +685,34 @@ def problems_html(run: RunArtifacts) -> str:
 
 
 def reproduce_html(run: RunArtifacts) -> str:
+    """Collapsed at the end: the command and configuration, every value of summary.json by key, timings."""
     command = run.summary.get("command")
-    parts = ["<h3>Command</h3>"]
+    parts = ["<details><summary>Reproduce this run: command and configuration</summary>", "<h3>Command</h3>"]
     parts.append(f"<pre>{_esc(command)}</pre>" if command else '<p class="muted">no command recorded</p>')
     parts.append("<h3>Configuration (config.yaml)</h3>")
     if run.config_text is not None:
         parts.append(f"<pre>{_esc(run.config_text)}</pre>")
     else:
         parts.append('<p class="muted">no config.yaml in this run folder</p>')
-    return _section("reproduce", "Reproduce this run", "".join(parts))
+    parts.append("</details>")
+    raw = {k: v for k, v in run.summary.items() if k not in ("command",)}
+    if raw:
+        parts.append("<details><summary>All values of summary.json, by key</summary>")
+        parts.append(key_value_table(raw, human=False) + "</details>")
+    timings = _timings(run.summary)
+    if timings:
+        parts.append("<details><summary>Timings (s)</summary>" + key_value_table(timings) + "</details>")
+    return _section("reproduce", "Reproduce, raw values and timings", "".join(parts))
+
+
+def _timings(summary: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(summary.get("timings_s"), dict):
+        out.update(summary["timings_s"])
+    for k, v in summary.items():
+        if isinstance(v, dict) and isinstance(v.get("timings_s"), dict):
+            out[k] = v["timings_s"]
+    return out
 
 
 def inputs_html(run: RunArtifacts) -> str:
@@ -675,13 +743,12 @@ def inputs_html(run: RunArtifacts) -> str:
 
 
 def notes_html(run: RunArtifacts) -> str:
-    parts = []
-    for key, cls in (("warnings", "warn"), ("notes", "")):
-        items = run.summary.get(key)
-        if isinstance(items, list) and items:
-            parts.append(f"<h3>{key.capitalize()}</h3><ul class='{cls}'>")
-            parts.append("".join(f"<li>{_esc(_fmt(v))}</li>" for v in items) + "</ul>")
-    return _section("notes", "Notes and warnings", "".join(parts)) if parts else ""
+    """The run's notes (how the cameras and the relief were decided); the warnings are on the results card."""
+    items = run.summary.get("notes")
+    if not (isinstance(items, list) and items):
+        return ""
+    body = "<ul>" + "".join(f"<li>{_esc(_fmt(v))}</li>" for v in items) + "</ul>"
+    return _section("notes", "Notes", body)
 
 
 def match_matrix_html(counts: Any, names: list[str]) -> str:
@@ -715,10 +782,9 @@ def quality_html(run: RunArtifacts) -> str:
     charts = []
     rms = {k: s[k] for k in per_view if k.startswith("reprojection_rms")}
     if rms:
-        series = {_label(k).replace(" (px)", ""): v for k, v in rms.items()}
-        charts.append(
-            _figure(residual_chart([str(k) for k in range(len(names))], series), "Reprojection RMS per view", "")
-        )
+        series = {k.removeprefix("reprojection_rms_px_"): v for k, v in rms.items()}  # short legend: before/after
+        caption = "Reprojection RMS per view, before and after bundle adjustment"
+        charts.append(_figure(residual_chart([str(k) for k in range(len(names))], series), caption, ""))
     if "relative_tilts_deg" in per_view:
         meta = [r.get("tilt_deg") for r in run.series] if len(run.series) == len(names) else None
         if meta is not None and _is_number(meta[0]):
@@ -737,32 +803,66 @@ def quality_html(run: RunArtifacts) -> str:
         parts.append("<h3>Figures of merit</h3>" + key_value_table(scalars))
     for k, v in s.items():
         if k not in _SECTION_KEYS and isinstance(v, dict):
-            parts.append(f"<h3>{_esc(_label(k))}</h3>" + key_value_table(v))
-    timings = s.get("timings_s")
-    if isinstance(timings, dict) and timings:
-        parts.append("<h3>Timings (s)</h3>" + key_value_table(timings))
+            shown = {kk: vv for kk, vv in v.items() if kk != "timings_s"}  # timings are collapsed at the end
+            parts.append(f"<h3>{_esc(_label(k))}</h3>" + key_value_table(shown))
     body = "".join(parts)
     return _section("quality", "Quality", body) if body else ""
 
 
-def viewer_html(data: ViewerData | None) -> str:
-    if data is None:
+def mesh_payload(grid: HeightGrid) -> dict[str, Any]:
+    """The viewer's data block for a height-field mesh: the reduced grid, its box and its height range.
+
+    ``viewer.js`` builds the vertices (x = c·cell, y = −r·cell, z) and two triangles per grid cell whose
+    four corners have a height, shaded by a fixed light, coloured by height or by the orthomosaic.
+    """
+    g = grid.payload()
+    z = grid.z
+    rows, cols = z.shape
+    cell = g["cell"]
+    finite = z[np.isfinite(z)]
+    z_lo, z_hi = (float(v) for v in np.percentile(finite, [0.5, 99.5]))
+    return {
+        "kind": "mesh",
+        "grid": g,
+        "n": int(finite.size),
+        "n_total": int(grid.values.size),
+        "unit": grid.unit,
+        "source": grid.source,
+        "lo": [0.0, -(rows - 1) * cell, z_lo],
+        "hi": [(cols - 1) * cell, 0.0, z_hi],
+        "z_range": [grid.p01, grid.p99],
+    }
+
+
+def viewer_html(data: ViewerData | None, grid: HeightGrid | None = None, anchor: str = "view3d") -> str:
+    """The orbit viewer: a shaded mesh of the height map when there is one, else the cloud's points."""
+    if data is None and grid is None:
         body = '<p class="muted">no dense.ply, surface.ply, height_map.tif or sparse.ply in this run folder</p>'
-        return _section("view3d", "3D view", body)
-    payload = data.payload()
-    has_int = data.intensity is not None
-    has_rgb = data.rgb is not None
+        return f'<div id="{anchor}">{body}</div>'
     options = ['<option value="height">height</option>']
-    if has_int:
-        options.append('<option value="intensity">intensity</option>')
-    if has_rgb:
-        options.append('<option value="rgb" selected>image colour</option>')
-    what = "height map drawn as points" if data.kind == "grid" else "point cloud"
-    sub = f"{payload['n']:,} of {data.n_total:,} points" if data.n_total > payload["n"] else f"{payload['n']:,} points"
-    note = f"<br>{_esc(data.note)}" if data.note else ""
-    body = (
-        '<div class="viewer" data-topograph-viewer>'
-        '<canvas width="880" height="560"></canvas>'
+    if grid is not None:
+        payload = mesh_payload(grid)
+        if grid.rgb is not None:
+            options.append('<option value="rgb" selected>image colour</option>')
+        cells = f"{grid.z.shape[1]}×{grid.z.shape[0]} grid"
+        sub = f"surface mesh on a {cells} (every {grid.step}. pixel of the height map)"
+        note = "" if grid.spacing is not None else "<br>no pixel size in the height map: lateral axes in pixels"
+        what = f"{_esc(grid.source)}: {_esc(sub)}, unit {_esc(grid.unit)}{note}"
+    else:
+        assert data is not None
+        payload = data.payload()
+        if data.intensity is not None:
+            options.append('<option value="intensity">intensity</option>')
+        if data.rgb is not None:
+            options.append('<option value="rgb" selected>image colour</option>')
+        kind = "height map drawn as points" if data.kind == "grid" else "point cloud"
+        n = payload["n"]
+        sub = f"{n:,} of {data.n_total:,} points" if data.n_total > n else f"{n:,} points"
+        note = f"<br>{_esc(data.note)}" if data.note else ""
+        what = f"{_esc(data.source)}: {_esc(kind)}, {_esc(sub)}{', unit ' + _esc(data.unit) if data.unit else ''}{note}"
+    return (
+        f'<div id="{anchor}" class="viewer" data-topograph-viewer>'
+        '<canvas width="720" height="480"></canvas>'
         '<div class="controls">'
         f'<label>colour <select data-role="colour">{"".join(options)}</select></label>'
         '<label>point size <input data-role="point-size" type="range" min="1" max="6" step="1" value="2"></label>'
@@ -771,12 +871,62 @@ def viewer_html(data: ViewerData | None) -> str:
         '<span data-role="legend" class="legend"></span>'
         "</div>"
         '<p class="muted" data-role="status">3D view needs JavaScript</p>'
-        f'<p class="muted">{_esc(data.source)}: {_esc(what)}, {_esc(sub)}'
-        f"{', unit ' + _esc(data.unit) if data.unit else ''}{note}</p>"
+        f'<p class="muted">{what}</p>'
         f'<script type="application/json">{script_json(payload)}</script>'
         "</div>"
     )
-    return _section("view3d", "3D view", body)
+
+
+def profile_html(grid: HeightGrid) -> str:
+    """The height map with a line profile the reader places by clicking two points (drawn by viewer.js)."""
+    uri = height_map_png_uri(grid)
+    return (
+        '<div class="profile" data-topograph-profile>'
+        f'<div class="map"><img src="{uri}" alt="height map"><canvas></canvas></div>'
+        '<div class="profile-chart" data-role="chart"></div>'
+        '<p class="muted" data-role="profile-status">click two points on the height map to place the profile</p>'
+        "</div>"
+    )
+
+
+def results_card_html(run: RunArtifacts, viewer: ViewerData | None, grid: HeightGrid | None) -> str:
+    """The first thing a reader sees: height map, 3D view, the measured numbers, warnings, histogram, profile."""
+    measures = headline_measures(run.summary, run.run_dir, grid)
+    rows = []
+    notes: list[str] = []
+    for m in measures:
+        mark = ""
+        if m.footnote:
+            if m.footnote not in notes:
+                notes.append(m.footnote)
+            mark = f"<sup>{notes.index(m.footnote) + 1}</sup>"
+        rows.append(f"<tr><th>{_esc(m.label)}{mark}</th><td>{_esc(m.text())}</td></tr>")
+    table = f'<table class="measures"><tbody>{"".join(rows)}</tbody></table>' if rows else ""
+    foot = "".join(f'<p class="muted"><sup>{k + 1}</sup> {_esc(n)}</p>' for k, n in enumerate(notes))
+    if not rows:
+        table = '<p class="muted">no measured values in this run folder (summary.json, height_map.tif)</p>'
+    warnings = run.summary.get("warnings")
+    if isinstance(warnings, list) and warnings:
+        warn = '<h3>Warnings</h3><ul class="warn">' + "".join(f"<li>{_esc(_fmt(w))}</li>" for w in warnings) + "</ul>"
+    elif "warnings" in run.summary:
+        warn = '<p class="ok">no warnings</p>'
+    else:
+        warn = ""
+    view3d = viewer_html(viewer, grid, "view3d")
+    left = f'<div class="card-numbers"><h3>Measured</h3>{table}{foot}{warn}</div>'
+    right = f'<div class="card-view"><h3>3D view</h3>{view3d}</div>'
+    lower = ""
+    if grid is not None:
+        hist = histogram_svg(grid.values, grid.unit or "unit")
+        lower = (
+            '<div class="card-row">'
+            f"<div><h3>Height map and line profile</h3>{profile_html(grid)}</div>"
+            f'<div><h3>Height histogram</h3><figure class="hist">{hist}'
+            f"<figcaption>{_esc(f'{grid.values.size:,} heights of {grid.source}')}</figcaption></figure></div>"
+            "</div>"
+        )
+    body = f'<div class="card-row">{left}{right}</div>{lower}'
+    return f'<section id="results" class="card"><h2>Result</h2>{body}</section>'
 
 
 def figures_html(run: RunArtifacts) -> str:
@@ -784,7 +934,8 @@ def figures_html(run: RunArtifacts) -> str:
     groups: dict[str, list[str]] = {}
     for path in find_figures(run.run_dir):
         stem = path.stem
-        uri, note = image_data_uri(path)
+        photo = stem.startswith("matches_") and path.suffix.lower() == ".png"  # runs before JPEG match figures
+        uri, note = jpeg_data_uri(path) if photo else image_data_uri(path)
         label = str(path.relative_to(run.run_dir))
         groups.setdefault(figure_stage(stem), []).append(_figure(uri, figure_caption(stem, names), label, note))
     if not groups:
@@ -819,6 +970,16 @@ figcaption{font-size:12px;margin-top:4px}.file{color:#889;font-family:monospace;
 .viewer canvas{background:#1b1e23;max-width:100%;height:auto;cursor:grab;touch-action:none;display:block}
 .controls{display:flex;flex-wrap:wrap;gap:16px;align-items:center;margin-top:6px;font-size:13px}
 .legend{display:inline-flex;align-items:center;gap:6px}.colourbar{display:inline-block;width:160px;height:12px}
+.card{background:#fff;border:1px solid #ccd;border-radius:6px;padding:4px 18px 14px;margin-top:18px}
+.card-row{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start}.card-row>div{flex:1 1 420px;min-width:0}
+table.measures th{background:#f4f6f9;font-weight:600;max-width:320px}
+table.measures td{font-size:14px;white-space:nowrap}
+.ok{color:#2d6a2d}.hist svg{max-width:100%;height:auto}
+.profile .map{position:relative;width:min(560px,100%);cursor:crosshair}
+.profile .map img{display:block;width:100%;height:auto;image-rendering:pixelated}
+.profile .map canvas{position:absolute;left:0;top:0;width:100%;height:100%;pointer-events:none}
+.profile-chart svg{max-width:100%;height:auto;background:#fff}
+details{margin:8px 0}details summary{cursor:pointer;font-weight:600}
 """
 
 # Records script errors in the page (data-js-errors on <html>) so a headless browser can check them.
@@ -832,34 +993,36 @@ def build_report(run_dir: str | Path) -> str:
     """The complete HTML text of the report of ``run_dir`` (see the module docstring for what it reads)."""
     run = read_run(run_dir)
     unit = run.summary.get("unit") if isinstance(run.summary.get("unit"), str) else ""
-    viewer = load_viewer_data(run.run_dir, unit=unit)
+    height_unit = run.summary.get("height_unit") if isinstance(run.summary.get("height_unit"), str) else unit
+    grid = load_height_grid(run.run_dir, height_unit)
+    viewer = None if grid is not None else load_viewer_data(run.run_dir, unit=unit)
     built = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     nonce = secrets.token_urlsafe(16)
     csp = f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'nonce-{nonce}'"
     sections = [
-        reproduce_html(run),
-        inputs_html(run),
+        results_card_html(run, viewer, grid),
         notes_html(run),
         quality_html(run),
-        viewer_html(viewer),
+        inputs_html(run),
         figures_html(run),
+        reproduce_html(run),
     ]
     sections = [s for s in sections if s]
     nav = "".join(
         f'<a href="#{a}">{t}</a>'
         for a, t in (
-            ("reproduce", "Reproduce"),
-            ("inputs", "Inputs"),
+            ("results", "Result"),
             ("notes", "Notes"),
             ("quality", "Quality"),
-            ("view3d", "3D view"),
+            ("inputs", "Inputs"),
             ("figures", "Figures"),
+            ("reproduce", "Reproduce"),
         )
-        if any(f'<section id="{a}">' in s for s in sections)
+        if any(f'<section id="{a}"' in s for s in sections)
     )
     engine = run.summary.get("engine")
     title = f"topograph {engine or ''} report — {run.run_dir.name}"
-    viewer_js = _VIEWER_JS.read_text(encoding="utf-8") if viewer is not None else ""
+    viewer_js = _VIEWER_JS.read_text(encoding="utf-8") if viewer is not None or grid is not None else ""
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'

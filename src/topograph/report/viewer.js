@@ -87,11 +87,12 @@
   // ---- data ----------------------------------------------------------------------------------
   function loadData(block) {
     var meta = JSON.parse(block.textContent);
-    var raw = new Float32Array(decodeBase64(meta.xyz).buffer);
-    var n = Math.floor(raw.length / 3);
     var lo = meta.lo, hi = meta.hi;
     var centre = [0, 1, 2].map(function (k) { return 0.5 * (lo[k] + hi[k]); });
     var radius = Math.max(hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]) / 2 || 1;
+    if (meta.kind === "mesh") return loadMesh(meta, centre, radius);
+    var raw = new Float32Array(decodeBase64(meta.xyz).buffer);
+    var n = Math.floor(raw.length / 3);
     var xyz = new Float32Array(n * 3);
     for (var i = 0; i < n * 3; i++) xyz[i] = (raw[i] - centre[i % 3]) / radius;
     return {
@@ -100,8 +101,69 @@
       xyz: xyz,
       zRaw: raw,
       intensity: meta.intensity ? new Float32Array(decodeBase64(meta.intensity).buffer) : null,
-      rgb: meta.rgb ? decodeBase64(meta.rgb) : null
+      rgb: meta.rgb ? decodeBase64(meta.rgb) : null,
+      indices: null
     };
+  }
+
+  // A height grid (rows x cols, NaN = no height) as vertices + two triangles per cell with four heights.
+  function loadMesh(meta, centre, radius) {
+    var g = meta.grid, rows = g.rows, cols = g.cols, cell = g.cell;
+    var z = new Float32Array(decodeBase64(g.z).buffer);
+    var gridRgb = g.rgb ? decodeBase64(g.rgb) : null;
+    var index = new Int32Array(rows * cols), n = 0, r, c, k;
+    for (k = 0; k < rows * cols; k++) index[k] = isFinite(z[k]) ? n++ : -1;
+    var xyz = new Float32Array(n * 3), zRaw = new Float32Array(n * 3), rgb = gridRgb ? new Uint8Array(n * 3) : null;
+    for (r = 0; r < rows; r++) {
+      for (c = 0; c < cols; c++) {
+        k = r * cols + c;
+        var v = index[k];
+        if (v < 0) continue;
+        var p = [c * cell, -r * cell, z[k]];
+        for (var a = 0; a < 3; a++) {
+          zRaw[3 * v + a] = p[a];
+          xyz[3 * v + a] = (p[a] - centre[a]) / radius;
+          if (rgb) rgb[3 * v + a] = gridRgb[3 * k + a];
+        }
+      }
+    }
+    var tri = [];
+    for (r = 0; r + 1 < rows; r++) {
+      for (c = 0; c + 1 < cols; c++) {
+        var i00 = index[r * cols + c], i01 = index[r * cols + c + 1];
+        var i10 = index[(r + 1) * cols + c], i11 = index[(r + 1) * cols + c + 1];
+        if (i00 >= 0 && i01 >= 0 && i10 >= 0 && i11 >= 0) tri.push(i00, i10, i01, i01, i10, i11);
+      }
+    }
+    return {
+      meta: meta, n: n, xyz: xyz, zRaw: zRaw, intensity: null, rgb: rgb,
+      indices: n < 65536 ? new Uint16Array(tri) : new Uint32Array(tri),
+      grid: { rows: rows, cols: cols, index: index }
+    };
+  }
+
+  // Lambert shading of a mesh's vertex colours (light from the upper left, fixed to the object) with heights
+  // scaled by the relief factor, so exaggerated relief also looks steeper.
+  function shade(data, base, relief) {
+    if (!data.grid) return base;
+    var g = data.grid, rows = g.rows, cols = g.cols, idx = g.index, p = data.xyz;
+    var out = new Uint8Array(base.length), L = [-0.45, 0.45, 0.77];
+    function at(r, c) { return r >= 0 && r < rows && c >= 0 && c < cols ? idx[r * cols + c] : -1; }
+    for (var r = 0; r < rows; r++) {
+      for (var c = 0; c < cols; c++) {
+        var v = idx[r * cols + c];
+        if (v < 0) continue;
+        var xl = at(r, c - 1), xr = at(r, c + 1), yu = at(r - 1, c), yd = at(r + 1, c);
+        var a = xl >= 0 ? xl : v, b = xr >= 0 ? xr : v, u = yu >= 0 ? yu : v, d = yd >= 0 ? yd : v;
+        var dx = p[3 * b] - p[3 * a], dzx = (p[3 * b + 2] - p[3 * a + 2]) * relief;
+        var dy = p[3 * u + 1] - p[3 * d + 1], dzy = (p[3 * u + 2] - p[3 * d + 2]) * relief;
+        var nx = dx ? -dzx / dx : 0, ny = dy ? -dzy / dy : 0, len = Math.sqrt(nx * nx + ny * ny + 1);
+        var lambert = Math.max(0, (nx * L[0] + ny * L[1] + L[2]) / len);
+        var f = 0.35 + 0.65 * lambert;
+        for (var k = 0; k < 3; k++) out[3 * v + k] = Math.min(255, Math.round(base[3 * v + k] * f));
+      }
+    }
+    return out;
   }
 
   function colours(data, mode) {
@@ -152,6 +214,14 @@
     gl.bindBuffer(gl.ARRAY_BUFFER, positionBuffer);
     gl.bufferData(gl.ARRAY_BUFFER, data.xyz, gl.STATIC_DRAW);
     var colourBuffer = gl.createBuffer();
+    var indexBuffer = null, indexType = null;
+    if (data.indices) {
+      if (data.indices instanceof Uint32Array && !gl.getExtension("OES_element_index_uint")) return null;
+      indexType = data.indices instanceof Uint32Array ? gl.UNSIGNED_INT : gl.UNSIGNED_SHORT;
+      indexBuffer = gl.createBuffer();
+      gl.bindBuffer(gl.ELEMENT_ARRAY_BUFFER, indexBuffer);
+      gl.bufferData(gl.ELEMENT_ARRAY_BUFFER, data.indices, gl.STATIC_DRAW);
+    }
     var where = {
       position: gl.getAttribLocation(program, "position"),
       colour: gl.getAttribLocation(program, "colour"),
@@ -178,7 +248,12 @@
         gl.vertexAttribPointer(where.colour, 3, gl.UNSIGNED_BYTE, true, 0, 0);
         gl.uniformMatrix4fv(where.transform, false, transform);
         gl.uniform1f(where.pointSize, pointSize);
-        gl.drawArrays(gl.POINTS, 0, data.n);
+        if (indexBuffer) {
+          gl.bindBuffer(gl.ELEMENT_ARRAY_BUFFER, indexBuffer);
+          gl.drawElements(gl.TRIANGLES, data.indices.length, indexType, 0);
+        } else {
+          gl.drawArrays(gl.POINTS, 0, data.n);
+        }
       },
       // Call right after draw: the drawing buffer is still valid within the same task.
       pixels: function () {
@@ -334,8 +409,10 @@
       }
     }
 
+    var currentMode = null;
     function setMode(mode) {
-      renderer.setColours(colours(data, mode));
+      currentMode = mode;
+      renderer.setColours(shade(data, colours(data, mode), state.relief));
       updateLegend(mode);
     }
 
@@ -344,8 +421,13 @@
     var drawn = countDrawn(renderer.pixels());
     canvas.setAttribute("data-drawn-pixels", String(drawn));
     canvas.setAttribute("data-points", String(data.n));
+    var nTriangles = data.indices && renderer.name === "webgl" ? data.indices.length / 3 : 0;
+    canvas.setAttribute("data-triangles", String(nTriangles));
     if (status) {
-      status.textContent = data.n + " points, " + (renderer.name === "webgl" ? "WebGL" : "2D canvas") +
+      var what = data.indices
+        ? data.n + " vertices, " + data.indices.length / 3 + " triangles" + (nTriangles ? "" : " (drawn as points)")
+        : data.n + " points";
+      status.textContent = what + ", " + (renderer.name === "webgl" ? "WebGL" : "2D canvas") +
         " — drag to rotate, wheel to zoom, double-click to reset";
     }
 
@@ -357,6 +439,7 @@
       reliefInput.addEventListener("input", function () {
         state.relief = Math.pow(10, Number(reliefInput.value));
         showRelief();
+        if (data.grid) setMode(currentMode);
         schedule();
       });
     }
@@ -390,6 +473,140 @@
       showRelief();
       schedule();
     });
+  }
+
+  // ---- line profile on the height map ----------------------------------------------------------
+  // The profile reads the mesh's height grid; the reader clicks a start and an end point on the map.
+  function escapeText(text) {
+    return String(text).replace(/[&<>"]/g, function (ch) {
+      return { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[ch];
+    });
+  }
+
+  // An SVG element as markup (the HTML parser puts inline <svg> into the SVG namespace by itself).
+  function svgTag(name, attrs, text) {
+    var out = "<" + name;
+    for (var k in attrs) out += " " + k + '="' + escapeText(attrs[k]) + '"';
+    return text === undefined ? out + "/>" : out + ">" + escapeText(text) + "</" + name + ">";
+  }
+
+  function setupProfile(root) {
+    var block = document.querySelector("[data-topograph-viewer] script[type='application/json']");
+    if (!block) return;
+    var meta = JSON.parse(block.textContent);
+    if (meta.kind !== "mesh") return;
+    var g = meta.grid, rows = g.rows, cols = g.cols;
+    var z = new Float32Array(decodeBase64(g.z).buffer);
+    var box = root.querySelector(".map"), img = box.querySelector("img"), overlay = box.querySelector("canvas");
+    var chart = root.querySelector("[data-role=chart]"), status = root.querySelector("[data-role=profile-status]");
+    var scale = 4;
+    overlay.width = cols * scale;
+    overlay.height = rows * scale;
+    var ctx = overlay.getContext("2d");
+    var pending = null;
+
+    function height(c, r) {
+      var ci = Math.round(c), ri = Math.round(r);
+      if (ci < 0 || ci >= cols || ri < 0 || ri >= rows) return NaN;
+      return z[ri * cols + ci];
+    }
+
+    function marker(p, colour) {
+      ctx.fillStyle = colour;
+      ctx.beginPath();
+      ctx.arc((p[0] + 0.5) * scale, (p[1] + 0.5) * scale, 2.5 * scale, 0, 2 * Math.PI);
+      ctx.fill();
+    }
+
+    function drawLine(a, b) {
+      ctx.clearRect(0, 0, overlay.width, overlay.height);
+      ctx.lineWidth = 2.5 * scale / 2;
+      ctx.strokeStyle = "rgba(0,0,0,0.8)";
+      ctx.beginPath();
+      ctx.moveTo((a[0] + 0.5) * scale, (a[1] + 0.5) * scale);
+      ctx.lineTo((b[0] + 0.5) * scale, (b[1] + 0.5) * scale);
+      ctx.stroke();
+      ctx.lineWidth = scale / 2;
+      ctx.strokeStyle = "#ff5252";
+      ctx.stroke();
+      marker(a, "#ffffff");
+      marker(b, "#ff5252");
+    }
+
+    function drawChart(d, h, unit, lateral) {
+      var W = 560, H = 230, left = 58, right = 12, top = 12, bottom = 38;
+      var pw = W - left - right, ph = H - top - bottom;
+      var finite = h.filter(function (v) { return isFinite(v); });
+      var lo = Math.min.apply(null, finite), hi = Math.max.apply(null, finite);
+      if (!(hi > lo)) { lo -= 0.5; hi += 0.5; }
+      var dmax = d[d.length - 1] || 1;
+      var parts = [];
+      parts.push(svgTag("rect", { x: left, y: top, width: pw, height: ph, fill: "#fff", stroke: "#ccd" }));
+      var path = "", pen = false;
+      for (var i = 0; i < d.length; i++) {
+        if (!isFinite(h[i])) { pen = false; continue; }
+        var x = left + (pw * d[i]) / dmax, y = top + ph - (ph * (h[i] - lo)) / (hi - lo);
+        path += (pen ? "L" : "M") + x.toFixed(1) + " " + y.toFixed(1);
+        pen = true;
+      }
+      parts.push(svgTag("path", { d: path, fill: "none", stroke: "#2c718e", "stroke-width": "1.6" }));
+      parts.push(svgTag("text", { x: left - 6, y: top + 10, "text-anchor": "end" }, formatNumber(hi)));
+      parts.push(svgTag("text", { x: left - 6, y: top + ph, "text-anchor": "end" }, formatNumber(lo)));
+      parts.push(svgTag("text", { x: left, y: top + ph + 14, "text-anchor": "middle" }, "0"));
+      parts.push(svgTag("text", { x: left + pw, y: top + ph + 14, "text-anchor": "end" }, formatNumber(dmax)));
+      parts.push(svgTag("text", { x: left + pw / 2, y: H - 6, "text-anchor": "middle" },
+        "distance along the line (" + lateral + ")"));
+      parts.push(svgTag("text", { x: 12, y: top + ph / 2, "text-anchor": "middle",
+        transform: "rotate(-90 12 " + (top + ph / 2) + ")" }, "height (" + unit + ")"));
+      chart.innerHTML = '<svg data-role="profile-svg" width="' + W + '" height="' + H + '" viewBox="0 0 ' + W + " " +
+        H + '" font-size="11" font-family="sans-serif">' + parts.join("") + "</svg>";
+      return finite.length;
+    }
+
+    function show(a, b) {
+      var len = Math.sqrt((b[0] - a[0]) * (b[0] - a[0]) + (b[1] - a[1]) * (b[1] - a[1]));
+      var n = Math.max(2, Math.ceil(2 * len) + 1), d = [], h = [];
+      for (var i = 0; i < n; i++) {
+        var t = i / (n - 1);
+        d.push(t * len * g.cell);
+        h.push(height(a[0] + t * (b[0] - a[0]), a[1] + t * (b[1] - a[1])));
+      }
+      drawLine(a, b);
+      var count = drawChart(d, h, g.unit || "", g.lateral_unit);
+      root.setAttribute("data-profile-samples", String(count));
+      var finite = h.filter(function (v) { return isFinite(v); });
+      var range = finite.length ? Math.max.apply(null, finite) - Math.min.apply(null, finite) : NaN;
+      status.textContent = "profile of " + formatNumber(len * g.cell) + " " + g.lateral_unit + ", height range " +
+        formatNumber(range) + " " + (g.unit || "") + " — click two points on the map to move it";
+    }
+
+    box.addEventListener("click", function (e) {
+      var rect = img.getBoundingClientRect();
+      var p = [((e.clientX - rect.left) / rect.width) * cols - 0.5, ((e.clientY - rect.top) / rect.height) * rows - 0.5];
+      if (!pending) {
+        pending = p;
+        ctx.clearRect(0, 0, overlay.width, overlay.height);
+        marker(p, "#ffffff");
+        status.textContent = "now click the end point of the profile";
+      } else {
+        show(pending, p);
+        pending = null;
+      }
+    });
+    // Start with the row through the middle of the map, across its whole width.
+    var mid = Math.floor(rows / 2);
+    show([0, mid], [cols - 1, mid]);
+  }
+
+  var profiles = document.querySelectorAll("[data-topograph-profile]");
+  for (var j = 0; j < profiles.length; j++) {
+    try {
+      setupProfile(profiles[j]);
+    } catch (err) {
+      var ps = profiles[j].querySelector("[data-role=profile-status]");
+      if (ps) ps.textContent = "line profile unavailable: " + err.message;
+      throw err;
+    }
   }
 
   var roots = document.querySelectorAll("[data-topograph-viewer]");

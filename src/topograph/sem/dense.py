@@ -35,6 +35,7 @@ from topograph.geometry.dense_triangulation import (
 )
 from topograph.matching.dense import DenseConfig as FlowConfig
 from topograph.matching.dense import dense_flow
+from topograph.progress import steps
 from topograph.sem.config import DenseConfig
 from topograph.types import AffineCamera, HeightMap, ImageSet, PointCloud, Reconstruction
 
@@ -257,9 +258,7 @@ def fuse_dense(
     flow_cfg = flow_config(cfg)
     direct: dict[int, int] = {}  # view → observation slot
     slot_view: list[int] = [ref]
-    for f in range(len(images)):
-        if f == ref:
-            continue
+    for f in steps([f for f in range(len(images)) if f != ref], "dense matching (to the reference view)"):
         res = dense_flow(images[ref].pixels, images[f].pixels, flow_cfg, track_prealignment(recon, ref, f))
         xy = grid + res.flow.reshape(-1, 2)
         mask = _on_epipolar_line(cams[ref], cams[f], grid, xy, res.valid.ravel(), cfg.epipolar_threshold_px)
@@ -274,7 +273,7 @@ def fuse_dense(
         direct[f] = acc.add_view(cams[f], xy, mask)
         slot_view.append(f)
     if cfg.chain_pairs:
-        for a, b in _chain_pairs(recon, ref, len(images)):
+        for a, b in steps(_chain_pairs(recon, ref, len(images)), "dense matching (chained view pairs)"):
             xy_b, keep = _chained_observation(
                 images,
                 acc,

@@ -23,6 +23,7 @@ from topograph import __version__
 from topograph.config import to_yaml
 from topograph.errors import TopographError
 from topograph.geometry.factorization import TiltUncertainty, relative_tilts, tilt_uncertainty
+from topograph.hints import phrase
 from topograph.io.atomic import write_json, write_text
 from topograph.io.exports import write_ply
 from topograph.io.images import describe_series, load_sem_series, series_warnings
@@ -109,7 +110,7 @@ def series_fingerprint(images: ImageSet) -> str:
 
 
 def run_sem(
-    inputs: Sequence[str | Path],
+    inputs: str | Path | Sequence[str | Path],
     out_dir: str | Path | None,
     cfg: SemConfig | None = None,
     overrides: MetadataOverrides | None = None,
@@ -148,7 +149,7 @@ def _run_sem(
     """Reconstruct a tilt series.
 
     Args:
-        inputs: image files or one folder.
+        inputs: image files, or one folder (a single path is taken as a one-item list).
         out_dir: output folder (written only when the run succeeds), or None to keep results in memory.
         cfg: configuration (defaults when None).
         overrides: tilts / tilt axis / pixel size given on the command line (they win over file tags).
@@ -163,6 +164,8 @@ def _run_sem(
     Returns:
         The :class:`SemRun` with cameras, sparse cloud, quality figures and (when enabled) the dense results.
     """
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
     cfg = cfg or SemConfig()
     stage = on_stage or (lambda name: None)
     timings: dict[str, float] = {}
@@ -244,6 +247,7 @@ def _run_sem(
             )
             log.warning(warnings[-1])
 
+    warnings = [phrase(w) for w in warnings]  # arguments, not --flags, for Python callers
     run = SemRun(images, matches, cams, recon, pixel_size, unit, Path(out_dir) if out_dir else None, timings, warnings)
     run.cached_stages = store.hits
     run.tilt_uncertainty = tilt_error
@@ -301,7 +305,8 @@ def factorization_tilt_uncertainty(recon: Reconstruction, cfg: SemConfig) -> Til
 def _log_cameras(images: ImageSet, recon: Reconstruction) -> None:
     for f, im in enumerate(images.images):
         log.info(
-            "view %d %s: tilt %+.3f° rel. to view 0, scale %.5f, reprojection RMS %.3f → %.3f px",
+            "view %d %s after bundle adjustment: tilt %+.3f° rel. to view 0, scale %.5f; "
+            "reprojection RMS before → after %.3f → %.3f px",
             f,
             im.name,
             recon.tilts_deg[f],
@@ -428,7 +433,7 @@ def write_outputs(run: SemRun, cfg: SemConfig, out: Path, command: str | None) -
     for p in run.matches.pairs:
         i, j = p.raw.i, p.raw.j
         draw_matches(
-            run.images[i].pixels, run.images[j].pixels, p.raw, figs / f"matches_{i}_{j}.png", inlier_mask=p.inlier_mask
+            run.images[i].pixels, run.images[j].pixels, p.raw, figs / f"matches_{i}_{j}.jpg", inlier_mask=p.inlier_mask
         )
     draw_match_count_matrix(run.matches.counts, names, figs / "match_counts.png")
     residual_px = np.linalg.norm(reprojection_residuals(recon.cameras, recon.points.xyz, recon.tracks), axis=2)

@@ -19,6 +19,7 @@ from topograph.geometry.factorization import relative_tilts
 from topograph.geometry.tracks import build_tracks, match_count_matrix
 from topograph.geometry.triangulation import per_view_rms_px, triangulate
 from topograph.matching.base import create_matcher
+from topograph.progress import steps
 from topograph.sem.cameras import CameraEstimate, estimate_cameras
 from topograph.sem.config import BundleConfig, MatchingConfig
 from topograph.types import AffineCamera, ImageSet, Matches, PointCloud, Reconstruction, Tracks
@@ -67,8 +68,8 @@ def match_series(images: ImageSet, cfg: MatchingConfig) -> SparseMatches:
     axes: list[float] = []
     features = None
     if hasattr(matcher, "detect") and hasattr(matcher, "match_features"):
-        features = [matcher.detect(im.pixels) for im in images.images]
-    for i, j in itertools.combinations(range(n), 2):
+        features = [matcher.detect(im.pixels) for im in steps(images.images, "features")]
+    for i, j in steps(list(itertools.combinations(range(n), 2)), "matching image pairs"):
         if features is not None:
             raw = matcher.match_features(features[i], features[j], i, j)
         else:

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from topograph.cli import main
+from topograph.errors import EXIT_INPUT, EXIT_USAGE
 
 # --------------------------------------------------------------------------------------------------------
 # inputs
@@ -336,7 +337,7 @@ def test_bad_input_stops_with_one_line(name: str, tmp_path: Path, monkeypatch: p
     with pytest.raises(SystemExit) as info:
         main()
     err = capsys.readouterr().err
-    assert info.value.code == 2, err
+    assert info.value.code in (EXIT_USAGE, EXIT_INPUT), err  # usage (a flag) or input (the data)
     assert "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, err
@@ -379,7 +380,7 @@ def test_disk_full_while_writing_keeps_the_old_run(tmp_path: Path, monkeypatch: 
     with pytest.raises(SystemExit) as info:
         main()
     err = capsys.readouterr().err
-    assert info.value.code == 2 and "Traceback" not in err
+    assert info.value.code == EXIT_INPUT and "Traceback" not in err
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "disk is full" in errors[0], err
     assert _content(out) == before

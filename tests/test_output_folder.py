@@ -91,7 +91,7 @@ def test_concurrent_run_into_the_same_folder_is_refused(tmp_path: Path, series: 
     with output_transaction(out, [series]) as stage:  # a run in progress (this process holds the lock)
         second = _run("sem", str(series), "-o", str(out), "--sparse-only")
         (stage / "summary.json").write_text("{}")
-    assert second.returncode == 2
+    assert second.returncode == 3  # an input error (errors.EXIT_INPUT)
     assert "another topograph run is writing" in second.stderr and "Traceback" not in second.stderr
     assert _content(out) == {"summary.json": b"{}"}  # the first run's result, not a mix
     after = _run("sem", str(series), "-o", str(out), "--sparse-only")  # the lock is released

@@ -90,6 +90,7 @@ class _State:
     """What the current invocation learnt: its run folder and the --strict flag."""
 
     run_dir: Path | None = None
+    interrupt: KeyboardInterrupt | None = None
     strict: bool = False
     run_log: RunLog | None = None
 
@@ -137,7 +138,11 @@ def _track_run_folder(callback: Any) -> Any:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         out = kwargs.get("out", kwargs.get("run_dir"))
         _State.run_dir = Path(out) if out is not None else None
-        return callback(*args, **kwargs)
+        try:
+            return callback(*args, **kwargs)
+        except KeyboardInterrupt as exc:  # typer turns it into a bare exit code 130: keep which signal it was
+            _State.interrupt = exc
+            raise
 
     return wrapper
 
@@ -182,6 +187,7 @@ def run(args: list[str] | None = None) -> int:
     """Run the command line on ``args`` (default ``sys.argv[1:]``) and return the exit status."""
     _State.run_dir = None
     _State.run_log = None
+    _State.interrupt = None
     _State.strict = False
     try:
         steps = RichSteps(err_console)  # progress of long steps with ETA, opened by the first one
@@ -193,6 +199,8 @@ def run(args: list[str] | None = None) -> int:
             raise
         steps.stop()
         code = code if isinstance(code, int) else EXIT_OK
+        if code == EXIT_INTERRUPTED or _State.interrupt is not None:  # standalone_mode=False returns Exit(130)
+            return _interrupted(_State.interrupt or KeyboardInterrupt())
     except _EXIT as exc:  # --version, --help, completion
         return int(getattr(exc, "exit_code", EXIT_OK) or EXIT_OK)
     except _ABORT as exc:  # Ctrl-C / SIGTERM (click turns KeyboardInterrupt into Abort)

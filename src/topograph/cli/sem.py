@@ -9,7 +9,7 @@ from rich.table import Table
 
 from topograph.cli.console import err_console
 from topograph.config import apply_overrides, from_yaml
-from topograph.errors import TopographError
+from topograph.errors import EXIT_QUALITY, TopographError
 from topograph.sem.config import SemConfig
 
 console = err_console
@@ -160,5 +160,5 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             console.print(f"reused from {out / 'cache'}: {', '.join(run.cached_stages)} (use --no-cache to recompute)")
         if run.status == "failed":
             console.print(f"[red]failed camera model[/]: {run.camera_failure} (outputs for inspection in {out})")
-            raise typer.Exit(3)
+            raise typer.Exit(EXIT_QUALITY)
         console.print(f"[green]done[/] in {run.timings_s['total']:.1f} s → {out}")

@@ -76,7 +76,7 @@ class BundleConfig:
     max_nfev: int = 100
     max_rms_px: float = 1.0
     """Reprojection RMS above which (or an RMS that rose during the adjustment) the camera model is reported
-    as failed: a warning, ``"status": "failed"`` in summary.json and exit status 3 of the CLI."""
+    as failed: a warning, ``"status": "failed"`` in summary.json and exit status 4 of the CLI (a quality failure)."""
 
 
 @dataclass(frozen=True)

@@ -74,7 +74,7 @@ class SemRun:
 
     @property
     def status(self) -> str:
-        """ "ok", or "failed" when the camera model failed (the CLI then exits with status 3)."""
+        """ "ok", or "failed" when the camera model failed (the CLI then exits with status 4)."""
         return "failed" if self.camera_failure else "ok"
 
 
@@ -125,6 +125,8 @@ def run_sem(
 
     The arguments are those of :func:`_run_sem`.
     """
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]  # one path, not a sequence of its characters
     args = (inputs, out_dir, cfg, overrides, sidecar, command, on_stage, on_loaded, use_cache)
     if out_dir is None:
         return _run_sem(*args, stage_dir=None)

@@ -99,6 +99,9 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         config: Path | None = typer.Option(
             None, "--config", help="YAML configuration (see `topograph config show meso`)."
         ),
+        preset: str = typer.Option(
+            "default", "--preset", help="default, or fast (fewer iterations: about half the time)."
+        ),
         focal_mm: float | None = typer.Option(None, "--focal-mm", help="Effective focal length in mm (default: EXIF)."),
         pixel_pitch_um: float | None = typer.Option(
             None, "--pixel-pitch-um", help="Sensor pixel pitch in µm (default: EXIF)."
@@ -136,11 +139,11 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
     ) -> None:
         """Jointly register, stitch and rectify the images: orthomosaic, height map (µm), mesh, cameras."""
-        from topograph.meso.config import MesoConfig
+        from topograph.meso.config import MesoConfig, preset_config
         from topograph.meso.pipeline import run_meso
         from topograph.meso.progress import NullProgress, RichProgress
 
-        cfg = from_yaml(MesoConfig, config) if config else MesoConfig()
+        cfg = from_yaml(MesoConfig, config) if config else preset_config(preset)
         cfg = apply_overrides(
             cfg,
             {
@@ -197,4 +200,9 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         )
         for w in rec.checks.warnings:
             console.print(f"[yellow]warning:[/] {w}")
+        if rec.quality.status == "failed":  # written because checks.gates=mark: usable for diagnosis only
+            for gate in rec.quality.failed:
+                console.print(f"[bold red]failed:[/] {gate.line()}", highlight=False)
+            console.print(f"[bold red]FAILED[/] (result written for diagnosis, marked failed) → {out}")
+            raise typer.Exit(3)
         console.print(f"[green]done[/] in {rec.timings.get('total_s', 0.0):.1f} s → {out} ({len(files)} files)")

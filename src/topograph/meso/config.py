@@ -86,6 +86,20 @@ def default_schedule() -> tuple[LevelConfig, ...]:
     )
 
 
+def fast_schedule() -> tuple[LevelConfig, ...]:
+    """The ``fast`` preset: the default rounds with about 40 % of their iterations (the flow step, which
+    gives most of the accuracy, is unchanged)."""
+    return (
+        LevelConfig("shift", 8, 30, ("position",), lr_scale=4.0),
+        LevelConfig("camera", 4, 60, _CAMERA, lr_scale=2.0),
+        LevelConfig("height", 2, 16, (*_POSE, "height"), warmup_iterations=4, min_size=FINE_MIN_SIZE),
+    )
+
+
+PRESETS = ("default", "fast")
+"""Named starting configurations (``topograph meso --preset``)."""
+
+
 @dataclass
 class LearningRates:
     """Adam learning rates (roughly the largest step per iteration) of each parameter group."""
@@ -248,12 +262,22 @@ class ModelConfig:
 
 @dataclass
 class CheckConfig:
-    """Input checks (warnings, never silent drops)."""
+    """Input checks (warnings, never silent drops) and quality gates."""
 
     sharpness_ratio: float = 0.5
     """Warn about images whose sharpness is below this fraction of the set's median."""
     focus_tolerance: float = 0.02
     """Warn when EXIF focal length or focus distance differ across images by more than this fraction."""
+    gates: Literal["stop", "mark", "off"] = "stop"
+    """Quality gates (:mod:`topograph.meso.quality`): ``stop`` = a failed gate ends the run with one line
+    and a non-zero exit; ``mark`` = the run goes on, writes its result marked failed (summary.json, report)
+    and exits non-zero; ``off`` = gates are measured and recorded only."""
+    min_registration_ncc: float = 0.5
+    """Every image must correlate at least this well with the mosaic of the other images."""
+    min_match_coverage: float = 0.15
+    """Dense flow must match at least this share of the pixels."""
+    min_height_coverage: float = 0.3
+    """At least this share of the mosaic must have heights seen by two or more images."""
 
 
 @dataclass
@@ -390,3 +414,16 @@ def _validate_batching(b: BatchingConfig, r: RobustConfig) -> None:
         raise TopographError(
             "robust needs 0 < lr_backoff < 1, explode_factor > 1 and max_height_fraction > 0", "fix the robust section"
         )
+
+
+def preset_config(name: str) -> MesoConfig:
+    """The configuration of a named preset (:data:`PRESETS`).
+
+    Raises:
+        TopographError: unknown preset.
+    """
+    if name == "default":
+        return MesoConfig()
+    if name == "fast":
+        return MesoConfig(schedule=fast_schedule())
+    raise TopographError(f"unknown preset '{name}'", f"use one of: {', '.join(PRESETS)}")

@@ -26,6 +26,7 @@ from topograph.meso.models.cnn import HeightCNN, auto_downsample
 from topograph.meso.models.distortion import distortion_models
 from topograph.meso.models.heights import HeightMaps
 from topograph.meso.progress import NullProgress, ProgressSink
+from topograph.meso.quality import QualityReport, enforce, height_gate, registration_gate, registration_scores
 from topograph.meso.rounds import config_fingerprint, run_rounds
 from topograph.meso.types import CameraEstimate, InputChecks, Intrinsics, MesoImages
 from topograph.types import HeightMap
@@ -75,6 +76,8 @@ class MesoReconstruction:
     timings: dict[str, float] = field(default_factory=dict)
     image_size: tuple[int, int] = (0, 0)
     """``(width, height)`` of the input images."""
+    quality: QualityReport = field(default_factory=QualityReport)
+    """The quality gates (status ``failed`` when any failed)."""
 
     @property
     def pixel_size_mm(self) -> float | None:
@@ -229,6 +232,21 @@ def camera_estimate(model: MesoModel, names: tuple[str, ...], scale: ScaleResult
     )
 
 
+def check_registration(
+    model: MesoModel, images: MesoImages, cfg: MesoConfig, quality: QualityReport, device: torch.device
+) -> None:
+    """Per-image registration scores (leave-one-out NCC with the mosaic) and the registration gate."""
+    ncc, overlap = registration_scores(model, images.pixels, device=device)
+    quality.registration_ncc, quality.registration_overlap = ncc, overlap
+    log.info(
+        "registration (NCC with the mosaic of the other images): median %.2f, worst %.2f (%s)",
+        float(np.nanmedian(ncc)) if np.isfinite(ncc).any() else float("nan"),
+        float(np.nanmin(ncc)) if np.isfinite(ncc).any() else float("nan"),
+        images.names[int(np.nanargmin(ncc))] if np.isfinite(ncc).any() else "-",
+    )
+    enforce(registration_gate(images.names, ncc, overlap, cfg.checks), quality, cfg.checks)
+
+
 def reconstruct(
     images: MesoImages,
     cfg: MesoConfig | None = None,
@@ -301,6 +319,7 @@ def reconstruct(
     else:
         log.info("heights: maps with total variation (weight %g)", cfg.loss.tv_weight)
     history: list[dict[str, Any]] = []
+    quality = QualityReport()
     try:
         model = run_rounds(
             model,
@@ -314,11 +333,13 @@ def reconstruct(
             checkpoint=checkpoint,
             resume=resume,
             fingerprint=fingerprint,
+            quality=quality,
         )
     finally:
         progress.stop()
     model.eval()
     t = time.perf_counter()
+    check_registration(model, images, cfg, quality, device)
     if cfg.model.level_plane:
         coarse = 4.0 * cfg.output.downsample
         _, h_units, _, g = render_mosaic(model, images.pixels, coarse, None, device)
@@ -330,6 +351,9 @@ def reconstruct(
         model, images.pixels, float(cfg.output.downsample), scale.height_factors, device, cfg.output.min_views
     )
     timings["mosaic_s"] = time.perf_counter() - t
+    seen = weight > 0.25 * grid.cell**2
+    coverage = float(np.isfinite(height)[seen].mean()) if seen.any() else 0.0
+    enforce(height_gate(coverage, cfg.checks), quality, cfg.checks)
     timings["total_s"] = time.perf_counter() - t0
     model = model.cpu()
     return MesoReconstruction(
@@ -348,4 +372,5 @@ def reconstruct(
         config=cfg,
         timings=timings,
         image_size=images.size,
+        quality=quality,
     )

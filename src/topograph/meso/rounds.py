@@ -29,6 +29,7 @@ from topograph.meso.flow_heights import initialise_heights, measure_heights
 from topograph.meso.models.camera import MesoModel
 from topograph.meso.models.cnn import HeightCNN
 from topograph.meso.progress import NullProgress, ProgressSink
+from topograph.meso.quality import QualityReport, enforce, match_gate, refinement_gate
 from topograph.meso.solver import solve_round
 
 log = logging.getLogger("topograph")
@@ -70,6 +71,7 @@ def run_rounds(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     fingerprint: str = "",
+    quality: QualityReport | None = None,
 ) -> MesoModel:
     """Optimise ``model`` over ``levels`` with :func:`topograph.meso.solver.solve_round`, with checkpoints.
 
@@ -85,6 +87,8 @@ def run_rounds(
         checkpoint: file for resumable checkpoints (None = no files).
         resume: continue from ``checkpoint``.
         fingerprint: identifies the run (:func:`config_fingerprint`); a checkpoint of another run is refused.
+        quality: the run's quality gates; the dense-matching and refinement gates of the flow step are added
+            (and stop the run when ``cfg.checks.gates == "stop"``).
 
     Returns:
         The model.
@@ -117,6 +121,9 @@ def run_rounds(
             measured = measure_heights(model, pixels, cfg.heights.flow, cfg.seed)
             misfit = initialise_heights(model, measured, cfg.heights.fit_iterations, cfg.heights.fit_lr)
             timings["height_init_s"] = time.perf_counter() - t
+            if quality is not None:
+                enforce(match_gate(measured.coverage, measured.n_matches, cfg.checks), quality, cfg.checks)
+                enforce(refinement_gate(measured.refinement), quality, cfg.checks)
             log.info("heights started from the flow measurement (fit misfit %.3g units)", misfit)
         if level.downsample not in cache:
             cache.clear()

@@ -56,6 +56,10 @@ class LevelConfig:
     min_size: int = 0
     """The round's downsampling is reduced so that its images keep at least this long side (pixels);
     0 = the global ``min_level_size``. Height rounds need enough pixels per unit of parallax."""
+    target_size: int = 0
+    """Working long side (pixels) of the round's images: the downsampling factor is chosen from the input
+    size as ``round(long side / target_size)`` (then limited by ``min_size``), so 1 MP and 12 MP photos run
+    the same amount of work per round; 0 = use ``downsample`` as given."""
 
 
 FINE_MIN_SIZE = 400
@@ -80,9 +84,9 @@ def default_schedule() -> tuple[LevelConfig, ...]:
     No round follows the height round: a fresh Adam state restarts every CNN weight with a full-size step
     (measured on the 320x240 cut-cards phantom: RGB MSE 3.8e-4 -> 5.7e-4 over 40 iterations)."""
     return (
-        LevelConfig("shift", 8, 60, ("position",), lr_scale=4.0),
-        LevelConfig("camera", 4, 150, _CAMERA, lr_scale=2.0),
-        LevelConfig("height", 2, 40, (*_POSE, "height"), warmup_iterations=10, min_size=FINE_MIN_SIZE),
+        LevelConfig("shift", 8, 60, ("position",), lr_scale=4.0, target_size=125),
+        LevelConfig("camera", 4, 150, _CAMERA, lr_scale=2.0, target_size=250),
+        LevelConfig("height", 2, 40, (*_POSE, "height"), warmup_iterations=10, min_size=FINE_MIN_SIZE, target_size=500),
     )
 
 
@@ -90,9 +94,9 @@ def fast_schedule() -> tuple[LevelConfig, ...]:
     """The ``fast`` preset: the default rounds with about 40 % of their iterations (the flow step, which
     gives most of the accuracy, is unchanged)."""
     return (
-        LevelConfig("shift", 8, 30, ("position",), lr_scale=4.0),
-        LevelConfig("camera", 4, 60, _CAMERA, lr_scale=2.0),
-        LevelConfig("height", 2, 16, (*_POSE, "height"), warmup_iterations=4, min_size=FINE_MIN_SIZE),
+        LevelConfig("shift", 8, 30, ("position",), lr_scale=4.0, target_size=125),
+        LevelConfig("camera", 4, 60, _CAMERA, lr_scale=2.0, target_size=250),
+        LevelConfig("height", 2, 16, (*_POSE, "height"), warmup_iterations=4, min_size=FINE_MIN_SIZE, target_size=500),
     )
 
 
@@ -285,6 +289,12 @@ class OutputConfig:
     """What to write."""
 
     downsample: int = 1
+    """Mosaic pixel = this many times the output GSD (``gsd_um``, or the reference image's native GSD)."""
+    gsd_um: float = 0.0
+    """Ground sampling distance of the orthomosaic and height map, micrometres per pixel (needs an absolute
+    scale); 0 = the native GSD of the reference image."""
+    max_mosaic_mb: float = 2000.0
+    """Memory the mosaic grids may take; a finer GSD is coarsened to fit (with a warning)."""
     """Resolution of the output mosaic relative to the images."""
     min_views: int = 2
     """Heights are reported only where at least this many images overlap (one view has no parallax)."""

@@ -148,13 +148,43 @@ def build_model(
 
 
 def round_levels(cfg: MesoConfig, image_size: tuple[int, int]) -> tuple[LevelConfig, ...]:
-    """``cfg.schedule`` with each downsampling factor reduced so that the round's images keep a long side of
-    at least ``level.min_size`` pixels (``cfg.min_level_size`` when 0)."""
+    """``cfg.schedule`` with each round's downsampling factor chosen from the input size (``target_size``:
+    a long side of about that many pixels) and reduced so that the round's images keep a long side of at
+    least ``level.min_size`` pixels (``cfg.min_level_size`` when 0)."""
     long_side = max(image_size)
-    return tuple(
-        replace(lvl, downsample=effective_downsample(lvl.downsample, long_side, lvl.min_size or cfg.min_level_size))
-        for lvl in cfg.schedule
-    )
+    out = []
+    for lvl in cfg.schedule:
+        ds = max(1, round(long_side / lvl.target_size)) if lvl.target_size > 0 else lvl.downsample
+        out.append(replace(lvl, downsample=effective_downsample(ds, long_side, lvl.min_size or cfg.min_level_size)))
+    return tuple(out)
+
+
+@torch.no_grad()
+def mosaic_cell(model: MesoModel, scale: ScaleResult, cfg: MesoConfig, image_size: tuple[int, int]) -> float:
+    """Mosaic spacing in object units: ``output.gsd_um`` (needs the scale) or the reference image's native
+    GSD (its relative scale), times ``output.downsample``, coarsened to fit ``output.max_mosaic_mb``."""
+    out = cfg.output
+    native = float(model.pose.relative_scale()[cfg.scale.reference_image])
+    if out.gsd_um > 0 and scale.mm_per_unit is None:
+        raise TopographError(
+            "--gsd-um needs an absolute scale", "give --magnification or --scale-points, or leave out --gsd-um"
+        )
+    cell = (out.gsd_um * 1e-3 / scale.mm_per_unit if out.gsd_um > 0 else native) * max(1, out.downsample)
+    # extent: the images' flat footprints (as render_mosaic bounds them); ~48 bytes per mosaic cell
+    w, h = image_size
+    corners = torch.tensor([[0.0, 0.0], [w, 0.0], [0.0, h], [w, h]], device=model.log_focal.device)
+    pts = model.object_points(corners).reshape(-1, 2)
+    span = (pts.max(0).values - pts.min(0).values) * 1.06
+    cells = float(span[0] * span[1]) / cell**2
+    budget = out.max_mosaic_mb * 1e6 / 48.0
+    if cells > budget:
+        coarser = cell * (cells / budget) ** 0.5
+        log.warning(
+            "mosaic at the requested GSD would need %.0f MB: rendered %.2fx coarser (raise output.max_mosaic_mb)",
+            cells * 48 / 1e6, coarser / cell,
+        )  # fmt: skip
+        cell = coarser
+    return cell
 
 
 @torch.no_grad()
@@ -347,8 +377,9 @@ def reconstruct(
         level_to_dominant_plane(model, plane, images.size)
         log.info("levelled to the dominant plane: slopes %.2e, %.2e; offset %.3g units", *plane)
     scale = resolve_scale(model, intrinsics, cfg)
+    cell = mosaic_cell(model, scale, cfg, images.size)
     ortho, height, weight, grid = render_mosaic(
-        model, images.pixels, float(cfg.output.downsample), scale.height_factors, device, cfg.output.min_views
+        model, images.pixels, cell, scale.height_factors, device, cfg.output.min_views
     )
     timings["mosaic_s"] = time.perf_counter() - t
     seen = weight > 0.25 * grid.cell**2

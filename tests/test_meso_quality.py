@@ -1,0 +1,116 @@
+"""Quality gates: a registered run passes them; a misregistered image, an unregistrable sequence, or a
+flow step that found nothing stops the run with one line (or marks it failed)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from meso_toy import make_model, toy_scene
+from PIL import Image
+
+from topograph.errors import TopographError
+from topograph.meso.config import CheckConfig
+from topograph.meso.quality import (
+    QualityReport,
+    enforce,
+    height_gate,
+    match_gate,
+    refinement_gate,
+    registration_gate,
+    registration_scores,
+)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    return toy_scene(3, 2, size=(96, 72), step=20.0)
+
+
+def test_true_cameras_correlate_with_the_mosaic(scene):
+    model = make_model(len(scene.pixels), scene.size, scene.focal_px, scene.positions)
+    ncc, overlap = registration_scores(model, scene.pixels)
+    assert np.all(overlap > 0.3)
+    assert np.all(ncc > 0.9), ncc
+    names = tuple(f"im{k}" for k in range(len(ncc)))
+    assert registration_gate(names, ncc, overlap, CheckConfig()).passed
+
+
+def test_a_misplaced_image_is_named(scene):
+    pos = scene.positions.copy()
+    pos[4] += (7.0, -5.0)  # 7 px off: its content lands on the wrong part of the mosaic
+    model = make_model(len(scene.pixels), scene.size, scene.focal_px, pos)
+    ncc, overlap = registration_scores(model, scene.pixels)
+    assert ncc[4] < 0.4, ncc
+    good = np.delete(ncc, [1, 4])  # image 1 overlaps 4 most and is hurt by it; the others are clean
+    assert np.all(good > 0.6), ncc
+    names = tuple(f"im{k}" for k in range(len(ncc)))
+    gate = registration_gate(names, ncc, overlap, CheckConfig())
+    assert not gate.passed and "im4" in gate.detail
+    report = QualityReport()
+    with pytest.raises(TopographError, match="registration failed"):
+        enforce(gate, report, CheckConfig())
+    enforce(gate, report, CheckConfig(gates="mark"))  # recorded, not raised
+    assert report.status == "failed" and "im4" in report.to_dict(names)["failed"][0]
+
+
+def test_flow_and_height_gates():
+    cfg = CheckConfig()
+    assert not match_gate(0.01, 2000, cfg).passed
+    assert match_gate(0.8, 10**6, cfg).passed
+    assert not refinement_gate("nan").passed
+    assert refinement_gate("degenerate").passed and refinement_gate("ok").passed
+    assert not height_gate(0.05, cfg).passed and height_gate(0.9, cfg).passed
+
+
+def test_gates_off_only_records():
+    report = QualityReport()
+    enforce(match_gate(0.0, 0, CheckConfig(gates="off")), report, CheckConfig(gates="off"))
+    assert report.status == "failed"
+
+
+def _write_jpegs(folder: Path, images: np.ndarray) -> None:
+    folder.mkdir(parents=True)
+    exif = Image.Exif()
+    ifd = exif.get_ifd(0x8769)
+    ifd[0x920A] = 4.3  # focal length, mm
+    ifd[0xA405] = 26  # 35 mm equivalent
+    for k, img in enumerate(images):
+        Image.fromarray(img).save(folder / f"IMG_{k:03d}.jpg", quality=95, exif=exif)
+
+
+def _run_cli(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "topograph", *args], capture_output=True, text=True, env=env, timeout=300, cwd=tmp
+    )
+
+
+def test_unregistrable_sequence_exits_non_zero(tmp_path):
+    """Photos of pure noise (nothing in common): one line naming the failing step, non-zero exit, no output."""
+    rng = np.random.default_rng(3)
+    _write_jpegs(tmp_path / "noise", rng.integers(0, 256, (5, 120, 160, 3), dtype=np.uint8))
+    out = tmp_path / "out"
+    res = _run_cli(["-q", "meso", str(tmp_path / "noise"), "-o", str(out), "--no-progress"], tmp_path)
+    assert res.returncode != 0
+    assert "error:" in res.stderr and "Traceback" not in res.stderr
+    assert "overlap" in res.stderr
+    assert not (out / "summary.json").exists()
+
+
+def test_report_first_line_says_failed(tmp_path):
+    from topograph.report.html import header_html, read_run
+
+    summary = {"engine": "meso", "status": "failed", "quality_gates": {"failed": ["registration failed: im4"]}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    html = header_html(read_run(tmp_path), "now")
+    assert html.index("FAILED") < html.index("topograph meso run")
+    assert "registration failed: im4" in html
+    summary["status"] = "ok"
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    assert "FAILED" not in header_html(read_run(tmp_path), "now")

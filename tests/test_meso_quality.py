@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from meso_toy import make_model, toy_scene
 from PIL import Image
 
@@ -114,3 +115,32 @@ def test_report_first_line_says_failed(tmp_path):
     summary["status"] = "ok"
     (tmp_path / "summary.json").write_text(json.dumps(summary))
     assert "FAILED" not in header_html(read_run(tmp_path), "now")
+
+
+def test_feature_init_recovers_rotated_photos():
+    """A second sweep shot the other way round (photos rotated 180 degrees): phase correlation links
+    nothing across the sweeps; SIFT similarities recover positions and angles, and the images register."""
+    from topograph.meso.init_features import feature_initialisation
+
+    s = toy_scene(3, 2, size=(200, 150), step=40.0)
+    pix = s.pixels.copy()
+    for k in (3, 4, 5):
+        pix[k] = pix[k][::-1, ::-1]
+    fi = feature_initialisation(pix, tuple(map(str, range(6))), size=400)
+    wrapped = (np.degrees(fi.angles) - np.array([0, 0, 0, 180, 180, 180]) + 180.0) % 360.0 - 180.0
+    assert np.all(np.abs(wrapped) < 1.0), np.degrees(fi.angles)
+    assert np.abs(fi.positions - (s.positions - s.positions.mean(0))).max() < 1.5
+    model = make_model(6, s.size, s.focal_px, fi.positions)
+    with torch.no_grad():
+        model.pose.angle.copy_(torch.tensor(fi.angles, dtype=torch.float32))
+    ncc, _ = registration_scores(model, pix)
+    assert np.all(ncc > 0.9), ncc
+
+
+def test_feature_init_refuses_unrelated_photos():
+    from topograph.meso.init_features import feature_initialisation
+
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (4, 150, 200, 3), dtype=np.uint8)
+    with pytest.raises(TopographError, match="links no chain"):
+        feature_initialisation(noise, ("a", "b", "c", "d"), size=400)

@@ -114,6 +114,9 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             None, "--scale-distance-mm", help="... and their distance in mm."
         ),
         reference_image: int | None = typer.Option(None, "--reference-image", help="Index of the reference image (0)."),
+        gsd_um: float | None = typer.Option(
+            None, "--gsd-um", help="Mosaic/height-map pixel in µm (needs the scale; default: native GSD)."
+        ),
         regularizer: str | None = typer.Option(
             None, "--regularizer", help="Height maps: cnn (default, untrained CNN prior) or tv (total variation)."
         ),
@@ -128,7 +131,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             False, "--resume", help="Continue an interrupted run from OUT/checkpoint.pt (same images and options)."
         ),
         distortion: str | None = typer.Option(None, "--distortion", help="piecewise (default), poly or none."),
-        init: str | None = typer.Option(None, "--init", help="Initial positions: auto (default), zero or xcorr."),
+        init: str | None = typer.Option(None, "--init", help="Initial positions: auto (default), zero, xcorr or features (SIFT: also rotated photos)."),
         rectification: str | None = typer.Option(None, "--rectification", help="ortho (default) or reference (Eq. 6)."),
         device: str | None = typer.Option(None, "--device", help="auto (default), cpu or cuda."),
         threads: int | None = typer.Option(None, "--threads", help="CPU threads (0 = all cores)."),
@@ -153,6 +156,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
                 "scale.scale_points": parse_points(scale_points),
                 "scale.scale_distance_mm": scale_distance_mm,
                 "scale.reference_image": reference_image,
+                "output.gsd_um": check_non_negative(gsd_um, "--gsd-um", "20"),
                 "heights.model": parse_regularizer(regularizer),
                 "heights.cnn_filters": parse_cnn(cnn),
                 "loss.tv_weight": check_non_negative(tv_weight, "--tv-weight", "2e-5"),

@@ -222,8 +222,13 @@ class LossConfig:
 class InitConfig:
     """Initial camera positions."""
 
-    method: Literal["auto", "zero", "xcorr"] = "auto"
-    """``auto``: zero start unless the cross-correlation estimates spread wider than ``zero_max_spread``."""
+    method: Literal["auto", "zero", "xcorr", "features"] = "auto"
+    """``auto``: zero start unless the cross-correlation estimates spread wider than ``zero_max_spread``;
+    when cross-correlation leaves images unlinked (rotated photos, e.g. a second flight line), SIFT
+    features. ``features``: positions and in-plane angles from SIFT similarities
+    (:mod:`topograph.meso.init_features`)."""
+    feature_size: int = 1024
+    """Long side (pixels) of the images used for SIFT matching (``features``)."""
     size: int = 256
     """Long side (pixels) of the images used for phase correlation."""
     min_ncc: float = 0.25

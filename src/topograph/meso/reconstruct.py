@@ -337,6 +337,9 @@ def reconstruct(
     timings["checks_init_s"] = time.perf_counter() - t0
 
     model = build_model(len(images), images.size, intrinsics.focal_px, init.positions, cfg).to(device)
+    if init.angles is not None:
+        with torch.no_grad():
+            model.pose.angle.copy_(torch.as_tensor(init.angles, dtype=model.pose.angle.dtype))
     if isinstance(model.heights, HeightCNN):
         model.heights.set_inputs(images.pixels)
         log.info(

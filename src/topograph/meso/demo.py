@@ -47,6 +47,8 @@ def run_demo(out: Path, size: int = 0, seed: int = 0, console: Any = None, quick
     mcfg.scale.magnification = float(phantom.truth.magnifications[0])
     if quick:
         mcfg.threads = 1  # small tensors: one thread is faster, and kind to a shared machine
+        # 240-px photos give too few matches to refine the cameras (the refinement is refused anyway)
+        mcfg.heights.flow.refine_iterations = 0
     command += f" (magnification {mcfg.scale.magnification:.5f})"
     rec, _files = run_meso(paths, out / "result", mcfg, command=command)
     elapsed = time.perf_counter() - t0

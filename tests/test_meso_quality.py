@@ -126,7 +126,11 @@ def test_feature_init_recovers_rotated_photos():
     pix = s.pixels.copy()
     for k in (3, 4, 5):
         pix[k] = pix[k][::-1, ::-1]
-    fi = feature_initialisation(pix, tuple(map(str, range(6))), size=400)
+    free = feature_initialisation(pix, tuple(map(str, range(6))), size=400)  # root: the best-linked image
+    relative = np.degrees(free.angles - free.angles[0])
+    assert np.all(np.abs((relative - np.array([0, 0, 0, 180, 180, 180]) + 180.0) % 360.0 - 180.0) < 1.0)
+    fi = feature_initialisation(pix, tuple(map(str, range(6))), size=400, root=0)
+    assert fi.linked.all()
     wrapped = (np.degrees(fi.angles) - np.array([0, 0, 0, 180, 180, 180]) + 180.0) % 360.0 - 180.0
     assert np.all(np.abs(wrapped) < 1.0), np.degrees(fi.angles)
     assert np.abs(fi.positions - (s.positions - s.positions.mean(0))).max() < 1.5
@@ -142,5 +146,33 @@ def test_feature_init_refuses_unrelated_photos():
 
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, (4, 150, 200, 3), dtype=np.uint8)
-    with pytest.raises(TopographError, match="links no chain"):
+    with pytest.raises(TopographError, match="links only"):
         feature_initialisation(noise, ("a", "b", "c", "d"), size=400)
+
+
+def test_unrelated_photo_is_left_out_and_named(caplog):
+    """A photo of another scene in the set: initialisation falls back to features, leaves it out with a
+    warning naming it, and the rest registers (the gates pass)."""
+    from topograph.meso.config import LevelConfig, MesoConfig
+    from topograph.meso.reconstruct import reconstruct
+    from topograph.meso.types import MesoImages
+
+    s = toy_scene(3, 2, size=(200, 150), step=40.0)
+    base = s.images()
+    noise = np.random.default_rng(1).integers(0, 256, (1, 150, 200, 3), dtype=np.uint8)
+    images = MesoImages((*base.names, "stray.png"), np.concatenate((base.pixels, noise)), (base.exif[0],) * 7)
+    cam = ("position", "scale", "tilt", "angle", "gain", "bias")
+    cfg = MesoConfig(
+        schedule=(LevelConfig("shift", 2, 20, ("position",)), LevelConfig("camera", 1, 20, cam, lr_scale=0.3))
+    )
+    cfg.distortion.model = "none"
+    cfg.heights.model = "tv"
+    cfg.threads = 1
+    cfg.min_level_size = 16
+    cfg.init.feature_size = 400
+    with caplog.at_level("WARNING", logger="topograph"):
+        rec = reconstruct(images, cfg)
+    assert rec.names == base.names
+    assert "stray.png" in caplog.text and "left out" in caplog.text
+    assert rec.quality.status == "ok", rec.quality.to_dict(rec.names)
+    assert np.all(rec.quality.registration_ncc > 0.9)

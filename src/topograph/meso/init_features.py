@@ -27,12 +27,14 @@ log = logging.getLogger("topograph")
 class FeatureInit:
     """Result of :func:`feature_initialisation`: ``positions`` (N, 2) and ``angles`` (N,) radians in the
     reference image's pixel frame, ``inliers`` (N, N) RANSAC inlier counts of the pairs (0 = not linked),
-    ``overlap`` (N, N) estimated overlap fractions of the linked pairs."""
+    ``overlap`` (N, N) estimated overlap fractions of the linked pairs; ``linked`` (N,) whether the image
+    is in the group that was initialised (unlinked images have zero position and angle)."""
 
     positions: np.ndarray
     angles: np.ndarray
     inliers: np.ndarray
     overlap: np.ndarray
+    linked: np.ndarray
 
 
 def _features(pixels: np.ndarray, size: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:
@@ -100,12 +102,15 @@ def _spanning_tree(weights: np.ndarray, root: int) -> list[tuple[int, int]]:
 
 
 def feature_initialisation(
-    pixels: np.ndarray, names: tuple[str, ...], size: int = 1024, min_inliers: int = 25, root: int = 0
+    pixels: np.ndarray, names: tuple[str, ...], size: int = 1024, min_inliers: int = 25, root: int | None = None
 ) -> FeatureInit:
     """Positions and in-plane angles of every image from pairwise SIFT similarities (module docstring).
 
+    The spanning tree grows from ``root`` (None: the image with the most inliers); images it cannot reach
+    are returned unlinked (``FeatureInit.linked``).
+
     Raises:
-        TopographError: an image links to no other image, or the images split into unlinked groups.
+        TopographError: fewer than half of the images (or fewer than 2) are linked.
     """
     n, h, w = pixels.shape[:3]
     feats, f = _features(pixels, size)
@@ -121,24 +126,28 @@ def feature_initialisation(
             sims[(i, j)], sims[(j, i)] = sim, inv
             inliers[i, j] = inliers[j, i] = k
             overlap[i, j] = overlap[j, i] = _overlap(sim, (w, h))
+    root = int(np.argmax(inliers.sum(1))) if root is None else root
     edges = _spanning_tree(inliers.astype(float), root)
     linked = {root} | {c for _, c in edges}
-    if len(linked) < n:
+    if len(linked) < max(2, (n + 1) // 2):
         missing = [names[k] for k in range(n) if k not in linked]
         raise TopographError(
-            f"feature matching links no chain of photos to {', '.join(missing[:6])}",
-            "remove them or add photos that overlap them (aim for ~70 % overlap between neighbours)",
+            f"feature matching links only {len(linked)} of {n} photos (no chain to {', '.join(missing[:6])})",
+            "take the photos with more overlap (~70 % between neighbours), or check they show one scene",
         )
     to_root = {root: np.eye(3)}
     for p, c in edges:  # G_c = G_p @ (c -> p)
         to_root[c] = to_root[p] @ np.vstack((sims[(c, p)], [0.0, 0.0, 1.0]))
     centre = np.array([(w - 1) / 2.0, (h - 1) / 2.0, 1.0])
-    positions = np.array([(to_root[k] @ centre)[:2] - centre[:2] for k in range(n)])
-    angles = np.array([np.arctan2(to_root[k][1, 0], to_root[k][0, 0]) for k in range(n)])
-    positions -= positions.mean(0)
+    eye = np.eye(3)
+    positions = np.array([(to_root.get(k, eye) @ centre)[:2] - centre[:2] for k in range(n)])
+    angles = np.array([np.arctan2(to_root.get(k, eye)[1, 0], to_root.get(k, eye)[0, 0]) for k in range(n)])
+    mask = np.array([k in linked for k in range(n)])
+    positions -= positions[mask].mean(0)
+    positions[~mask] = 0.0
     log.info(
         "initial positions and angles from SIFT: %d linked pairs, angles %s deg",
         int((inliers > 0).sum() // 2),
         np.array2string(np.degrees(angles), precision=0, max_line_width=200),
     )
-    return FeatureInit(positions=positions, angles=angles, inliers=inliers, overlap=overlap)
+    return FeatureInit(positions=positions, angles=angles, inliers=inliers, overlap=overlap, linked=mask)

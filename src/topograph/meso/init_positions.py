@@ -35,6 +35,9 @@ class InitialPositions:
     xcorr_positions: np.ndarray
     angles: np.ndarray | None = None
     """(N,) initial in-plane angles in radians (``features`` only; None = zero)."""
+    linked: np.ndarray | None = None
+    """(N,) False for images no chain of matches links to the others (``features`` only; they are left
+    out of the reconstruction with a warning); None = all linked."""
 
 
 def _gray_small(pixels: np.ndarray, size: int) -> tuple[list[np.ndarray], float]:
@@ -164,7 +167,7 @@ def _from_features(pixels: np.ndarray, names: tuple[str, ...], cfg: InitConfig) 
 
     fi = feature_initialisation(pixels, names, cfg.feature_size)
     ncc = np.minimum(1.0, fi.inliers / 100.0)
-    return InitialPositions(fi.positions, "features", fi.overlap, ncc, fi.positions, angles=fi.angles)
+    return InitialPositions(fi.positions, "features", fi.overlap, ncc, fi.positions, angles=fi.angles, linked=fi.linked)
 
 
 def _from_xcorr(pixels: np.ndarray, names: tuple[str, ...], cfg: InitConfig) -> InitialPositions:

@@ -262,6 +262,42 @@ def camera_estimate(model: MesoModel, names: tuple[str, ...], scale: ScaleResult
     )
 
 
+def drop_unlinked(
+    images: MesoImages, init: InitialPositions, checks: InputChecks, cfg: MesoConfig
+) -> tuple[MesoImages, InitialPositions, InputChecks, MesoConfig]:
+    """Leave out the images the initialisation could not link to the others (named in a warning); the
+    reference image's index is renumbered."""
+    keep = [k for k in range(len(images)) if init.linked[k]]
+    if cfg.scale.reference_image not in keep:
+        raise TopographError(
+            f"the reference image {images.names[cfg.scale.reference_image]} links to no other photo",
+            "choose another --reference-image or remove it",
+        )
+    dropped = [images.names[k] for k in range(len(images)) if not init.linked[k]]
+    note = f"{len(dropped)} photo(s) link to no other photo and were left out: {', '.join(dropped)}"
+    log.warning(note)
+    sub = np.ix_(keep, keep)
+    init = replace(
+        init,
+        positions=init.positions[keep],
+        overlap=init.overlap[sub],
+        ncc=init.ncc[sub],
+        xcorr_positions=init.xcorr_positions[keep],
+        angles=None if init.angles is None else init.angles[keep],
+        linked=None,
+    )
+    checks = replace(
+        checks,
+        sharpness=checks.sharpness[keep],
+        isolated=tuple(dropped),
+        focal_mm=tuple(checks.focal_mm[k] for k in keep) if checks.focal_mm else (),
+        focus_distance_m=tuple(checks.focus_distance_m[k] for k in keep) if checks.focus_distance_m else (),
+        warnings=(*checks.warnings, note),
+    )
+    cfg = replace(cfg, scale=replace(cfg.scale, reference_image=keep.index(cfg.scale.reference_image)))
+    return images.subset(keep), init, checks, cfg
+
+
 def check_registration(
     model: MesoModel, images: MesoImages, cfg: MesoConfig, quality: QualityReport, device: torch.device
 ) -> None:
@@ -333,6 +369,8 @@ def reconstruct(
         intrinsics.focal_px,
     )
     init = estimate_initial_positions(images.pixels, images.names, cfg.init)
+    if init.linked is not None and not init.linked.all():
+        images, init, checks, cfg = drop_unlinked(images, init, checks, cfg)
     checks = replace(checks, overlap=init.overlap)
     timings["checks_init_s"] = time.perf_counter() - t0
 

@@ -131,7 +131,11 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             False, "--resume", help="Continue an interrupted run from OUT/checkpoint.pt (same images and options)."
         ),
         distortion: str | None = typer.Option(None, "--distortion", help="piecewise (default), poly or none."),
-        init: str | None = typer.Option(None, "--init", help="Initial positions: auto (default), zero, xcorr or features (SIFT: also rotated photos)."),
+        init: str | None = typer.Option(
+            None,
+            "--init",
+            help="Initial positions: auto (default), zero, xcorr or features (SIFT: also rotated photos).",
+        ),
         rectification: str | None = typer.Option(None, "--rectification", help="ortho (default) or reference (Eq. 6)."),
         device: str | None = typer.Option(None, "--device", help="auto (default), cpu or cuda."),
         threads: int | None = typer.Option(None, "--threads", help="CPU threads (0 = all cores)."),

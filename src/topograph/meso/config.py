@@ -275,7 +275,9 @@ class CheckConfig:
     """Input checks (warnings, never silent drops) and quality gates."""
 
     sharpness_ratio: float = 0.5
-    """Warn about images whose sharpness is below this fraction of the set's median."""
+    """Warn about images whose sharpness is below this fraction of the set's median (motion blur, focus) ..."""
+    blurry_weight: float = 0.1
+    """... and give them this weight in the reconstruction and the mosaic (they still register)."""
     focus_tolerance: float = 0.02
     """Warn when EXIF focal length or focus distance differ across images by more than this fraction."""
     gates: Literal["stop", "mark", "off"] = "stop"

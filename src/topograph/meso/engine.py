@@ -73,6 +73,7 @@ def render_mosaic(
     height_factors: np.ndarray | None = None,
     device: torch.device | str = "cpu",
     min_views: int = 2,
+    image_weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, GridSpec]:
     """Splat every full-resolution pixel (RGB and height) onto one grid: the orthomosaic and height map.
 
@@ -85,6 +86,7 @@ def render_mosaic(
         device: compute device.
         min_views: heights are reported only where at least this many images contribute (a point seen
             by one image has no parallax, so its height is not observable).
+        image_weights: (N,) splat weight of each image (None = 1; blurred photos get less).
 
     Returns:
         ``(rgb, height, weight, grid)``: (H, W, 3) float32 in [0, 1], (H, W) float32 (NaN where fewer
@@ -122,8 +124,8 @@ def render_mosaic(
             hb = hmap[r0:r1].reshape(1, -1)
             pts = model.object_points(uv, hb, idx)[0]
             vals = torch.cat((model.pose.photometric(band, idx)[0], (hb[0] * factors[i]).unsqueeze(-1)), dim=-1)
-            splat_window(acc, own_weight, grid.to_grid(pts), vals)
-        views += own_weight > own
+            splat_window(acc, own_weight, grid.to_grid(pts), vals, None if image_weights is None else image_weights[i])
+        views += own_weight > own * (1.0 if image_weights is None else float(image_weights[i]))
         acc[-1] += own_weight
     avg, wsum = normalise_splat(acc)
     valid = wsum > own
@@ -134,7 +136,7 @@ def render_mosaic(
     return rgb.astype(np.float32), height.astype(np.float32), wsum.cpu().numpy(), grid
 
 
-def splat_window(acc: Tensor, weight: Tensor, grid_xy: Tensor, values: Tensor) -> None:
+def splat_window(acc: Tensor, weight: Tensor, grid_xy: Tensor, values: Tensor, scale: float | None = None) -> None:
     """:func:`splat_bilinear` of ``values`` into ``acc[:-1]`` and of the weights into ``weight``, on the
     window of the grid the samples touch (a full-grid splat per band would allocate the whole mosaic)."""
     _, gh, gw = acc.shape
@@ -145,5 +147,7 @@ def splat_window(acc: Tensor, weight: Tensor, grid_xy: Tensor, values: Tensor) -
         return
     offset = torch.tensor([x0, y0], dtype=grid_xy.dtype, device=grid_xy.device)
     local = splat_bilinear(grid_xy - offset, values, (y1 - y0, x1 - x0))
+    if scale is not None:  # a uniform weight of every sample of this band
+        local *= float(scale)
     acc[:-1, y0:y1, x0:x1] += local[:-1]
     weight[y0:y1, x0:x1] += local[-1]

@@ -391,6 +391,8 @@ def reconstruct(
         log.info("heights: maps with total variation (weight %g)", cfg.loss.tv_weight)
     history: list[dict[str, Any]] = []
     quality = QualityReport()
+    blurry = checks.sharpness < cfg.checks.sharpness_ratio
+    weights = np.where(blurry, cfg.checks.blurry_weight, 1.0) if blurry.any() else None
     try:
         model = run_rounds(
             model,
@@ -405,6 +407,7 @@ def reconstruct(
             resume=resume,
             fingerprint=fingerprint,
             quality=quality,
+            image_weights=weights,
         )
     finally:
         progress.stop()
@@ -420,7 +423,7 @@ def reconstruct(
     scale = resolve_scale(model, intrinsics, cfg)
     cell = mosaic_cell(model, scale, cfg, images.size)
     ortho, height, weight, grid = render_mosaic(
-        model, images.pixels, cell, scale.height_factors, device, cfg.output.min_views
+        model, images.pixels, cell, scale.height_factors, device, cfg.output.min_views, weights
     )
     timings["mosaic_s"] = time.perf_counter() - t
     seen = weight > 0.25 * grid.cell**2

@@ -72,6 +72,7 @@ def run_rounds(
     resume: bool = False,
     fingerprint: str = "",
     quality: QualityReport | None = None,
+    image_weights: np.ndarray | None = None,
 ) -> MesoModel:
     """Optimise ``model`` over ``levels`` with :func:`topograph.meso.solver.solve_round`, with checkpoints.
 
@@ -89,6 +90,7 @@ def run_rounds(
         fingerprint: identifies the run (:func:`config_fingerprint`); a checkpoint of another run is refused.
         quality: the run's quality gates; the dense-matching and refinement gates of the flow step are added
             (and stop the run when ``cfg.checks.gates == "stop"``).
+        image_weights: (N,) weight of each image in the running reconstruction (None = 1).
 
     Returns:
         The model.
@@ -128,6 +130,8 @@ def run_rounds(
         if level.downsample not in cache:
             cache.clear()
             cache[level.downsample] = make_batched_level(pixels, level.downsample, device)
+            if image_weights is not None:
+                cache[level.downsample].image_weights = torch.as_tensor(image_weights, dtype=torch.float32).to(device)
 
         def save(state: RoundState, r: int = r) -> None:
             save_checkpoint(checkpoint, Checkpoint(model.state_dict(), r, state, list(history), fingerprint))

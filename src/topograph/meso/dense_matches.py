@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import cv2
 import numpy as np
@@ -167,7 +168,9 @@ def _neighbours(
 
 
 @torch.no_grad()
-def flow_matches(model: MesoModel, pixels: np.ndarray, cfg: FlowHeightConfig | None = None) -> FlowMatches:
+def flow_matches(
+    model: MesoModel, pixels: np.ndarray, cfg: FlowHeightConfig | None = None, progress: Any = None
+) -> FlowMatches:
     """Dense correspondences between each image and its neighbours (module docstring).
 
     Image ``j`` is warped into image ``i``'s frame through the object plane with the current cameras, so
@@ -179,6 +182,7 @@ def flow_matches(model: MesoModel, pixels: np.ndarray, cfg: FlowHeightConfig | N
         model: the deformation model with roughly registered cameras.
         pixels: (N, H, W, 3) uint8 full-resolution images.
         cfg: settings.
+        progress: optional :class:`topograph.meso.progress.ProgressSink` (one step per image).
 
     Returns:
         The matches of every pair.
@@ -203,7 +207,12 @@ def flow_matches(model: MesoModel, pixels: np.ndarray, cfg: FlowHeightConfig | N
     cols = np.arange(w, dtype=np.float32)[None, :]
     rows = np.arange(h, dtype=np.float32)[:, None]
     pairs: list[PairMatches] = []
-    for i, chosen in enumerate(_neighbours(model, (w_full, h_full), affines, cfg)):
+    neighbours = _neighbours(model, (w_full, h_full), affines, cfg)
+    if progress is not None:
+        progress.start("flow matches", len(neighbours))
+    for i, chosen in enumerate(neighbours):
+        if progress is not None and i:
+            progress.update(float("nan"))
         for j in chosen:
             u_j = invert_flat(model, j, flat[i], affines[j]).cpu().numpy().reshape(h, w, 2).astype(np.float32)
             map_x = (u_j[..., 0] + 0.5) / sx - 0.5
@@ -220,6 +229,8 @@ def flow_matches(model: MesoModel, pixels: np.ndarray, cfg: FlowHeightConfig | N
             ok = (fb < cfg.fb_threshold_px) & (inside_t > 0.999) & np.isfinite(matched).all(-1)
             idx = np.flatnonzero(ok)
             pairs.append(PairMatches(i, j, idx.astype(np.int32), matched.reshape(-1, 2)[idx]))  # 12 B per match
+    if progress is not None:
+        progress.update(float("nan"))
     seconds = time.perf_counter() - t0
     log.info(
         "flow matches: %d pairs at %dx%d, %.1f M matches, %.1f s",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
+from typing import Any
 
 import cv2
 import numpy as np
@@ -166,12 +167,14 @@ def initialise_heights(model: MesoModel, measured: FlowHeights, iterations: int 
     raise TypeError(f"cannot initialise heights of type {type(heights).__name__}")
 
 
-def measure_heights(model: MesoModel, pixels: np.ndarray, cfg: FlowHeightConfig, seed: int = 0) -> FlowHeights:
+def measure_heights(
+    model: MesoModel, pixels: np.ndarray, cfg: FlowHeightConfig, seed: int = 0, progress: Any = None
+) -> FlowHeights:
     """Dense matches -> cameras refined on them -> heights (``cfg.passes`` times matches and refinement: a
     second pass warps with the refined cameras, so its flow starts closer and keeps more matches)."""
     status = {"refinement": "skipped"}
     for k in range(max(1, int(cfg.passes))):
-        matches = flow_matches(model, pixels, cfg)
+        matches = flow_matches(model, pixels, cfg, progress)
         if cfg.refine_iterations > 0:
             refine_cameras(
                 model,

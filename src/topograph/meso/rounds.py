@@ -120,7 +120,7 @@ def run_rounds(
         resumed_inside = r == start_round and round_state is not None
         if r == first_height_round and cfg.heights.init == "flow" and not resumed_inside:
             t = time.perf_counter()
-            measured = measure_heights(model, pixels, cfg.heights.flow, cfg.seed)
+            measured = measure_heights(model, pixels, cfg.heights.flow, cfg.seed, progress)
             misfit = initialise_heights(model, measured, cfg.heights.fit_iterations, cfg.heights.fit_lr)
             timings["height_init_s"] = time.perf_counter() - t
             if quality is not None:

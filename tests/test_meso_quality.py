@@ -64,7 +64,10 @@ def test_flow_and_height_gates():
     cfg = CheckConfig()
     assert not match_gate(0.01, 2000, cfg).passed
     assert match_gate(0.8, 10**6, cfg).passed
-    assert not refinement_gate("nan").passed
+    assert not refinement_gate("nan").passed and not refinement_gate("nan").blocking
+    report = QualityReport()
+    enforce(refinement_gate("nan"), report, cfg)  # warned and recorded; the registration gate decides
+    assert report.status == "ok" and report.to_dict(())["gates"][0]["passed"] is False
     assert refinement_gate("degenerate").passed and refinement_gate("ok").passed
     assert not height_gate(0.05, cfg).passed and height_gate(0.9, cfg).passed
 

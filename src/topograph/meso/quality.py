@@ -10,7 +10,8 @@ whatever the images agree on), so the loss is not a gate. The gates use evidence
   rendered and real sets); a misplaced one does not (< 0.3).
 * **dense matching**: the share of flow-grid pixels with at least one forward-backward consistent match
   that agrees with the cameras (measured on registered sets: > 50 %).
-* **camera refinement**: the refinement on the dense matches ends with finite cameras.
+* **camera refinement**: the refinement on the dense matches ends with finite cameras (recorded and warned,
+  not blocking: the cameras of the rounds are kept, and the registration gate judges them).
 * **height coverage**: the share of the mosaic whose height is observed by at least two images.
 """
 
@@ -44,6 +45,8 @@ class Gate:
     threshold: float
     detail: str
     hint: str
+    blocking: bool = True
+    """False: a failure is a warning (recorded), the gates after it decide (see :func:`refinement_gate`)."""
 
     def line(self) -> str:
         """``<step> failed: <detail> — try: <hint>``."""
@@ -60,7 +63,7 @@ class QualityReport:
 
     @property
     def failed(self) -> list[Gate]:
-        return [g for g in self.gates if not g.passed]
+        return [g for g in self.gates if not g.passed and g.blocking]
 
     @property
     def status(self) -> str:
@@ -78,7 +81,13 @@ class QualityReport:
             "status": self.status,
             "failed": [g.line() for g in self.failed],
             "gates": [
-                {"step": g.step, "passed": g.passed, "value": _finite(g.value), "threshold": g.threshold}
+                {
+                    "step": g.step,
+                    "passed": g.passed,
+                    "blocking": g.blocking,
+                    "value": _finite(g.value),
+                    "threshold": g.threshold,
+                }
                 for g in self.gates
             ],
             "registration": per_image,
@@ -93,6 +102,9 @@ def enforce(gate: Gate, report: QualityReport, cfg: CheckConfig) -> None:
     """Record ``gate``; stop the run with its one line when it failed and ``cfg.gates == "stop"``."""
     report.gates.append(gate)
     if gate.passed:
+        return
+    if not gate.blocking:
+        log.warning(gate.line())
         return
     log.error(gate.line())
     if cfg.gates == "stop":
@@ -198,8 +210,12 @@ def match_gate(coverage: float, n_matches: int, cfg: CheckConfig) -> Gate:
 
 
 def refinement_gate(status: str) -> Gate:
-    """Fail when the camera refinement on the dense matches produced non-finite cameras."""
+    """Record a camera refinement on the dense matches that produced non-finite cameras.
+
+    Not blocking: the refinement then keeps the cameras of the rounds (measured: tiny rendered sets whose
+    registration is fine can give a NaN refinement), so the registration gate after the rounds decides."""
     return Gate(
+        blocking=False,
         step="camera refinement",
         passed=status != "nan",
         value=0.0 if status == "nan" else 1.0,

@@ -25,7 +25,7 @@ from topograph.errors import TopographError
 from topograph.meso.batching import BatchedLevel, make_batched_level
 from topograph.meso.checkpoint import Checkpoint, RoundState, load_checkpoint, run_fingerprint, save_checkpoint
 from topograph.meso.config import LearningRates, LevelConfig, MesoConfig
-from topograph.meso.flow_heights import initialise_heights, measure_heights
+from topograph.meso.flow_heights import FlowHeights, initialise_heights, measure_heights
 from topograph.meso.models.camera import MesoModel
 from topograph.meso.models.cnn import HeightCNN
 from topograph.meso.progress import NullProgress, ProgressSink
@@ -57,6 +57,17 @@ def effective_learning_rates(cfg: MesoConfig, model: MesoModel) -> LearningRates
     if isinstance(model.heights, HeightCNN):
         return replace(cfg.lr, height=cfg.heights.cnn_lr)
     return cfg.lr
+
+
+def clip_measured_heights(measured: FlowHeights, model: MesoModel, max_height_fraction: float) -> FlowHeights:
+    """Flow heights limited to half the divergence bound of the rounds (``max_height_fraction`` of the mean
+    camera height): a few wild matches (measured on real aerial photos: 45 % of the flight height) would
+    otherwise start the height round beyond the bound, and every rollback returns to the same start."""
+    limit = 0.5 * max_height_fraction * float(model.camera_heights().mean())
+    wild = np.abs(measured.heights) > limit
+    if wild.any():
+        log.warning("flow heights: %.2f %% of pixels beyond +-%.3g units clipped", 100.0 * wild.mean(), limit)
+    return replace(measured, heights=np.clip(measured.heights, -limit, limit))
 
 
 def run_rounds(
@@ -121,6 +132,7 @@ def run_rounds(
         if r == first_height_round and cfg.heights.init == "flow" and not resumed_inside:
             t = time.perf_counter()
             measured = measure_heights(model, pixels, cfg.heights.flow, cfg.seed, progress)
+            measured = clip_measured_heights(measured, model, cfg.robust.max_height_fraction)
             misfit = initialise_heights(model, measured, cfg.heights.fit_iterations, cfg.heights.fit_lr)
             timings["height_init_s"] = time.perf_counter() - t
             if quality is not None:

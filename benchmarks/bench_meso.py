@@ -7,6 +7,10 @@ prints wall time, peak RSS and the Table-1 / registration / distortion errors ag
     python benchmarks/bench_meso.py                       # default: 1000x750, 5x3 images, all cores
     python benchmarks/bench_meso.py --repeat 3 --compare-none
     python benchmarks/bench_meso.py --config my_schedule.yaml   # any MesoConfig YAML (topograph config init meso)
+    python benchmarks/bench_meso.py --raster 7x3 --size 1000x750 --upscale 4032x3024 --preset fast   # 12 MP
+
+``--upscale`` renders at ``--size`` and resamples every JPEG to the given size (EXIF kept: the pixel pitch
+follows from PixelXDimension), so 1, 3 and 12 MP runs share one scene, truth and GSD in micrometres.
 """
 
 from __future__ import annotations
@@ -23,14 +27,14 @@ from pathlib import Path
 
 def _child(args: dict, queue: mp.Queue) -> None:
     from topograph.config import from_yaml
-    from topograph.meso.config import MesoConfig
+    from topograph.meso.config import MesoConfig, preset_config
     from topograph.meso.evaluate import evaluate_synthetic
     from topograph.meso.pipeline import run_meso
     from topograph.synth.meso import MesoSynthConfig, make_meso_truth
 
     truth = make_meso_truth(MesoSynthConfig(**args["synth"]))
     paths = sorted(Path(args["images"]).glob("*.jpg"))
-    cfg = from_yaml(MesoConfig, args["config"]) if args["config"] else MesoConfig()
+    cfg = from_yaml(MesoConfig, args["config"]) if args["config"] else preset_config(args["preset"])
     cfg.threads = args["threads"]
     cfg.scale.magnification = float(truth.magnifications[0])
     cfg.distortion.model = args["distortion"]
@@ -39,6 +43,17 @@ def _child(args: dict, queue: mp.Queue) -> None:
     wall = time.perf_counter() - t0
     ev = evaluate_synthetic(rec, truth, erode_px=args["erode"])
     queue.put({"wall_s": wall, "timings": rec.timings, **ev.to_dict()})
+
+
+def upscale(folder: Path, size: tuple[int, int]) -> None:
+    """Resample every JPEG in ``folder`` to ``size`` (bicubic), keeping its EXIF."""
+    from PIL import Image
+
+    for path in sorted(folder.glob("*.jpg")):
+        with Image.open(path) as im:
+            exif = im.info.get("exif", b"")
+            big = im.convert("RGB").resize(size, Image.BICUBIC)
+        big.save(path, quality=92, exif=exif)
 
 
 def main() -> int:
@@ -52,6 +67,8 @@ def main() -> int:
     p.add_argument("--compare-none", action="store_true", help="also run with --distortion none")
     p.add_argument("--workdir", type=Path, default=None, help="keep data and outputs here")
     p.add_argument("--config", type=Path, default=None, help="MesoConfig YAML for every run (default: the defaults)")
+    p.add_argument("--preset", default="default", help="default or fast (when no --config)")
+    p.add_argument("--upscale", default=None, help="WxH: resample the rendered JPEGs to this size")
     a = p.parse_args()
 
     from topograph.synth.meso import MesoSynthConfig, render_meso_sequence, write_meso_dataset
@@ -64,6 +81,8 @@ def main() -> int:
     data = render_meso_sequence(MesoSynthConfig(**synth))
     write_meso_dataset(data, work / "data")
     print(f"rendered {len(data.names)} images {w}x{h} in {time.perf_counter() - t0:.1f} s -> {work / 'data'}")
+    if a.upscale:
+        upscale(work / "data" / "images", tuple(int(v) for v in a.upscale.split("x")))
     print(f"GSD {data.truth.gsd_mm * 1000:.1f} um; card heights {sorted(data.truth.region_heights_um.values())} um")
 
     ctx = mp.get_context("spawn")
@@ -81,16 +100,23 @@ def main() -> int:
                 "distortion": variant,
                 "erode": a.erode,
                 "config": str(a.config) if a.config else None,
+                "preset": a.preset,
             }
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu = (before.ru_utime, before.ru_stime)
             proc = ctx.Process(target=_child, args=(args, q))
             proc.start()
             res = q.get()
             proc.join()
-            res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+            res["peak_rss_mb"] = usage.ru_maxrss / 1024.0
+            res["cpu_user_s"], res["cpu_system_s"] = usage.ru_utime - cpu[0], usage.ru_stime - cpu[1]
+            cpu = (usage.ru_utime, usage.ru_stime)
             runs.append(res)
             t1 = res["table1_um"]
             print(
-                f"[{variant} run {r}] wall {res['wall_s']:.1f} s, peak RSS {res['peak_rss_mb']:.0f} MB | "
+                f"[{variant} run {r}] wall {res['wall_s']:.1f} s, CPU {res['cpu_user_s']:.0f} s user + "
+                f"{res['cpu_system_s']:.0f} s system, peak RSS {res['peak_rss_mb']:.0f} MB | "
                 f"accuracy {t1['mean_accuracy']:.1f} um ({res['mean_accuracy_gsd']:.2f} GSD), "
                 f"precision {t1['mean_precision']:.1f} um ({res['mean_precision_gsd']:.2f} GSD), "
                 f"rescale {t1['rescale']:.3f} | registration max {res['registration_max_px']:.2f} px, "

@@ -111,10 +111,13 @@ def test_image_without_overlap_is_named():
     scene = texture(260, 420, 5)
     pix = crops(scene, [(0, 0), (60, 10), (120, 20)], (200, 150))
     stranger = texture(150, 200, 99)[None]
+    names = ("im0.jpg", "im1.jpg", "im2.jpg", "im3.jpg")
     with pytest.raises(TopographError, match="im3.jpg overlap no other image"):
-        estimate_initial_positions(
-            np.concatenate([pix, stranger]), ("im0.jpg", "im1.jpg", "im2.jpg", "im3.jpg"), InitConfig()
-        )
+        estimate_initial_positions(np.concatenate([pix, stranger]), names, InitConfig(method="xcorr"))
+    # auto: falls back to features, which link the three crops and leave the stranger out (reconstruct
+    # names it in a warning, tests/test_meso_quality.py)
+    res = estimate_initial_positions(np.concatenate([pix, stranger]), names, InitConfig(feature_size=400))
+    assert res.method == "features" and res.linked.tolist() == [True, True, True, False]
 
 
 def test_initial_positions_and_overlap_matrix():

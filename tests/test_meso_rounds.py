@@ -73,12 +73,15 @@ class Interrupt(Exception):
 
 
 class InterruptAfter(NullProgress):
-    """A progress sink that raises after ``n`` iterations (a crash in the middle of a round)."""
+    """A progress sink that raises after ``n`` iterations (a crash in the middle of a round); steps without
+    a loss (NaN: the flow step's per-image progress) are not iterations."""
 
     def __init__(self, n: int) -> None:
         self.n = n
 
     def update(self, loss: float) -> None:
+        if loss != loss:
+            return
         self.n -= 1
         if self.n == 0:
             raise Interrupt

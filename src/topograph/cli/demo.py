@@ -56,10 +56,10 @@ def demo_sem(out: Path, size: int, seed: int) -> dict:
     return {"rows": rows, "report": out / "result" / "report.html", "result": out / "result", "data": data}
 
 
-def demo_meso(out: Path, size: int, seed: int) -> dict:
+def demo_meso(out: Path, size: int, seed: int, quick: bool = False) -> dict:
     """Render a cut-cards phone sequence, run the mesoscopic engine, evaluate the heights (Table-1 protocol)."""
     module = importlib.import_module("topograph.meso.demo")
-    return module.run_demo(out, size=size, seed=seed, console=console)
+    return module.run_demo(out, size=size, seed=seed, console=console, quick=quick)
 
 
 def register(app: typer.Typer, synth_app: typer.Typer) -> None:
@@ -69,12 +69,13 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         out: Path = typer.Option(Path("topograph-demo"), "--out", "-o", help="Folder for the data and the results."),
         size: int = typer.Option(0, "--size", help="Image size in px (0: the engine's default)."),
         seed: int = typer.Option(0, "--seed", help="Random seed of the generated dataset."),
+        quick: bool = typer.Option(False, "--quick", help="meso: 6 images and the fast preset (a smoke test)."),
     ) -> None:
         """Generate a small dataset, reconstruct it, evaluate it against its exact truth, show the report path."""
         if engine == "sem":
             result = demo_sem(out / "sem", size or 600, seed)
         elif engine == "meso":
-            result = demo_meso(out / "meso", size, seed)
+            result = demo_meso(out / "meso", size, seed, quick)
         else:
             raise TopographError(f"unknown engine '{engine}'", "use: topograph demo sem, or topograph demo meso")
         table = Table(title=f"topograph demo {engine}", title_justify="left", show_header=False)

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from topograph.cli.console import err_console
 from topograph.config import apply_overrides, from_yaml
-from topograph.errors import TopographError
+from topograph.errors import EXIT_QUALITY, TopographError
 
 console = err_console
 
@@ -141,6 +141,9 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         config: Path | None = typer.Option(
             None, "--config", help="YAML configuration (see `topograph config show meso`)."
         ),
+        preset: str = typer.Option(
+            "default", "--preset", help="default, or fast (fewer iterations: about half the time)."
+        ),
         focal_mm: float | None = typer.Option(None, "--focal-mm", help="Effective focal length in mm (default: EXIF)."),
         pixel_pitch_um: float | None = typer.Option(
             None, "--pixel-pitch-um", help="Sensor pixel pitch in µm (default: EXIF)."
@@ -153,6 +156,9 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             None, "--scale-distance-mm", help="... and their distance in mm."
         ),
         reference_image: int | None = typer.Option(None, "--reference-image", help="Index of the reference image (0)."),
+        gsd_um: float | None = typer.Option(
+            None, "--gsd-um", help="Mosaic/height-map pixel in µm (needs the scale; default: native GSD)."
+        ),
         regularizer: str | None = typer.Option(
             None, "--regularizer", help="Height maps: cnn (default, untrained CNN prior) or tv (total variation)."
         ),
@@ -167,7 +173,11 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             False, "--resume", help="Continue an interrupted run from OUT/checkpoint.pt (same images and options)."
         ),
         distortion: str | None = typer.Option(None, "--distortion", help="piecewise (default), poly or none."),
-        init: str | None = typer.Option(None, "--init", help="Initial positions: auto (default), zero or xcorr."),
+        init: str | None = typer.Option(
+            None,
+            "--init",
+            help="Initial positions: auto (default), zero, xcorr or features (SIFT: also rotated photos).",
+        ),
         rectification: str | None = typer.Option(None, "--rectification", help="ortho (default) or reference (Eq. 6)."),
         device: str | None = typer.Option(None, "--device", help="auto (default), cpu or cuda."),
         threads: int | None = typer.Option(None, "--threads", help="CPU threads (0 = all cores)."),
@@ -178,12 +188,12 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
     ) -> None:
         """Jointly register, stitch and rectify the images: orthomosaic, height map (µm), mesh, cameras."""
-        from topograph.meso.config import MesoConfig
+        from topograph.meso.config import MesoConfig, preset_config
         from topograph.meso.pipeline import run_meso
         from topograph.meso.progress import NullProgress, RichProgress
         from topograph.progress import NoSteps, reporting
 
-        cfg = from_yaml(MesoConfig, config) if config else MesoConfig()
+        cfg = from_yaml(MesoConfig, config) if config else preset_config(preset)
         cfg = apply_overrides(
             cfg,
             {
@@ -193,6 +203,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
                 "scale.scale_points": parse_points(scale_points),
                 "scale.scale_distance_mm": scale_distance_mm,
                 "scale.reference_image": reference_image,
+                "output.gsd_um": check_non_negative(gsd_um, "--gsd-um", "20"),
                 "heights.model": parse_regularizer(regularizer),
                 "heights.cnn_filters": parse_cnn(cnn),
                 "loss.tv_weight": check_non_negative(tv_weight, "--tv-weight", "2e-5"),
@@ -248,4 +259,9 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         )
         for w in rec.checks.warnings:
             console.print(f"[yellow]warning:[/] {w}")
+        if rec.quality.status == "failed":  # written because checks.gates=mark: usable for diagnosis only
+            for gate in rec.quality.failed:
+                console.print(f"[bold red]failed:[/] {gate.line()}", highlight=False)
+            console.print(f"[bold red]FAILED[/] (result written for diagnosis, marked failed) → {out}")
+            raise typer.Exit(EXIT_QUALITY)
         console.print(f"[green]done[/] in {rec.timings.get('total_s', 0.0):.1f} s → {out} ({len(files)} files)")

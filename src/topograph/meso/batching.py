@@ -46,6 +46,8 @@ class BatchedLevel:
     uv: Tensor
     shape: tuple[int, int]
     downsample: int
+    image_weights: Tensor | None = None
+    """(N,) weight of each image in the running reconstruction (None = 1; blurred photos get less)."""
 
     @property
     def n_images(self) -> int:
@@ -96,24 +98,25 @@ class RunningReconstruction:
         self.weights = torch.zeros(h, w, device=device)
 
     @torch.no_grad()
-    def update(self, grid_xy: Tensor, values: Tensor, momentum: float) -> None:
+    def update(self, grid_xy: Tensor, values: Tensor, momentum: float, weights: Tensor | None = None) -> None:
         """Blend one batch into the cells it visits: ``S <- m S + (1-m) S_b``, ``W <- m W + (1-m) W_b``.
 
         Args:
             grid_xy: (P, 2) continuous grid coordinates of the batch's samples.
             values: (P, C) their values.
             momentum: ``m`` in [0, 1); 0 replaces the visited cells by the batch's average.
+            weights: (P,) optional sample weights.
         """
-        acc = splat_bilinear(grid_xy.detach(), values.detach(), self.grid.shape)
+        acc = splat_bilinear(grid_xy.detach(), values.detach(), self.grid.shape, weights)
         visited = acc[-1] > 0
         keep = torch.where(visited, torch.full_like(self.weights, momentum), torch.ones_like(self.weights))
         self.sums.mul_(keep).add_(acc[:-1], alpha=1.0 - momentum)
         self.weights.mul_(keep).add_(acc[-1], alpha=1.0 - momentum)
 
     @torch.no_grad()
-    def accumulate(self, grid_xy: Tensor, values: Tensor) -> None:
+    def accumulate(self, grid_xy: Tensor, values: Tensor, weights: Tensor | None = None) -> None:
         """Add one batch's splat sums (plain sums: a pass over all batches gives the full-pass ``B``)."""
-        acc = splat_bilinear(grid_xy.detach(), values.detach(), self.grid.shape)
+        acc = splat_bilinear(grid_xy.detach(), values.detach(), self.grid.shape, weights)
         self.sums.add_(acc[:-1])
         self.weights.add_(acc[-1])
 
@@ -192,6 +195,8 @@ class BatchValues:
     grid_xy: Tensor
     values: Tensor
     heights: Tensor
+    weights: Tensor | None = None
+    """(B*P,) splat weight of each sample (None = 1)."""
 
 
 def batch_values(model: MesoModel, level: BatchedLevel, index: Tensor, grid: GridSpec) -> BatchValues:
@@ -213,7 +218,10 @@ def batch_values(model: MesoModel, level: BatchedLevel, index: Tensor, grid: Gri
     g = grid.to_grid(pts).reshape(-1, 2)
     rgb = model.pose.photometric(level.batch(idx), idx)
     values = torch.cat((rgb, heights.unsqueeze(-1)), dim=-1).reshape(-1, 4)
-    return BatchValues(grid_xy=g, values=values, heights=heights)
+    weights = None
+    if level.image_weights is not None:
+        weights = level.image_weights[idx].repeat_interleave(heights.shape[1])
+    return BatchValues(grid_xy=g, values=values, heights=heights, weights=weights)
 
 
 @torch.no_grad()
@@ -227,7 +235,7 @@ def fill_reconstruction(
     for start in range(0, n, step):
         idx = torch.arange(start, min(n, start + step))
         bv = batch_values(model, level, idx, recon.grid)
-        recon.accumulate(bv.grid_xy, bv.values)
+        recon.accumulate(bv.grid_xy, bv.values, bv.weights)
     return recon
 
 
@@ -271,7 +279,7 @@ def batch_loss(
         The loss terms (``total`` carries the gradient).
     """
     bv = batch_values(model, level, index, recon.grid)
-    recon.update(bv.grid_xy, bv.values, momentum)
+    recon.update(bv.grid_xy, bv.values, momentum, bv.weights)
     pred = sample_normalised(recon.accumulated(), bv.grid_xy)
     res = pred - bv.values
     sq = (res[:, :3] ** 2).sum(1)

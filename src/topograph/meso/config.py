@@ -56,6 +56,10 @@ class LevelConfig:
     min_size: int = 0
     """The round's downsampling is reduced so that its images keep at least this long side (pixels);
     0 = the global ``min_level_size``. Height rounds need enough pixels per unit of parallax."""
+    target_size: int = 0
+    """Working long side (pixels) of the round's images: the downsampling factor is chosen from the input
+    size as ``round(long side / target_size)`` (then limited by ``min_size``), so 1 MP and 12 MP photos run
+    the same amount of work per round; 0 = use ``downsample`` as given."""
 
 
 FINE_MIN_SIZE = 400
@@ -80,10 +84,25 @@ def default_schedule() -> tuple[LevelConfig, ...]:
     No round follows the height round: a fresh Adam state restarts every CNN weight with a full-size step
     (measured on the 320x240 cut-cards phantom: RGB MSE 3.8e-4 -> 5.7e-4 over 40 iterations)."""
     return (
-        LevelConfig("shift", 8, 60, ("position",), lr_scale=4.0),
-        LevelConfig("camera", 4, 150, _CAMERA, lr_scale=2.0),
-        LevelConfig("height", 2, 40, (*_POSE, "height"), warmup_iterations=10, min_size=FINE_MIN_SIZE),
+        LevelConfig("shift", 8, 60, ("position",), lr_scale=4.0, target_size=125),
+        LevelConfig("camera", 4, 150, _CAMERA, lr_scale=2.0, target_size=250),
+        LevelConfig("height", 2, 40, (*_POSE, "height"), warmup_iterations=10, min_size=FINE_MIN_SIZE, target_size=500),
     )
+
+
+def fast_schedule() -> tuple[LevelConfig, ...]:
+    """The ``fast`` preset: the default rounds with about 40 % of their iterations (the flow step, which
+    gives most of the accuracy, keeps its iterations; :func:`preset_config` gives its camera refinement a
+    quarter of the matches)."""
+    return (
+        LevelConfig("shift", 8, 30, ("position",), lr_scale=4.0, target_size=125),
+        LevelConfig("camera", 4, 60, _CAMERA, lr_scale=2.0, target_size=250),
+        LevelConfig("height", 2, 16, (*_POSE, "height"), warmup_iterations=4, min_size=FINE_MIN_SIZE, target_size=500),
+    )
+
+
+PRESETS = ("default", "fast")
+"""Named starting configurations (``topograph meso --preset``)."""
 
 
 @dataclass
@@ -204,8 +223,13 @@ class LossConfig:
 class InitConfig:
     """Initial camera positions."""
 
-    method: Literal["auto", "zero", "xcorr"] = "auto"
-    """``auto``: zero start unless the cross-correlation estimates spread wider than ``zero_max_spread``."""
+    method: Literal["auto", "zero", "xcorr", "features"] = "auto"
+    """``auto``: zero start unless the cross-correlation estimates spread wider than ``zero_max_spread``;
+    when cross-correlation leaves images unlinked (rotated photos, e.g. a second flight line), SIFT
+    features. ``features``: positions and in-plane angles from SIFT similarities
+    (:mod:`topograph.meso.init_features`)."""
+    feature_size: int = 1024
+    """Long side (pixels) of the images used for SIFT matching (``features``)."""
     size: int = 256
     """Long side (pixels) of the images used for phase correlation."""
     min_ncc: float = 0.25
@@ -248,12 +272,24 @@ class ModelConfig:
 
 @dataclass
 class CheckConfig:
-    """Input checks (warnings, never silent drops)."""
+    """Input checks (warnings, never silent drops) and quality gates."""
 
     sharpness_ratio: float = 0.5
-    """Warn about images whose sharpness is below this fraction of the set's median."""
+    """Warn about images whose sharpness is below this fraction of the set's median (motion blur, focus) ..."""
+    blurry_weight: float = 0.1
+    """... and give them this weight in the reconstruction and the mosaic (they still register)."""
     focus_tolerance: float = 0.02
     """Warn when EXIF focal length or focus distance differ across images by more than this fraction."""
+    gates: Literal["stop", "mark", "off"] = "stop"
+    """Quality gates (:mod:`topograph.meso.quality`): ``stop`` = a failed gate ends the run with one line
+    and a non-zero exit; ``mark`` = the run goes on, writes its result marked failed (summary.json, report)
+    and exits non-zero; ``off`` = gates are measured and recorded only."""
+    min_registration_ncc: float = 0.5
+    """Every image must correlate at least this well with the mosaic of the other images."""
+    min_match_coverage: float = 0.15
+    """Dense flow must match at least this share of the pixels."""
+    min_height_coverage: float = 0.3
+    """At least this share of the mosaic must have heights seen by two or more images."""
 
 
 @dataclass
@@ -261,6 +297,12 @@ class OutputConfig:
     """What to write."""
 
     downsample: int = 1
+    """Mosaic pixel = this many times the output GSD (``gsd_um``, or the reference image's native GSD)."""
+    gsd_um: float = 0.0
+    """Ground sampling distance of the orthomosaic and height map, micrometres per pixel (needs an absolute
+    scale); 0 = the native GSD of the reference image."""
+    max_mosaic_mb: float = 2000.0
+    """Memory the mosaic grids may take; a finer GSD is coarsened to fit (with a warning)."""
     """Resolution of the output mosaic relative to the images."""
     min_views: int = 2
     """Heights are reported only where at least this many images overlap (one view has no parallax)."""
@@ -390,3 +432,19 @@ def _validate_batching(b: BatchingConfig, r: RobustConfig) -> None:
         raise TopographError(
             "robust needs 0 < lr_backoff < 1, explode_factor > 1 and max_height_fraction > 0", "fix the robust section"
         )
+
+
+def preset_config(name: str) -> MesoConfig:
+    """The configuration of a named preset (:data:`PRESETS`).
+
+    Raises:
+        TopographError: unknown preset.
+    """
+    if name == "default":
+        return MesoConfig()
+    if name == "fast":
+        cfg = MesoConfig(schedule=fast_schedule())
+        cfg.heights.flow.refine_matches_per_pair = 1000  # the refinement's cost is linear in its matches
+        cfg.heights.flow.refine_max_matches = 50_000
+        return cfg
+    raise TopographError(f"unknown preset '{name}'", f"use one of: {', '.join(PRESETS)}")

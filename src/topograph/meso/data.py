@@ -166,7 +166,8 @@ def resolve_intrinsics(images: MesoImages, scale: ScaleConfig) -> Intrinsics:
 
 
 def sharpness_scores(pixels: np.ndarray, max_side: int = 512) -> np.ndarray:
-    """Variance of the Laplacian of each image (downsampled to ``max_side``), relative to the median.
+    """Variance of the Laplacian of each image over its grey-level variance (downsampled to ``max_side``),
+    relative to the median.
 
     Args:
         pixels: (N, H, W, 3) uint8 images.
@@ -182,7 +183,9 @@ def sharpness_scores(pixels: np.ndarray, max_side: int = 512) -> np.ndarray:
         g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
         if f < 1.0:
             g = cv2.resize(g, (max(8, round(w * f)), max(8, round(h * f))), interpolation=cv2.INTER_AREA)
-        scores.append(float(cv2.Laplacian(g.astype(np.float32), cv2.CV_32F).var()))
+        g = g.astype(np.float32)
+        # divided by the grey-level variance: exposure and white balance changes leave the score alone
+        scores.append(float(cv2.Laplacian(g, cv2.CV_32F).var()) / max(float(g.var()), 1e-6))
     s = np.asarray(scores)
     med = float(np.median(s))
     return s / med if med > 0 else np.ones_like(s)
@@ -199,7 +202,7 @@ def check_inputs(images: MesoImages, cfg: CheckConfig) -> InputChecks:
     if blurry:
         warnings.append(
             f"{len(blurry)} image(s) are much less sharp than the set's median: {', '.join(blurry)} "
-            "(kept; consider retaking them)"
+            "(motion blur or focus; kept with a low weight in the mosaic; consider retaking them)"
         )
     focals = tuple(e.focal_mm for e in images.exif)
     dists = tuple(e.focus_distance_m for e in images.exif)

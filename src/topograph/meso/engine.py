@@ -16,21 +16,32 @@ from torch import Tensor
 from topograph.meso.functional.splat import GridSpec, normalise_splat, splat_bilinear
 from topograph.meso.models.camera import MesoModel
 
+_CHUNK_PIXELS = 1 << 21
+"""Pixels per band when splatting full-resolution images (bounds the mosaic's transient memory)."""
 
-def pixel_coordinates(full_size: tuple[int, int], shape: tuple[int, int], device: torch.device | str = "cpu") -> Tensor:
+
+def pixel_coordinates(
+    full_size: tuple[int, int],
+    shape: tuple[int, int],
+    device: torch.device | str = "cpu",
+    rows: tuple[int, int] | None = None,
+) -> Tensor:
     """Full-resolution coordinates of the pixel centres of an image resized to ``shape``.
 
     Args:
         full_size: ``(W, H)`` of the original images.
         shape: ``(h, w)`` of the resized image.
+        device: device of the result.
+        rows: optional ``(r0, r1)``: only the resized image's rows ``r0 .. r1 - 1``.
 
     Returns:
-        (h * w, 2) ``(u, v)`` in original pixels, row-major.
+        (h * w, 2) ``(u, v)`` in original pixels, row-major ((r1 - r0) * w rows with ``rows``).
     """
     w_full, h_full = full_size
     h, w = shape
+    r0, r1 = rows if rows is not None else (0, h)
     u = (torch.arange(w, dtype=torch.float32, device=device) + 0.5) * (w_full / w) - 0.5
-    v = (torch.arange(h, dtype=torch.float32, device=device) + 0.5) * (h_full / h) - 0.5
+    v = (torch.arange(r0, r1, dtype=torch.float32, device=device) + 0.5) * (h_full / h) - 0.5
     vv, uu = torch.meshgrid(v, u, indexing="ij")
     return torch.stack((uu.reshape(-1), vv.reshape(-1)), dim=1)
 
@@ -62,6 +73,7 @@ def render_mosaic(
     height_factors: np.ndarray | None = None,
     device: torch.device | str = "cpu",
     min_views: int = 2,
+    image_weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, GridSpec]:
     """Splat every full-resolution pixel (RGB and height) onto one grid: the orthomosaic and height map.
 
@@ -74,16 +86,24 @@ def render_mosaic(
         device: compute device.
         min_views: heights are reported only where at least this many images contribute (a point seen
             by one image has no parallax, so its height is not observable).
+        image_weights: (N,) splat weight of each image (None = 1; blurred photos get less).
 
     Returns:
         ``(rgb, height, weight, grid)``: (H, W, 3) float32 in [0, 1], (H, W) float32 (NaN where fewer
         than ``min_views`` images), (H, W) splat weight, and the grid.
     """
     n, h, w = pixels.shape[:3]
-    uv = pixel_coordinates((w, h), (h, w), device)
     factors = torch.ones(n) if height_factors is None else torch.as_tensor(height_factors, dtype=torch.float32)
     # bounds from the flat back-projection of the image borders, with room for height shifts
-    border = torch.cat((uv[:w], uv[-w:], uv[::w], uv[w - 1 :: w]))
+    us, vs = torch.arange(w, dtype=torch.float32), torch.arange(h, dtype=torch.float32)
+    border = torch.cat(
+        (
+            torch.stack((us, torch.zeros_like(us)), 1),
+            torch.stack((us, torch.full_like(us, h - 1.0)), 1),
+            torch.stack((torch.zeros_like(vs), vs), 1),
+            torch.stack((torch.full_like(vs, w - 1.0), vs), 1),
+        )
+    ).to(device)
     pts = model.object_points(border).reshape(-1, 2).cpu()
     lo, hi = pts.min(0).values, pts.max(0).values
     pad = 0.03 * (hi - lo)
@@ -91,16 +111,22 @@ def render_mosaic(
     acc = torch.zeros(5, *grid.shape, device=device)
     views = torch.zeros(grid.shape, device=device)
     own = 0.25 * cell * cell  # about a quarter of one image's pixel density
+    rows = max(1, _CHUNK_PIXELS // w)  # full-resolution float tensors exist for one band of rows at a time
     for i in range(n):
         idx = torch.tensor([i], device=device)
-        img = torch.from_numpy(pixels[i].astype(np.float32) / 255.0).to(device)
-        hmap = model.heights(img.permute(2, 0, 1)[None], idx).reshape(1, -1)
-        pts = model.object_points(uv, hmap, idx)[0]
-        rgb = model.pose.photometric(img.reshape(1, -1, 3), idx)[0]
-        vals = torch.cat((rgb, (hmap[0] * factors[i]).unsqueeze(-1)), dim=-1)
-        one = splat_bilinear(grid.to_grid(pts), vals, grid.shape)
-        views += one[-1] > own
-        acc += one
+        shape_only = torch.empty((1, 1, h, w), device=device)  # height models read only the size
+        hmap = model.heights(shape_only, idx).reshape(h, w)
+        own_weight = torch.zeros(grid.shape, device=device)
+        for r0 in range(0, h, rows):
+            r1 = min(h, r0 + rows)
+            uv = pixel_coordinates((w, h), (h, w), device, rows=(r0, r1))
+            band = torch.from_numpy(pixels[i, r0:r1].astype(np.float32) / 255.0).to(device).reshape(1, -1, 3)
+            hb = hmap[r0:r1].reshape(1, -1)
+            pts = model.object_points(uv, hb, idx)[0]
+            vals = torch.cat((model.pose.photometric(band, idx)[0], (hb[0] * factors[i]).unsqueeze(-1)), dim=-1)
+            splat_window(acc, own_weight, grid.to_grid(pts), vals, None if image_weights is None else image_weights[i])
+        views += own_weight > own * (1.0 if image_weights is None else float(image_weights[i]))
+        acc[-1] += own_weight
     avg, wsum = normalise_splat(acc)
     valid = wsum > own
     observed = views >= min_views
@@ -108,3 +134,20 @@ def render_mosaic(
     height = torch.where(valid & observed, avg[3], torch.full_like(avg[3], float("nan"))).cpu().numpy()
     rgb[~valid.cpu().numpy()] = 0.0
     return rgb.astype(np.float32), height.astype(np.float32), wsum.cpu().numpy(), grid
+
+
+def splat_window(acc: Tensor, weight: Tensor, grid_xy: Tensor, values: Tensor, scale: float | None = None) -> None:
+    """:func:`splat_bilinear` of ``values`` into ``acc[:-1]`` and of the weights into ``weight``, on the
+    window of the grid the samples touch (a full-grid splat per band would allocate the whole mosaic)."""
+    _, gh, gw = acc.shape
+    lo = torch.floor(grid_xy.min(0).values).clamp_min(0).long()
+    hi = (torch.floor(grid_xy.max(0).values).long() + 2).clamp(max=torch.tensor([gw, gh], device=grid_xy.device))
+    x0, y0, x1, y1 = int(lo[0]), int(lo[1]), int(hi[0]), int(hi[1])
+    if x1 <= x0 or y1 <= y0:
+        return
+    offset = torch.tensor([x0, y0], dtype=grid_xy.dtype, device=grid_xy.device)
+    local = splat_bilinear(grid_xy - offset, values, (y1 - y0, x1 - x0))
+    if scale is not None:  # a uniform weight of every sample of this band
+        local *= float(scale)
+    acc[:-1, y0:y1, x0:x1] += local[:-1]
+    weight[y0:y1, x0:x1] += local[-1]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -39,6 +39,15 @@ class FlowHeights:
     weight: np.ndarray
     pairs: list[tuple[int, int]]
     seconds: float
+    n_matches: int = 0
+    """Matches that passed the forward-backward and epipolar checks."""
+    refinement: str = "skipped"
+    """Outcome of the camera refinement on the matches: ``ok``, ``degenerate``, ``nan`` or ``skipped``."""
+
+    @property
+    def coverage(self) -> float:
+        """Share of flow-grid pixels with at least one valid match."""
+        return float((self.weight > 0).mean()) if self.weight.size else 0.0
 
 
 @torch.no_grad()
@@ -64,6 +73,7 @@ def flow_heights(model: MesoModel, matches: FlowMatches, cfg: FlowHeightConfig |
     den = np.zeros((n, h * w), np.float64)
     cell = float(torch.sqrt(model.camera_heights().mean() / model.focal()))  # object units per pixel
     used = []
+    n_valid = 0
     for p in matches.pairs:
         if len(p.flat_index) == 0:
             continue
@@ -81,13 +91,15 @@ def flow_heights(model: MesoModel, matches: FlowMatches, cfg: FlowHeightConfig |
         idx = p.flat_index[ok]
         num[p.i, idx] += (bb * hh).cpu().numpy()[ok]  # flat_index is unique within a pair
         den[p.i, idx] += bb.cpu().numpy()[ok]
+        n_valid += int(ok.sum())
         used.append((p.i, p.j))
     heights = np.zeros((n, h, w), np.float32)
     for i in range(n):
         heights[i] = fill_and_smooth(num[i].reshape(h, w), den[i].reshape(h, w), cfg)
     seconds = time.perf_counter() - t0
     log.info("heights from flow: %.0f %% of pixels measured, %.1f s", 100.0 * float((den > 0).mean()), seconds)
-    return FlowHeights(heights=heights, weight=den.reshape(n, h, w).astype(np.float32), pairs=used, seconds=seconds)
+    weight = den.reshape(n, h, w).astype(np.float32)
+    return FlowHeights(heights=heights, weight=weight, pairs=used, seconds=seconds, n_matches=n_valid)
 
 
 def fill_and_smooth(num: np.ndarray, den: np.ndarray, cfg: FlowHeightConfig) -> np.ndarray:
@@ -157,6 +169,7 @@ def initialise_heights(model: MesoModel, measured: FlowHeights, iterations: int 
 def measure_heights(model: MesoModel, pixels: np.ndarray, cfg: FlowHeightConfig, seed: int = 0) -> FlowHeights:
     """Dense matches -> cameras refined on them -> heights (``cfg.passes`` times matches and refinement: a
     second pass warps with the refined cameras, so its flow starts closer and keeps more matches)."""
+    status = {"refinement": "skipped"}
     for k in range(max(1, int(cfg.passes))):
         matches = flow_matches(model, pixels, cfg)
         if cfg.refine_iterations > 0:
@@ -168,5 +181,6 @@ def measure_heights(model: MesoModel, pixels: np.ndarray, cfg: FlowHeightConfig,
                 cfg.refine_max_matches,
                 flat_weight=cfg.flat_weight,
                 seed=seed + k,
+                status=status,
             )
-    return flow_heights(model, matches, cfg)
+    return replace(flow_heights(model, matches, cfg), refinement=status["refinement"])

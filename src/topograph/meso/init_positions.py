@@ -33,6 +33,11 @@ class InitialPositions:
     overlap: np.ndarray
     ncc: np.ndarray
     xcorr_positions: np.ndarray
+    angles: np.ndarray | None = None
+    """(N,) initial in-plane angles in radians (``features`` only; None = zero)."""
+    linked: np.ndarray | None = None
+    """(N,) False for images no chain of matches links to the others (``features`` only; they are left
+    out of the reconstruction with a warning); None = all linked."""
 
 
 def _gray_small(pixels: np.ndarray, size: int) -> tuple[list[np.ndarray], float]:
@@ -146,6 +151,26 @@ def estimate_initial_positions(pixels: np.ndarray, names: tuple[str, ...], cfg: 
     Raises:
         TopographError: an image overlaps no other image, or the set splits into disconnected groups.
     """
+    if cfg.method == "features":
+        return _from_features(pixels, names, cfg)
+    try:
+        return _from_xcorr(pixels, names, cfg)
+    except TopographError as exc:
+        if cfg.method != "auto":
+            raise
+        log.warning("cross-correlation initialisation failed (%s): trying SIFT features", exc.cause)
+        return _from_features(pixels, names, cfg)
+
+
+def _from_features(pixels: np.ndarray, names: tuple[str, ...], cfg: InitConfig) -> InitialPositions:
+    from topograph.meso.init_features import feature_initialisation
+
+    fi = feature_initialisation(pixels, names, cfg.feature_size)
+    ncc = np.minimum(1.0, fi.inliers / 100.0)
+    return InitialPositions(fi.positions, "features", fi.overlap, ncc, fi.positions, angles=fi.angles, linked=fi.linked)
+
+
+def _from_xcorr(pixels: np.ndarray, names: tuple[str, ...], cfg: InitConfig) -> InitialPositions:
     n = pixels.shape[0]
     h, w = pixels.shape[1:3]
     gray, f = _gray_small(pixels, cfg.size)

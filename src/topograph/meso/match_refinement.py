@@ -65,6 +65,7 @@ def refine_cameras(
     flat_weight: float = 0.3,
     flat_px: float = 0.2,
     seed: int = 0,
+    status: dict[str, str] | None = None,
 ) -> tuple[float, float]:
     """Refine cameras and distortion on the dense matches (Levenberg-Marquardt, Cauchy-weighted).
 
@@ -93,6 +94,8 @@ def refine_cameras(
             the dome (a paraboloid of the scene traded for radial distortion with near-parallel views).
         flat_px: Cauchy scale of that prior, object units (parallax beyond a few times this counts as relief).
         seed: subset seed.
+        status: when given, ``status["refinement"]`` is set to ``ok``, ``degenerate`` (the cameras of the
+            rounds were kept) or ``nan`` (the solution was not finite: a quality gate fails on it).
 
     Returns:
         The RMS residual (object units) of the inlier matches (< 3 ``robust_px``) before and after.
@@ -260,6 +263,8 @@ def refine_cameras(
     shrink = float(np.exp(log_ratio.mean()))
     spread = float(np.abs(log_ratio - log_ratio.mean()).max())
     if not np.isfinite(after) or not 0.5 < shrink < 2.0 or spread > 0.2 or float(cams[:, 3:5].abs().max()) > 0.3:
+        if status is not None:
+            status["refinement"] = "degenerate" if np.isfinite(after) and np.isfinite(shrink) else "nan"
         log.warning(
             "refinement on the dense matches degenerated (camera heights x%.2f, spread %.0f %%): kept the "
             "cameras of the rounds", shrink, 100.0 * spread,
@@ -267,6 +272,8 @@ def refine_cameras(
         return before, before
     log.debug("refinement: common camera-height factor %.4f (a gauge), spread %.4f", shrink, spread)
     _write_back(model, cams, focal, dvec)
+    if status is not None:
+        status["refinement"] = "ok"
     log.info(
         "cameras refined on flow matches: residual %.3f -> %.3f units (%d matches; height factor %.3f)",
         before, after, len(ii), shrink,

@@ -197,6 +197,7 @@ def write_outputs(rec: MesoReconstruction, out_dir: str | Path, command: str | N
     summary = {
         "topograph_version": __version__,
         "engine": "meso",
+        "status": rec.quality.status,
         "command": command,
         "images": list(rec.names),
         "unit": lateral,
@@ -212,6 +213,7 @@ def write_outputs(rec: MesoReconstruction, out_dir: str | Path, command: str | N
         "quality": run_quality(rec),
         "timings_s": rec.timings,
         "warnings": [*rec.checks.warnings, *notes],
+        "quality_gates": rec.quality.to_dict(rec.names),
     }
     files["summary_json"] = write_json(out / "summary.json", summary)
     return files

@@ -59,7 +59,7 @@ class RichProgress:
 
     def update(self, loss: float) -> None:
         if self._task is not None:
-            self._progress.update(self._task, advance=1, loss=f"{loss:.3e}")
+            self._progress.update(self._task, advance=1, loss=f"{loss:.3e}" if loss == loss else "-")  # NaN: none
 
     def stop(self) -> None:
         if self._started:

@@ -26,6 +26,7 @@ from topograph.meso.models.cnn import HeightCNN, auto_downsample
 from topograph.meso.models.distortion import distortion_models
 from topograph.meso.models.heights import HeightMaps
 from topograph.meso.progress import NullProgress, ProgressSink
+from topograph.meso.quality import QualityReport, enforce, height_gate, registration_gate, registration_scores
 from topograph.meso.rounds import config_fingerprint, run_rounds
 from topograph.meso.types import CameraEstimate, InputChecks, Intrinsics, MesoImages
 from topograph.types import HeightMap
@@ -75,6 +76,8 @@ class MesoReconstruction:
     timings: dict[str, float] = field(default_factory=dict)
     image_size: tuple[int, int] = (0, 0)
     """``(width, height)`` of the input images."""
+    quality: QualityReport = field(default_factory=QualityReport)
+    """The quality gates (status ``failed`` when any failed)."""
 
     @property
     def pixel_size_mm(self) -> float | None:
@@ -145,13 +148,43 @@ def build_model(
 
 
 def round_levels(cfg: MesoConfig, image_size: tuple[int, int]) -> tuple[LevelConfig, ...]:
-    """``cfg.schedule`` with each downsampling factor reduced so that the round's images keep a long side of
-    at least ``level.min_size`` pixels (``cfg.min_level_size`` when 0)."""
+    """``cfg.schedule`` with each round's downsampling factor chosen from the input size (``target_size``:
+    a long side of about that many pixels) and reduced so that the round's images keep a long side of at
+    least ``level.min_size`` pixels (``cfg.min_level_size`` when 0)."""
     long_side = max(image_size)
-    return tuple(
-        replace(lvl, downsample=effective_downsample(lvl.downsample, long_side, lvl.min_size or cfg.min_level_size))
-        for lvl in cfg.schedule
-    )
+    out = []
+    for lvl in cfg.schedule:
+        ds = max(1, round(long_side / lvl.target_size)) if lvl.target_size > 0 else lvl.downsample
+        out.append(replace(lvl, downsample=effective_downsample(ds, long_side, lvl.min_size or cfg.min_level_size)))
+    return tuple(out)
+
+
+@torch.no_grad()
+def mosaic_cell(model: MesoModel, scale: ScaleResult, cfg: MesoConfig, image_size: tuple[int, int]) -> float:
+    """Mosaic spacing in object units: ``output.gsd_um`` (needs the scale) or the reference image's native
+    GSD (its relative scale), times ``output.downsample``, coarsened to fit ``output.max_mosaic_mb``."""
+    out = cfg.output
+    native = float(model.pose.relative_scale()[cfg.scale.reference_image])
+    if out.gsd_um > 0 and scale.mm_per_unit is None:
+        raise TopographError(
+            "--gsd-um needs an absolute scale", "give --magnification or --scale-points, or leave out --gsd-um"
+        )
+    cell = (out.gsd_um * 1e-3 / scale.mm_per_unit if out.gsd_um > 0 else native) * max(1, out.downsample)
+    # extent: the images' flat footprints (as render_mosaic bounds them); ~48 bytes per mosaic cell
+    w, h = image_size
+    corners = torch.tensor([[0.0, 0.0], [w, 0.0], [0.0, h], [w, h]], device=model.log_focal.device)
+    pts = model.object_points(corners).reshape(-1, 2)
+    span = (pts.max(0).values - pts.min(0).values) * 1.06
+    cells = float(span[0] * span[1]) / cell**2
+    budget = out.max_mosaic_mb * 1e6 / 48.0
+    if cells > budget:
+        coarser = cell * (cells / budget) ** 0.5
+        log.warning(
+            "mosaic at the requested GSD would need %.0f MB: rendered %.2fx coarser (raise output.max_mosaic_mb)",
+            cells * 48 / 1e6, coarser / cell,
+        )  # fmt: skip
+        cell = coarser
+    return cell
 
 
 @torch.no_grad()
@@ -229,6 +262,57 @@ def camera_estimate(model: MesoModel, names: tuple[str, ...], scale: ScaleResult
     )
 
 
+def drop_unlinked(
+    images: MesoImages, init: InitialPositions, checks: InputChecks, cfg: MesoConfig
+) -> tuple[MesoImages, InitialPositions, InputChecks, MesoConfig]:
+    """Leave out the images the initialisation could not link to the others (named in a warning); the
+    reference image's index is renumbered."""
+    keep = [k for k in range(len(images)) if init.linked[k]]
+    if cfg.scale.reference_image not in keep:
+        raise TopographError(
+            f"the reference image {images.names[cfg.scale.reference_image]} links to no other photo",
+            "choose another --reference-image or remove it",
+        )
+    dropped = [images.names[k] for k in range(len(images)) if not init.linked[k]]
+    note = f"{len(dropped)} photo(s) link to no other photo and were left out: {', '.join(dropped)}"
+    log.warning(note)
+    sub = np.ix_(keep, keep)
+    init = replace(
+        init,
+        positions=init.positions[keep],
+        overlap=init.overlap[sub],
+        ncc=init.ncc[sub],
+        xcorr_positions=init.xcorr_positions[keep],
+        angles=None if init.angles is None else init.angles[keep],
+        linked=None,
+    )
+    checks = replace(
+        checks,
+        sharpness=checks.sharpness[keep],
+        isolated=tuple(dropped),
+        focal_mm=tuple(checks.focal_mm[k] for k in keep) if checks.focal_mm else (),
+        focus_distance_m=tuple(checks.focus_distance_m[k] for k in keep) if checks.focus_distance_m else (),
+        warnings=(*checks.warnings, note),
+    )
+    cfg = replace(cfg, scale=replace(cfg.scale, reference_image=keep.index(cfg.scale.reference_image)))
+    return images.subset(keep), init, checks, cfg
+
+
+def check_registration(
+    model: MesoModel, images: MesoImages, cfg: MesoConfig, quality: QualityReport, device: torch.device
+) -> None:
+    """Per-image registration scores (leave-one-out NCC with the mosaic) and the registration gate."""
+    ncc, overlap = registration_scores(model, images.pixels, device=device)
+    quality.registration_ncc, quality.registration_overlap = ncc, overlap
+    log.info(
+        "registration (NCC with the mosaic of the other images): median %.2f, worst %.2f (%s)",
+        float(np.nanmedian(ncc)) if np.isfinite(ncc).any() else float("nan"),
+        float(np.nanmin(ncc)) if np.isfinite(ncc).any() else float("nan"),
+        images.names[int(np.nanargmin(ncc))] if np.isfinite(ncc).any() else "-",
+    )
+    enforce(registration_gate(images.names, ncc, overlap, cfg.checks), quality, cfg.checks)
+
+
 def reconstruct(
     images: MesoImages,
     cfg: MesoConfig | None = None,
@@ -285,10 +369,15 @@ def reconstruct(
         intrinsics.focal_px,
     )
     init = estimate_initial_positions(images.pixels, images.names, cfg.init)
+    if init.linked is not None and not init.linked.all():
+        images, init, checks, cfg = drop_unlinked(images, init, checks, cfg)
     checks = replace(checks, overlap=init.overlap)
     timings["checks_init_s"] = time.perf_counter() - t0
 
     model = build_model(len(images), images.size, intrinsics.focal_px, init.positions, cfg).to(device)
+    if init.angles is not None:
+        with torch.no_grad():
+            model.pose.angle.copy_(torch.as_tensor(init.angles, dtype=model.pose.angle.dtype))
     if isinstance(model.heights, HeightCNN):
         model.heights.set_inputs(images.pixels)
         log.info(
@@ -301,6 +390,9 @@ def reconstruct(
     else:
         log.info("heights: maps with total variation (weight %g)", cfg.loss.tv_weight)
     history: list[dict[str, Any]] = []
+    quality = QualityReport()
+    blurry = checks.sharpness < cfg.checks.sharpness_ratio
+    weights = np.where(blurry, cfg.checks.blurry_weight, 1.0) if blurry.any() else None
     try:
         model = run_rounds(
             model,
@@ -314,11 +406,14 @@ def reconstruct(
             checkpoint=checkpoint,
             resume=resume,
             fingerprint=fingerprint,
+            quality=quality,
+            image_weights=weights,
         )
     finally:
         progress.stop()
     model.eval()
     t = time.perf_counter()
+    check_registration(model, images, cfg, quality, device)
     if cfg.model.level_plane:
         coarse = 4.0 * cfg.output.downsample
         _, h_units, _, g = render_mosaic(model, images.pixels, coarse, None, device)
@@ -326,10 +421,14 @@ def reconstruct(
         level_to_dominant_plane(model, plane, images.size)
         log.info("levelled to the dominant plane: slopes %.2e, %.2e; offset %.3g units", *plane)
     scale = resolve_scale(model, intrinsics, cfg)
+    cell = mosaic_cell(model, scale, cfg, images.size)
     ortho, height, weight, grid = render_mosaic(
-        model, images.pixels, float(cfg.output.downsample), scale.height_factors, device, cfg.output.min_views
+        model, images.pixels, cell, scale.height_factors, device, cfg.output.min_views, weights
     )
     timings["mosaic_s"] = time.perf_counter() - t
+    seen = weight > 0.25 * grid.cell**2
+    coverage = float(np.isfinite(height)[seen].mean()) if seen.any() else 0.0
+    enforce(height_gate(coverage, cfg.checks), quality, cfg.checks)
     timings["total_s"] = time.perf_counter() - t0
     model = model.cpu()
     return MesoReconstruction(
@@ -348,4 +447,5 @@ def reconstruct(
         config=cfg,
         timings=timings,
         image_size=images.size,
+        quality=quality,
     )

@@ -25,10 +25,11 @@ from topograph.errors import TopographError
 from topograph.meso.batching import BatchedLevel, make_batched_level
 from topograph.meso.checkpoint import Checkpoint, RoundState, load_checkpoint, run_fingerprint, save_checkpoint
 from topograph.meso.config import LearningRates, LevelConfig, MesoConfig
-from topograph.meso.flow_heights import initialise_heights, measure_heights
+from topograph.meso.flow_heights import FlowHeights, initialise_heights, measure_heights
 from topograph.meso.models.camera import MesoModel
 from topograph.meso.models.cnn import HeightCNN
 from topograph.meso.progress import NullProgress, ProgressSink
+from topograph.meso.quality import QualityReport, enforce, match_gate, refinement_gate
 from topograph.meso.solver import solve_round
 
 log = logging.getLogger("topograph")
@@ -58,6 +59,17 @@ def effective_learning_rates(cfg: MesoConfig, model: MesoModel) -> LearningRates
     return cfg.lr
 
 
+def clip_measured_heights(measured: FlowHeights, model: MesoModel, max_height_fraction: float) -> FlowHeights:
+    """Flow heights limited to half the divergence bound of the rounds (``max_height_fraction`` of the mean
+    camera height): a few wild matches (measured on real aerial photos: 45 % of the flight height) would
+    otherwise start the height round beyond the bound, and every rollback returns to the same start."""
+    limit = 0.5 * max_height_fraction * float(model.camera_heights().mean())
+    wild = np.abs(measured.heights) > limit
+    if wild.any():
+        log.warning("flow heights: %.2f %% of pixels beyond +-%.3g units clipped", 100.0 * wild.mean(), limit)
+    return replace(measured, heights=np.clip(measured.heights, -limit, limit))
+
+
 def run_rounds(
     model: MesoModel,
     pixels: np.ndarray,
@@ -70,6 +82,8 @@ def run_rounds(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     fingerprint: str = "",
+    quality: QualityReport | None = None,
+    image_weights: np.ndarray | None = None,
 ) -> MesoModel:
     """Optimise ``model`` over ``levels`` with :func:`topograph.meso.solver.solve_round`, with checkpoints.
 
@@ -85,6 +99,9 @@ def run_rounds(
         checkpoint: file for resumable checkpoints (None = no files).
         resume: continue from ``checkpoint``.
         fingerprint: identifies the run (:func:`config_fingerprint`); a checkpoint of another run is refused.
+        quality: the run's quality gates; the dense-matching and refinement gates of the flow step are added
+            (and stop the run when ``cfg.checks.gates == "stop"``).
+        image_weights: (N,) weight of each image in the running reconstruction (None = 1).
 
     Returns:
         The model.
@@ -115,12 +132,18 @@ def run_rounds(
         if r == first_height_round and cfg.heights.init == "flow" and not resumed_inside:
             t = time.perf_counter()
             measured = measure_heights(model, pixels, cfg.heights.flow, cfg.seed)
+            measured = clip_measured_heights(measured, model, cfg.robust.max_height_fraction)
             misfit = initialise_heights(model, measured, cfg.heights.fit_iterations, cfg.heights.fit_lr)
             timings["height_init_s"] = time.perf_counter() - t
+            if quality is not None:
+                enforce(match_gate(measured.coverage, measured.n_matches, cfg.checks), quality, cfg.checks)
+                enforce(refinement_gate(measured.refinement), quality, cfg.checks)
             log.info("heights started from the flow measurement (fit misfit %.3g units)", misfit)
         if level.downsample not in cache:
             cache.clear()
             cache[level.downsample] = make_batched_level(pixels, level.downsample, device)
+            if image_weights is not None:
+                cache[level.downsample].image_weights = torch.as_tensor(image_weights, dtype=torch.float32).to(device)
 
         def save(state: RoundState, r: int = r) -> None:
             save_checkpoint(checkpoint, Checkpoint(model.state_dict(), r, state, list(history), fingerprint))

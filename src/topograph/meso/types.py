@@ -56,6 +56,13 @@ class MesoImages:
         """``(width, height)`` in pixels."""
         return int(self.pixels.shape[2]), int(self.pixels.shape[1])
 
+    def subset(self, keep: list[int]) -> MesoImages:
+        """The images at indices ``keep``, in that order."""
+        paths = tuple(self.paths[k] for k in keep) if self.paths else ()
+        return MesoImages(
+            tuple(self.names[k] for k in keep), self.pixels[keep], tuple(self.exif[k] for k in keep), paths
+        )
+
 
 @dataclass(frozen=True)
 class Intrinsics:

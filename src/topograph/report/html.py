@@ -675,7 +675,13 @@ def header_html(run: RunArtifacts, built: str) -> str:
     ]
     items = "".join(f"<span><b>{_esc(k)}</b> {_esc(_fmt(v))}</span>" for k, v in facts if v is not None)
     title = f"topograph {engine} run" if engine else "topograph run"
-    return f'<header><h1>{_esc(title)} — {_esc(run.run_dir.name)}</h1><div class="facts">{items}</div></header>'
+    failed = ""
+    if s.get("status") == "failed":  # the run's quality gates failed: say so before anything else
+        title = f"FAILED: {title}"
+        lines = (s.get("quality_gates") or {}).get("failed") or []
+        failed = '<div class="problems"><b>This run failed its quality gates; do not use its result.</b><ul>'
+        failed += "".join(f"<li>{_esc(x)}</li>" for x in lines) + "</ul></div>"
+    return f'<header><h1>{_esc(title)} — {_esc(run.run_dir.name)}</h1>{failed}<div class="facts">{items}</div></header>'
 
 
 def problems_html(run: RunArtifacts) -> str:

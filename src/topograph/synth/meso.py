@@ -68,6 +68,20 @@ class MesoSynthConfig:
     jpeg_quality: int = 92
     supersample: int = 2
     seed: int = 0
+    exposure_jitter: float = 0.0
+    """Real-camera effects (0 / empty = none). Auto-exposure: each photo's gain is uniform in 1 +- this."""
+    white_balance_jitter: float = 0.0
+    """Auto white balance: each photo's per-channel gains are uniform in 1 +- this."""
+    motion_blur_images: tuple[int, ...] = ()
+    """Photos smeared by camera motion (indices) ..."""
+    motion_blur_px: float = 7.0
+    """... over this length, pixels, in a random direction."""
+    rolling_shutter: float = 0.0
+    """Rolling-shutter skew of a hand-held sweep: row ``v`` sees the scene shifted along the sweep by this
+    fraction of the image width times ``v / height - 1/2`` (the sign follows the serpentine direction)."""
+    specular: float = 0.0
+    """Peak brightness of a specular highlight on a glossy disc of the scene (view-dependent: it sits at one
+    place in the image, so it moves across the scene from photo to photo)."""
 
 
 @dataclass(frozen=True)
@@ -434,6 +448,46 @@ def make_meso_truth(cfg: MesoSynthConfig = MesoSynthConfig()) -> MesoSynthTruth:
     )
 
 
+def _rolling_shutter(uv: np.ndarray, cfg: MesoSynthConfig, i: int, size: tuple[int, int]) -> np.ndarray:
+    """Pixel coordinates of a rolling-shutter exposure: row ``v`` shifted along the sweep (x)."""
+    w, h = size
+    cols = cfg.raster[0]
+    sweep = 1.0 if (i // cols) % 2 == 0 else -1.0  # serpentine path: every other row runs backwards
+    out = uv.copy()
+    out[:, 0] += sweep * cfg.rolling_shutter * w * (uv[:, 1] / h - 0.5)
+    return out
+
+
+def _highlight(uv: np.ndarray, hits: np.ndarray, truth: MesoSynthTruth, cfg: MesoSynthConfig) -> np.ndarray:
+    """Specular highlight: a Gaussian spot at a fixed image position, only on a glossy disc of the scene."""
+    w, h = cfg.image_size
+    spot = np.exp(-(((uv[:, 0] - 0.6 * w) ** 2 + (uv[:, 1] - 0.4 * h) ** 2) / (2.0 * (0.12 * w) ** 2)))
+    extent = np.array(truth.height_mm.shape[::-1], float) * truth.texel_mm
+    centre = np.array(truth.origin_mm) + 0.5 * extent
+    xy = np.array(truth.origin_mm) + hits[:, :2] * truth.texel_mm
+    glossy = np.hypot(*(xy - centre).T) < 0.2 * float(extent.min())
+    return (cfg.specular * spot * glossy).astype(np.float32)
+
+
+def _camera_effects(rgb: np.ndarray, i: int, cfg: MesoSynthConfig, rng: np.random.Generator) -> np.ndarray:
+    """Auto exposure and white balance (per-photo gains) and motion blur of the listed photos."""
+    import cv2
+
+    gain = 1.0 + rng.uniform(-cfg.exposure_jitter, cfg.exposure_jitter)
+    wb = 1.0 + rng.uniform(-cfg.white_balance_jitter, cfg.white_balance_jitter, 3)
+    direction = rng.uniform(0.0, np.pi)
+    out = rgb * gain * wb
+    if i in cfg.motion_blur_images and cfg.motion_blur_px > 1:
+        k = int(math.ceil(cfg.motion_blur_px)) | 1
+        kernel = np.zeros((k, k), np.float32)
+        c = k // 2
+        for t in np.linspace(-0.5, 0.5, 4 * k):
+            x, y = c + t * cfg.motion_blur_px * math.cos(direction), c + t * cfg.motion_blur_px * math.sin(direction)
+            kernel[int(round(y)), int(round(x))] += 1.0
+        out = cv2.filter2D(out.astype(np.float32), -1, kernel / kernel.sum(), borderType=cv2.BORDER_REFLECT)
+    return out
+
+
 def render_meso_sequence(cfg: MesoSynthConfig = MesoSynthConfig()) -> MesoSynthData:
     """Render a phone sequence with exact ground truth (deterministic for a given ``cfg.seed``).
 
@@ -466,12 +520,17 @@ def render_meso_sequence(cfg: MesoSynthConfig = MesoSynthConfig()) -> MesoSynthD
     corner_slope = float(np.hypot(*np.abs(xy_u).max(0))) / f_px + float(np.abs(normals[:, :2]).max()) * 2.0
     bound = _height_bound(hr, int(math.ceil(float(hr.max()) * corner_slope / texel)) + 2)
     images, jpegs = [], []
+    effects = np.random.default_rng([cfg.seed, 2])  # its own stream: the clean sequence is unchanged
     for i in range(len(pos)):
-        dirs = _ray_directions(xy_u, normals[i], angles[i], f_px)
+        xy_i = truth.undistort(_rolling_shutter(uv, cfg, i, (w, h))) if cfg.rolling_shutter else xy_u
+        dirs = _ray_directions(xy_i, normals[i], angles[i], f_px)
         hits = _trace(np.array([pos[i, 0], pos[i, 1], -zs[i]]), dirs, hr, bound, truth.origin_mm, texel)
         rgb = _sample(tex, hits).numpy().reshape(h * ss, w * ss, 3)
+        if cfg.specular:
+            rgb = rgb + _highlight(uv, hits.numpy(), truth, cfg).reshape(h * ss, w * ss, 1)
         rgb = rgb * vignette[..., None]
         rgb = rgb.reshape(h, ss, w, ss, 3).mean(axis=(1, 3))
+        rgb = _camera_effects(rgb, i, cfg, effects)
         rgb = rgb + rng.normal(0.0, cfg.noise_sigma, rgb.shape)
         u8 = np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
         data = _encode_jpeg(u8, cfg.jpeg_quality, exif)

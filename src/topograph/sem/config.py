@@ -94,6 +94,13 @@ class DenseConfig:
     0.157 → 0.139 % and 0.226 → 0.197 % of the diameter) for ~2.3 s more flow on quartz (docs/benchmarks.md)."""
     flow_patch_stride: int = 2
     """Spacing of the flow's DIS patches, px (2: each pixel's flow averages more overlapping patches)."""
+    flow_first_pass_downscale: int = 2
+    """The first flow pass (forward, backward, consistency check) runs on images downscaled by this whole
+    factor; the second pass corrects it at full resolution (1: first pass at full resolution, ~2× the
+    flow time)."""
+    flow_tile_px: int = 1024
+    """The second (residual) flow pass runs in tiles of about this side, two at a time: memory holds two
+    tiles, not a whole image (0: one piece)."""
     min_views: int = 2
     """A fused point needs at least this many views."""
     outlier_std_ratio: float = 3.0

@@ -174,6 +174,8 @@ def flow_config(cfg: DenseConfig) -> FlowConfig:
         variational_refinement_iterations=FLOW_VARIATIONAL_ITERATIONS,
         first_pass_variational_iterations=FLOW_FIRST_PASS_VARIATIONAL_ITERATIONS,
         refine_backward=FLOW_REFINE_BACKWARD,
+        first_pass_downscale=cfg.flow_first_pass_downscale,
+        tile_px=cfg.flow_tile_px,
     )
 
 

@@ -92,6 +92,9 @@ class DenseConfig:
     refine_backward: bool = True
     """Check every further pass forward–backward too (one more flow per pass); False keeps the first
     pass's check and validity."""
+    first_pass_patch_stride: int | None = None
+    """DIS patch stride of the first pass when ``passes`` ≥ 2 (None: ``patch_stride``); the later passes
+    correct the first, so a sparser first pass costs little accuracy."""
     first_pass_downscale: int = 1
     """With ``passes`` ≥ 2: solve the first pass (forward, backward and their check) on both images
     downscaled by this whole factor (area averaging) and upsample its flow; the later passes at full
@@ -174,10 +177,10 @@ def _flow_field(src: np.ndarray, dst: np.ndarray, cfg: DenseConfig) -> np.ndarra
 
 
 def tile_slices(size: int, tile: int, margin: int) -> list[tuple[slice, slice]]:
-    """Split ``range(size)`` into near-equal pieces of at most ``tile``: ``(outer, inner)`` slice pairs where
-    ``outer`` extends the piece by ``margin`` on both sides (clipped) and ``inner`` is the piece relative to
-    ``outer``."""
-    n = max(1, -(-size // max(int(tile), 1)))
+    """Split ``range(size)`` into ``round(size / tile)`` (≥ 1) near-equal pieces: ``(outer, inner)`` slice
+    pairs where ``outer`` extends the piece by ``margin`` on both sides (clipped) and ``inner`` is the piece
+    relative to ``outer``."""
+    n = max(1, round(size / max(int(tile), 1)))
     edges = np.linspace(0, size, n + 1).round().astype(int)
     out = []
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
@@ -191,7 +194,7 @@ def _flow_field_tiled(src: np.ndarray, dst: np.ndarray, cfg: DenseConfig) -> np.
     tiles at a time in threads (OpenCV releases the GIL). Only for small flows (a residual pass): a tile
     sees its own window of ``dst``, so displacements beyond the margin would be cut off."""
     h, w = src.shape
-    if cfg.tile_px <= 0 or (h <= cfg.tile_px and w <= cfg.tile_px):
+    if cfg.tile_px <= 0 or (round(h / cfg.tile_px) <= 1 and round(w / cfg.tile_px) <= 1):
         return _flow_field(src, dst, cfg)
     out = np.empty((h, w, 2), np.float32)
     margin = int(cfg.tile_margin_px)
@@ -303,6 +306,8 @@ def dense_flow(
     first = cfg
     if cfg.passes >= 2 and cfg.first_pass_variational_iterations is not None:
         first = replace(first, variational_refinement_iterations=cfg.first_pass_variational_iterations)
+    if cfg.passes >= 2 and cfg.first_pass_patch_stride is not None:
+        first = replace(first, patch_stride=cfg.first_pass_patch_stride)
     k = int(cfg.first_pass_downscale) if cfg.passes >= 2 else 1
     if k > 1:
         forward, fb_error = _coarse_flow(u8_i, warped_j, first, k)

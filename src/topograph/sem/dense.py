@@ -164,8 +164,21 @@ FLOW_REFINE_BACKWARD = False
 backward residual flow costs a quarter of the stage and changed no accuracy figure on rendered grains."""
 
 
-def flow_config(cfg: DenseConfig) -> FlowConfig:
-    """Dense-flow settings of the SEM dense stage (see :class:`topograph.matching.dense.DenseConfig`)."""
+FULL_RESOLUTION_FIRST_PASS_MAX_PX = 2_000_000
+"""Automatic ``flow_first_pass_downscale``: full-resolution first pass up to this many pixels per image."""
+
+
+def first_pass_downscale(cfg: DenseConfig, n_pixels: int) -> int:
+    """The first flow pass's downscale factor for images of ``n_pixels`` (``cfg.flow_first_pass_downscale``,
+    0 = automatic)."""
+    if cfg.flow_first_pass_downscale > 0:
+        return int(cfg.flow_first_pass_downscale)
+    return 1 if n_pixels <= FULL_RESOLUTION_FIRST_PASS_MAX_PX else 2
+
+
+def flow_config(cfg: DenseConfig, n_pixels: int = 0) -> FlowConfig:
+    """Dense-flow settings of the SEM dense stage (see :class:`topograph.matching.dense.DenseConfig`) for
+    images of ``n_pixels``."""
     return FlowConfig(
         fb_threshold_px=cfg.fb_threshold_px,
         passes=cfg.flow_passes,
@@ -174,7 +187,8 @@ def flow_config(cfg: DenseConfig) -> FlowConfig:
         variational_refinement_iterations=FLOW_VARIATIONAL_ITERATIONS,
         first_pass_variational_iterations=FLOW_FIRST_PASS_VARIATIONAL_ITERATIONS,
         refine_backward=FLOW_REFINE_BACKWARD,
-        first_pass_downscale=cfg.flow_first_pass_downscale,
+        first_pass_downscale=first_pass_downscale(cfg, n_pixels),
+        first_pass_patch_stride=cfg.flow_first_pass_patch_stride,
         tile_px=cfg.flow_tile_px,
     )
 
@@ -197,7 +211,7 @@ def fuse_dense(
     grid = _pixel_grid(h, w)
     acc = NormalEquations(n, keep_observations=True)
     acc.add_view(cams[ref], grid, np.ones(n, dtype=bool))
-    flow_cfg = flow_config(cfg)
+    flow_cfg = flow_config(cfg, n)
     direct: dict[int, int] = {}  # view → observation slot
     slot_view: list[int] = [ref]
     for f in range(len(images)):

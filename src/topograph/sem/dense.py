@@ -154,8 +154,11 @@ def choose_reference_view(recon: Reconstruction, choice: str = "median") -> int:
     return idx
 
 
-FLOW_VARIATIONAL_ITERATIONS = 10
-"""DIS variational refinement iterations per pyramid level of the final flow pass."""
+FLOW_VARIATIONAL_ITERATIONS = 5
+"""DIS variational refinement iterations per pyramid level of the final flow pass: 5 instead of 10 saves
+~15 % of the flow time with the same accuracy on 600-px rendered grains (0/5/10°, seeds 21/22: RMS 0.223
+and 0.309 % of the diameter instead of 0.221 and 0.305, medians 0.139 and 0.188 instead of 0.140 and
+0.193 %); fewer (2), or a patch stride of 3 in either pass, cost 5–15 % of accuracy."""
 FLOW_FIRST_PASS_VARIATIONAL_ITERATIONS = 4
 """... and of the first pass, which the second (residual) pass corrects: 4 instead of 10 saves ~20 % of the
 stage with the same accuracy on rendered grains (RMS 0.245 vs 0.244 % of the diameter, median 0.159 %)."""

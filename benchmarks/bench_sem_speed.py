@@ -131,8 +131,8 @@ def main() -> None:
     sizes = [(v, m) for m in args.mp for v in args.views]
     sizes += [(int(s.split("x")[0]), float(s.split("x")[1])) for s in args.series]
     rows = []
-    quartz = Path(args.quartz)
-    if quartz.is_dir():
+    quartz = Path(args.quartz) if args.quartz else None  # --quartz "" skips it
+    if quartz is not None and quartz.is_dir():
         r = measure(quartz, work / "out_quartz", args.repeats, args.set)
         rows.append(("quartz (real)", 3, 1.44, r, None))
         print("quartz", r, flush=True)

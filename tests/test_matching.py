@@ -209,7 +209,7 @@ def test_tiled_residual_flow_equals_the_whole_image_flow(bump_pair):
     from topograph.matching.dense import _flow_field, _flow_field_tiled
 
     a, b = (to_uint8(x) for x in bump_pair)
-    cfg = DenseConfig(tile_px=128, tile_margin_px=32)
+    cfg = DenseConfig(tile_px=128, tile_margin_px=32, tile_workers=2)
     whole = _flow_field(a, b, cfg)
     tiled = _flow_field_tiled(a, b, cfg)
     inner = (slice(16, -16), slice(16, -16))

@@ -105,6 +105,9 @@ class DenseConfig:
     give the whole-image flow while memory holds two tiles' solvers, whatever the image size."""
     tile_margin_px: int = 32
     """Overlap around each tile, px (discarded after the solve)."""
+    tile_workers: int = 1
+    """Tiles solved at the same time (threads). DIS spreads one solve over the cores itself, so 1 keeps
+    memory at one tile's solver for little time."""
 
 
 class DenseFlow(NamedTuple):
@@ -190,9 +193,9 @@ def tile_slices(size: int, tile: int, margin: int) -> list[tuple[slice, slice]]:
 
 
 def _flow_field_tiled(src: np.ndarray, dst: np.ndarray, cfg: DenseConfig) -> np.ndarray:
-    """:func:`_flow_field` solved tile by tile (``cfg.tile_px`` with ``cfg.tile_margin_px`` overlap), two
-    tiles at a time in threads (OpenCV releases the GIL). Only for small flows (a residual pass): a tile
-    sees its own window of ``dst``, so displacements beyond the margin would be cut off."""
+    """:func:`_flow_field` solved tile by tile (``cfg.tile_px`` with ``cfg.tile_margin_px`` overlap),
+    ``cfg.tile_workers`` tiles at a time in threads (OpenCV releases the GIL). Only for small flows (a
+    residual pass): a tile sees its own window of ``dst``, so displacements beyond the margin are cut off."""
     h, w = src.shape
     if cfg.tile_px <= 0 or (round(h / cfg.tile_px) <= 1 and round(w / cfg.tile_px) <= 1):
         return _flow_field(src, dst, cfg)
@@ -205,7 +208,11 @@ def _flow_field_tiled(src: np.ndarray, dst: np.ndarray, cfg: DenseConfig) -> np.
         flow = _flow_field(np.ascontiguousarray(src[ro, co]), np.ascontiguousarray(dst[ro, co]), cfg)
         out[ro, co][ri, ci] = flow[ri, ci]
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    if cfg.tile_workers <= 1:
+        for tile in tiles:
+            solve(tile)
+        return out
+    with ThreadPoolExecutor(max_workers=int(cfg.tile_workers)) as pool:
         list(pool.map(solve, tiles))
     return out
 

@@ -109,9 +109,10 @@ class DenseConfig:
     grain spans enough pixels for the flow's error to stay small against it."""
     flow_first_pass_patch_stride: int = 2
     """DIS patch stride of the first flow pass, px (the second pass uses ``flow_patch_stride``)."""
-    flow_tile_px: int = 1024
-    """The second (residual) flow pass runs in tiles of about this side, two at a time: memory holds two
-    tiles, not a whole image (0: one piece)."""
+    flow_tile_px: int = 832
+    """The second (residual) flow pass runs in tiles of about this side, one after the other (each solve
+    uses every core): memory holds one tile's flow solver (~190 B per pixel), not a whole image's (0: one
+    piece). Sides up to 1.5 times this (1248 px: quartz's 1200² is one piece, no overlap cost) are not split."""
     min_views: int = 2
     """A fused point needs at least this many views."""
     outlier_std_ratio: float = 3.0

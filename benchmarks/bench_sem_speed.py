@@ -75,12 +75,13 @@ def accuracy(dataset: Path, out: Path) -> dict:
         point_groups={"grain": lambda p: truth.height_at(p[:, 0], p[:, 1]) > 0.02 * truth.grain_height_um},
     )
     g = res["groups"]["grain"]
-    metrics = json.loads((out / "grain_metrics.json").read_text())
+    volume = json.loads((out / "grain_metrics.json").read_text())["volume"]
+    volume = volume["value"] if isinstance(volume, dict) else volume
     return {
         "rms_pct": g["rms_distance_pct"],
         "median_pct": g["median_distance_pct"],
         "coverage_pct": 100 * res["completeness"],
-        "volume_error_pct": 100 * (metrics["volume"] / truth.true_volume_um3 - 1),
+        "volume_error_pct": 100 * (volume / truth.true_volume_um3 - 1),
         "n_points": int(summary["dense"]["n_points"]),
     }
 
@@ -140,10 +141,11 @@ def main() -> None:
         ds = render(work, views, mp, args.seed)
         out = work / f"out_{views}x{mp:g}"
         r = measure(ds, out, args.repeats, args.set)
+        print(views, mp, r, flush=True)
         acc = accuracy(ds, out)
         h, w = image_size(mp)
         rows.append((f"grain s{args.seed} {w}×{h}", views, mp, r, acc))
-        print(views, mp, r, acc, flush=True)
+        print(views, mp, acc, flush=True)
     print(f"\nrepeats: {args.repeats} (medians; peak = max); work dir {work}")
     print(
         "| series | views | MP | wall s | CPU s | peak MB | match / bundle / dense s | points | RMS % D | median % D "

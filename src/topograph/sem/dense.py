@@ -179,10 +179,19 @@ def first_pass_downscale(cfg: DenseConfig, n_pixels: int) -> int:
     return 1 if n_pixels <= FULL_RESOLUTION_FIRST_PASS_MAX_PX else 2
 
 
+SEQUENTIAL_COARSE_PASS_MIN_PX = 500_000
+"""With a downscaled first pass (large images, where the fused observations already hold several hundred
+MB), its forward and backward flows take turns from this many coarse pixels on: memory holds one DIS
+solver (~190 B per pixel) instead of two; each solve still uses every core."""
+
+
 def flow_config(cfg: DenseConfig, n_pixels: int = 0) -> FlowConfig:
     """Dense-flow settings of the SEM dense stage (see :class:`topograph.matching.dense.DenseConfig`) for
     images of ``n_pixels``."""
+    k = first_pass_downscale(cfg, n_pixels)
+    parallel = FlowConfig.parallel_max_pixels if k == 1 else SEQUENTIAL_COARSE_PASS_MIN_PX
     return FlowConfig(
+        parallel_max_pixels=parallel,
         fb_threshold_px=cfg.fb_threshold_px,
         passes=cfg.flow_passes,
         variational_refinement_alpha=cfg.flow_smoothness,
@@ -190,7 +199,7 @@ def flow_config(cfg: DenseConfig, n_pixels: int = 0) -> FlowConfig:
         variational_refinement_iterations=FLOW_VARIATIONAL_ITERATIONS,
         first_pass_variational_iterations=FLOW_FIRST_PASS_VARIATIONAL_ITERATIONS,
         refine_backward=FLOW_REFINE_BACKWARD,
-        first_pass_downscale=first_pass_downscale(cfg, n_pixels),
+        first_pass_downscale=k,
         first_pass_patch_stride=cfg.flow_first_pass_patch_stride,
         tile_px=cfg.flow_tile_px,
     )

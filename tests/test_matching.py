@@ -190,6 +190,49 @@ def test_dense_flow_recovers_disparity_field(bump_pair, method):
     assert on_bump.sum() > 1000 and np.median(err[on_bump]) < 0.2
 
 
+def test_tile_slices_cover_the_range_once_with_margins():
+    from topograph.matching.dense import tile_slices
+
+    for size, tile, margin in ((1000, 300, 32), (257, 256, 16), (100, 500, 8), (1536, 1024, 32)):
+        covered = np.zeros(size, int)
+        for outer, inner in tile_slices(size, tile, margin):
+            piece = np.arange(size)[outer][inner]
+            assert outer.stop - outer.start <= piece.size + 2 * margin
+            assert 0.66 * tile <= piece.size <= 1.5 * tile or piece.size == size
+            covered[piece] += 1
+        assert (covered == 1).all()
+
+
+def test_tiled_residual_flow_equals_the_whole_image_flow(bump_pair):
+    """A small flow solved in tiles (two at a time) matches the one-piece solve and the truth."""
+    from topograph.matching.base import to_uint8
+    from topograph.matching.dense import _flow_field, _flow_field_tiled
+
+    a, b = (to_uint8(x) for x in bump_pair)
+    cfg = DenseConfig(tile_px=128, tile_margin_px=32, tile_workers=2)
+    whole = _flow_field(a, b, cfg)
+    tiled = _flow_field_tiled(a, b, cfg)
+    inner = (slice(16, -16), slice(16, -16))
+    assert np.median(np.abs(tiled - whole)[inner]) < 0.02
+    gx, gy = grid(SIZE, SIZE)
+    xy = np.stack([gx, gy], axis=-1)
+    err = np.linalg.norm(xy + tiled - bump_truth(xy), axis=2)[inner]
+    assert np.median(err) < 0.2
+
+
+def test_coarse_first_pass_keeps_the_flow_accurate(bump_pair):
+    """First pass at half resolution + full-resolution residual pass: same accuracy on the bump."""
+    a, b = bump_pair
+    flow = dense_flow(a, b, DenseConfig(passes=2, first_pass_downscale=2, refine_backward=False, tile_px=200))
+    gx, gy = grid(SIZE, SIZE)
+    xy = np.stack([gx, gy], axis=-1)
+    err = np.linalg.norm(xy + flow.flow - bump_truth(xy), axis=2)
+    assert flow.valid.mean() > 0.85
+    assert np.median(err[flow.valid]) < 0.15
+    on_bump = flow.valid & (bump(gx, gy) > BUMP_AMP_PX / 2)
+    assert on_bump.sum() > 1000 and np.median(err[on_bump]) < 0.15
+
+
 def test_dense_forward_backward_check_rejects_garbage_region(bump_pair):
     a, b = bump_pair
     b = b.copy()

@@ -90,11 +90,14 @@ class NormalEquations:
         k = len(self.cameras)
         if k >= MAX_OBSERVATIONS:
             raise ValueError(f"at most {MAX_OBSERVATIONS} observation slots per accumulator")
-        idx = np.flatnonzero(valid)
+        valid = np.asarray(valid, dtype=bool)
         m = camera.matrix
-        sel = np.asarray(xy[idx], dtype=np.float64)
-        self.atb[idx] += (sel - camera.translation) @ m  # rows of Mᵀ(x − t)
-        self.code[idx] |= np.uint32(1 << k)
+        # Whole-array arithmetic (no gather/scatter of the valid rows): rows of Mᵀ(x − t), zero where invalid.
+        dx = np.where(valid, xy[:, 0] - camera.translation[0], 0.0)
+        dy = np.where(valid, xy[:, 1] - camera.translation[1], 0.0)
+        for c in range(3):
+            self.atb[:, c] += dx * m[0, c] + dy * m[1, c]
+        self.code[valid] |= np.uint32(1 << k)
         self.cameras.append(camera)
         self.observations.append(np.asarray(xy, dtype=np.float32) if self.keep_observations else None)
         return k
@@ -109,14 +112,21 @@ class NormalEquations:
     def solve(self, min_views: int = 2, dtype: type = np.float64) -> np.ndarray:
         """(N, 3) points; NaN where fewer than ``min_views`` observations or a singular pattern."""
         out = np.full((self.n, 3), np.nan, dtype=dtype)
-        codes, inverse = np.unique(self.code, return_inverse=True)
-        for j, code in enumerate(codes):
-            if bin(int(code)).count("1") < min_views:
+        code = self.code
+        if len(self.cameras) <= 16:  # noqa: PLR2004 - 16-bit codes sort in linear time (radix sort)
+            code = code.astype(np.uint16)
+        order = np.argsort(code, kind="stable")
+        ordered = code[order]
+        starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+        ends = np.r_[starts[1:], ordered.size]
+        for lo, hi in zip(starts, ends, strict=True):
+            pattern = int(ordered[lo])
+            if pattern.bit_count() < min_views:
                 continue
-            a = self._pattern_matrix(int(code))
+            a = self._pattern_matrix(pattern)
             if abs(np.linalg.det(a)) <= 1e-12 * np.abs(a).max() ** 3:
                 continue
-            sel = np.flatnonzero(inverse == j)
+            sel = order[lo:hi]
             out[sel] = self.atb[sel] @ np.linalg.inv(a).T
         return out
 
@@ -134,11 +144,13 @@ class NormalEquations:
             if k in keep_slots:
                 continue
             bit = np.uint32(1 << k)
-            sel = np.flatnonzero(((self.code & bit) != 0) & finite)
-            err = reprojection_error_px(cam, points[sel], xy[sel])
-            bad = sel[err > threshold_px]
+            m, t = cam.matrix, cam.translation
+            # whole-array reprojection (NaN points compare False, so they are never rejected)
+            ex = points[:, 0] * m[0, 0] + points[:, 1] * m[0, 1] + points[:, 2] * m[0, 2] + (t[0] - xy[:, 0])
+            ey = points[:, 0] * m[1, 0] + points[:, 1] * m[1, 1] + points[:, 2] * m[1, 2] + (t[1] - xy[:, 1])
+            bad = np.flatnonzero((ex * ex + ey * ey > threshold_px * threshold_px) & ((self.code & bit) != 0) & finite)
             if bad.size:
-                self.atb[bad] -= (xy[bad].astype(np.float64) - cam.translation) @ cam.matrix
+                self.atb[bad] -= (xy[bad].astype(np.float64) - t) @ m
                 self.code[bad] &= ~bit
                 removed += int(bad.size)
         return removed

@@ -92,6 +92,22 @@ class DenseConfig:
     refine_backward: bool = True
     """Check every further pass forward–backward too (one more flow per pass); False keeps the first
     pass's check and validity."""
+    first_pass_patch_stride: int | None = None
+    """DIS patch stride of the first pass when ``passes`` ≥ 2 (None: ``patch_stride``); the later passes
+    correct the first, so a sparser first pass costs little accuracy."""
+    first_pass_downscale: int = 1
+    """With ``passes`` ≥ 2: solve the first pass (forward, backward and their check) on both images
+    downscaled by this whole factor (area averaging) and upsample its flow; the later passes at full
+    resolution correct it. 2 costs a quarter of the first pass's time and memory."""
+    tile_px: int = 0
+    """Solve the residual flow of the later passes in square tiles of about this side, px, two at a time
+    (0: the whole image in one piece). The residual is small, so tiles with a ``tile_margin_px`` margin
+    give the whole-image flow while memory holds two tiles' solvers, whatever the image size."""
+    tile_margin_px: int = 32
+    """Overlap around each tile, px (discarded after the solve)."""
+    tile_workers: int = 1
+    """Tiles solved at the same time (threads). DIS spreads one solve over the cores itself, so 1 keeps
+    memory at one tile's solver for little time."""
 
 
 class DenseFlow(NamedTuple):
@@ -161,6 +177,44 @@ def _flow_field(src: np.ndarray, dst: np.ndarray, cfg: DenseConfig) -> np.ndarra
     dis.setUseMeanNormalization(True)
     dis.setUseSpatialPropagation(True)
     return dis.calc(src, dst, None)
+
+
+def tile_slices(size: int, tile: int, margin: int) -> list[tuple[slice, slice]]:
+    """Split ``range(size)`` into ``round(size / tile)`` (≥ 1) near-equal pieces: ``(outer, inner)`` slice
+    pairs where ``outer`` extends the piece by ``margin`` on both sides (clipped) and ``inner`` is the piece
+    relative to ``outer``."""
+    n = max(1, round(size / max(int(tile), 1)))
+    edges = np.linspace(0, size, n + 1).round().astype(int)
+    out = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        o_lo, o_hi = max(0, lo - margin), min(size, hi + margin)
+        out.append((slice(o_lo, o_hi), slice(lo - o_lo, hi - o_lo)))
+    return out
+
+
+def _flow_field_tiled(src: np.ndarray, dst: np.ndarray, cfg: DenseConfig) -> np.ndarray:
+    """:func:`_flow_field` solved tile by tile (``cfg.tile_px`` with ``cfg.tile_margin_px`` overlap),
+    ``cfg.tile_workers`` tiles at a time in threads (OpenCV releases the GIL). Only for small flows (a
+    residual pass): a tile sees its own window of ``dst``, so displacements beyond the margin are cut off."""
+    h, w = src.shape
+    if cfg.tile_px <= 0 or (round(h / cfg.tile_px) <= 1 and round(w / cfg.tile_px) <= 1):
+        return _flow_field(src, dst, cfg)
+    out = np.empty((h, w, 2), np.float32)
+    margin = int(cfg.tile_margin_px)
+    tiles = [(r, c) for r in tile_slices(h, cfg.tile_px, margin) for c in tile_slices(w, cfg.tile_px, margin)]
+
+    def solve(tile: tuple[tuple[slice, slice], tuple[slice, slice]]) -> None:
+        (ro, ri), (co, ci) = tile
+        flow = _flow_field(np.ascontiguousarray(src[ro, co]), np.ascontiguousarray(dst[ro, co]), cfg)
+        out[ro, co][ri, ci] = flow[ri, ci]
+
+    if cfg.tile_workers <= 1:
+        for tile in tiles:
+            solve(tile)
+        return out
+    with ThreadPoolExecutor(max_workers=int(cfg.tile_workers)) as pool:
+        list(pool.map(solve, tiles))
+    return out
 
 
 def _flow_pair(a: np.ndarray, b: np.ndarray, cfg: DenseConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -259,9 +313,15 @@ def dense_flow(
     first = cfg
     if cfg.passes >= 2 and cfg.first_pass_variational_iterations is not None:
         first = replace(first, variational_refinement_iterations=cfg.first_pass_variational_iterations)
-    forward, backward = _flow_pair(u8_i, warped_j, first)
-    fb_error = forward_backward_error(forward, backward)
-    del backward
+    if cfg.passes >= 2 and cfg.first_pass_patch_stride is not None:
+        first = replace(first, patch_stride=cfg.first_pass_patch_stride)
+    k = int(cfg.first_pass_downscale) if cfg.passes >= 2 else 1
+    if k > 1:
+        forward, fb_error = _coarse_flow(u8_i, warped_j, first, k)
+    else:
+        forward, backward = _flow_pair(u8_i, warped_j, first)
+        fb_error = forward_backward_error(forward, backward)
+        del backward
     # x_j = A [x + r, 1]ᵀ, flow = x_j − x; float32 (1e-4 px at 2000 px) and one (H, W, 2) array at a time
     gx = np.arange(w, dtype=np.float32)[None, :]
     gy = np.arange(h, dtype=np.float32)[:, None]
@@ -284,6 +344,26 @@ def dense_flow(
     return result
 
 
+def _coarse_flow(a: np.ndarray, b: np.ndarray, cfg: DenseConfig, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Forward flow a → b and its forward–backward error, both solved on the images downscaled by ``k``
+    (area averaging) and brought back to full resolution: the flow bilinearly (``u = k u_k`` at
+    ``x = k (x_k + ½) − ½``, which is how ``cv2.resize`` samples), the error per coarse pixel, in full-
+    resolution px."""
+    h, w = a.shape
+    size = (max(1, round(w / k)), max(1, round(h / k)))
+    small_a = cv2.resize(a, size, interpolation=cv2.INTER_AREA)
+    small_b = cv2.resize(b, size, interpolation=cv2.INTER_AREA)
+    forward, backward = _flow_pair(small_a, small_b, cfg)
+    err = forward_backward_error(forward, backward)
+    del backward
+    sx, sy = w / size[0], h / size[1]
+    flow = cv2.resize(forward, (w, h), interpolation=cv2.INTER_LINEAR)
+    flow[..., 0] *= np.float32(sx)
+    flow[..., 1] *= np.float32(sy)
+    err = cv2.resize(err * np.float32(max(sx, sy)), (w, h), interpolation=cv2.INTER_NEAREST)
+    return flow, err
+
+
 def refine_flow(
     image_i: np.ndarray, image_j: np.ndarray, current: DenseFlow, cfg: DenseConfig, limits: tuple[float, float] | None
 ) -> DenseFlow:
@@ -303,7 +383,7 @@ def refine_flow(
     u8_i = to_uint8(image_i, clahe=cfg.clahe, limits=limits)
     u8_w = to_uint8(np.clip(warped, 0.0, 1.0), clahe=cfg.clahe, limits=limits)
     if not cfg.refine_backward:
-        r = _flow_field(u8_i, u8_w, cfg)
+        r = _flow_field_tiled(u8_i, u8_w, cfg)
         u_at = cv2.remap(u, gx + r[..., 0], gy + r[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         return DenseFlow((r + u_at).astype(np.float32), current.valid, current.fb_error)
     r, rb = _flow_pair(u8_i, u8_w, cfg)

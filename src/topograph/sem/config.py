@@ -30,6 +30,13 @@ class MatchingConfig:
     """Inlier threshold of RANSAC on the affine epipolar constraint, pixels."""
     min_inliers: int = 20
     """Fewest inlier matches for a pair to be used."""
+    pair_window: int = 2
+    """Match each view with its next ``pair_window`` views in tilt order (file order without tilt metadata)
+    and the first with the last (the widest baseline): 2n − 2 pairs instead of all n(n − 1)/2, so the cost
+    per added view is constant; 0 matches every pair."""
+    detect_max_side: int = 800
+    """SIFT detection runs on a copy whose longer side is at most this, px (0: full resolution); the track
+    positions are then refined at full resolution, and RANSAC's threshold grows with the downscale."""
     refine_tracks: bool = True
     """Refine track positions to sub-pixel accuracy by Lucas–Kanade patch alignment."""
     track_refinement: Literal["lk", "affine"] = "lk"
@@ -102,6 +109,18 @@ class DenseConfig:
     0.157 → 0.139 % and 0.226 → 0.197 % of the diameter) for ~2.3 s more flow on quartz (docs/benchmarks.md)."""
     flow_patch_stride: int = 2
     """Spacing of the flow's DIS patches, px (2: each pixel's flow averages more overlapping patches)."""
+    flow_first_pass_downscale: int = 0
+    """The first flow pass (forward, backward, consistency check) runs on images downscaled by this whole
+    factor and the second pass corrects it at full resolution. 1: full resolution (the most accurate: on
+    600-px rendered grains a factor 2 raises the RMS error from 0.22 to 0.29 % of the diameter); 2: a
+    quarter of the first pass's time and memory; 0 (automatic): 1 up to 2 megapixels, 2 above, where the
+    grain spans enough pixels for the flow's error to stay small against it."""
+    flow_first_pass_patch_stride: int = 2
+    """DIS patch stride of the first flow pass, px (the second pass uses ``flow_patch_stride``)."""
+    flow_tile_px: int = 832
+    """The second (residual) flow pass runs in tiles of about this side, one after the other (each solve
+    uses every core): memory holds one tile's flow solver (~190 B per pixel), not a whole image's (0: one
+    piece). Sides up to 1.5 times this (1248 px: quartz's 1200² is one piece, no overlap cost) are not split."""
     min_views: int = 2
     """A fused point needs at least this many views."""
     outlier_std_ratio: float = 3.0

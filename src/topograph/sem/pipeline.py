@@ -210,7 +210,7 @@ def _run_sem(
         matches = match_series(images, cfg.matching)
         tracks = series_tracks(images, matches)
         if cfg.matching.refine_tracks:
-            tracks = refine_tracks(images, tracks, cfg.matching.track_refinement)
+            tracks = refine_tracks(images, tracks, cfg.matching.track_refinement, max(1.0, matches.detection_downscale))
         timings["match"] = time.perf_counter() - t0
 
         stage("cameras")

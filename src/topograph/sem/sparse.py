@@ -52,13 +52,43 @@ class SparseMatches:
     """(F, F) inlier match counts."""
     tilt_axis_deg: float | None
     """Tilt-axis direction in the image estimated from the epipolar geometry (median over pairs)."""
+    detection_downscale: float = 1.0
+    """Full-resolution pixels per pixel of the image the keypoints were detected on (≥ 1): keypoint
+    positions are that much coarser until the tracks are refined."""
+
+
+def series_pairs(images: ImageSet, window: int) -> list[tuple[int, int]]:
+    """View pairs to match: each view with its next ``window`` views in tilt order (file order when a tilt
+    is unknown) plus the first with the last in that order (the widest baseline); every pair when
+    ``window`` ≤ 0 or covers the series. ``(i, j)`` with ``i < j``, sorted."""
+    n = len(images)
+    if window <= 0 or window >= n - 1:
+        return list(itertools.combinations(range(n), 2))
+    tilts = images.tilts_deg
+    order = np.argsort(tilts, kind="stable") if all(t is not None for t in tilts) else np.arange(n)
+    chosen = {(int(order[0]), int(order[-1]))}
+    for k in range(n):
+        for d in range(1, window + 1):
+            if k + d < n:
+                chosen.add((int(order[k]), int(order[k + d])))
+    return sorted((min(a, b), max(a, b)) for a, b in chosen)
+
+
+def detection_downscale(images: ImageSet, max_side: int) -> float:
+    """Full-resolution px per detection px when detecting on copies with the longer side ≤ ``max_side``."""
+    side = max(max(im.shape) for im in images.images)
+    return max(1.0, side / max_side) if max_side > 0 else 1.0
 
 
 def match_series(images: ImageSet, cfg: MatchingConfig) -> SparseMatches:
-    """Match every view pair, reject outliers by RANSAC on the affine epipolar constraint."""
+    """Match the view pairs of :func:`series_pairs`, reject outliers by RANSAC on the affine epipolar
+    constraint."""
     options: dict[str, object] = {}
+    scale = 1.0
     if cfg.matcher == "sift":
         options["ratio"] = cfg.ratio
+        options["max_image_side"] = cfg.detect_max_side
+        scale = detection_downscale(images, cfg.detect_max_side)
     if cfg.matcher == "roma":
         options["weights"] = cfg.roma_weights
         options["dinov2_weights"] = cfg.roma_dinov2_weights
@@ -69,12 +99,14 @@ def match_series(images: ImageSet, cfg: MatchingConfig) -> SparseMatches:
     features = None
     if hasattr(matcher, "detect") and hasattr(matcher, "match_features"):
         features = [matcher.detect(im.pixels) for im in steps(images.images, "features")]
-    for i, j in steps(list(itertools.combinations(range(n), 2)), "matching image pairs"):
+    # Keypoints from a downscaled copy are as precise as its pixels: the epipolar threshold follows.
+    threshold_px = cfg.ransac_threshold_px * scale
+    for i, j in steps(series_pairs(images, cfg.pair_window), "matching image pairs"):
         if features is not None:
             raw = matcher.match_features(features[i], features[j], i, j)
         else:
             raw = matcher.match(images[i].pixels, images[j].pixels, i, j)
-        fit = ransac_affine_fundamental(raw.xy_i, raw.xy_j, threshold_px=cfg.ransac_threshold_px, seed=cfg.seed)
+        fit = ransac_affine_fundamental(raw.xy_i, raw.xy_j, threshold_px=threshold_px, seed=cfg.seed)
         if not fit or int(np.sum(fit.inliers)) < cfg.min_inliers:
             n_in = int(np.sum(fit.inliers)) if fit else 0
             log.warning(
@@ -98,7 +130,7 @@ def match_series(images: ImageSet, cfg: MatchingConfig) -> SparseMatches:
             fit.rms_px,
         )
     counts = match_count_matrix([p.inliers for p in pairs], n)
-    return SparseMatches(tuple(pairs), counts, _circular_median_axis(axes) if axes else None)
+    return SparseMatches(tuple(pairs), counts, _circular_median_axis(axes) if axes else None, scale)
 
 
 def _circular_median_axis(axes_deg: list[float]) -> float:
@@ -123,13 +155,13 @@ def series_tracks(images: ImageSet, matches: SparseMatches, min_tracks: int = 8)
     return tracks
 
 
-def refine_tracks(images: ImageSet, tracks: Tracks, method: str = "lk") -> Tracks:
+def refine_tracks(images: ImageSet, tracks: Tracks, method: str = "lk", max_shift_px: float = 1.0) -> Tracks:
     """Sub-pixel refinement of the track positions: ``lk`` (:func:`refine_tracks_lk`, translation-only
     pyramidal Lucas–Kanade, fast) or ``affine`` (:func:`topograph.matching.patch_align.refine_tracks_affine`,
     affine warp + gain/bias on float images, several window sizes: about 2.5× more precise positions on
     rendered grains, about 5× slower)."""
     if method == "lk":
-        return refine_tracks_lk(images, tracks)
+        return refine_tracks_lk(images, tracks, max_shift_px=max_shift_px)
     if method == "affine":
         from topograph.matching.patch_align import refine_tracks_affine
 

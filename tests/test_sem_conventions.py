@@ -152,6 +152,7 @@ def test_convention_matrix_more_views(case: Case, tmp_path: Path) -> None:
     check_case(case, tmp_path)
 
 
+@pytest.mark.slow
 def test_contradicting_metadata_warns_and_keeps_the_accuracy(tmp_path: Path) -> None:
     """Dense run with metadata in the opposite convention at an oblique axis: warned, and the cloud is as
     accurate as with the documented metadata (right way up, not mirrored)."""

@@ -142,9 +142,8 @@ def test_convention_matrix_sparse(name: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "case",
     [
-        Case(
-            135.0, (-9.0, -6.0, -3.0, 0.0, 3.0, 6.0, 9.0), "opposite", 90.0, True, "two_grains", 360, ("tilt_axis_deg",)
-        ),
+        # −135° read counter-clockwise is the line of 135° + 90° (the rotation): only the sense contradicts
+        Case(135.0, (-9.0, -6.0, -3.0, 0.0, 3.0, 6.0, 9.0), "opposite", 90.0, True, "two_grains", 360, ("tilt sense",)),
         Case(0.0, (0.0, 5.0, 10.0), "none", specimen="l_block"),
     ],
     ids=["7 views, two grains, rotated 90, opposite", "L-block no metadata"],

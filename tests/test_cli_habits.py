@@ -3,6 +3,7 @@ messages phrased for Python callers."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -34,15 +35,20 @@ _NO_TORCH = textwrap.dedent(
 )
 
 
-def _cli(args: list[str], cwd: Path, no_torch: bool = False) -> subprocess.CompletedProcess[str]:
+def _cli(
+    args: list[str], cwd: Path, no_torch: bool = False, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-c", _NO_TORCH, *args] if no_torch else [sys.executable, "-m", "topograph", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
 
 
 def test_version_and_completion(tmp_path: Path) -> None:
     proc = _cli(["--version"], tmp_path)
     assert proc.returncode == 0 and proc.stdout.strip() == f"topograph {__version__}"
-    completion = _cli(["--show-completion", "bash"], tmp_path)
+    # typer detects the user's shell from the parent processes; without a terminal (CI, nohup) that fails, so
+    # name the shell explicitly the way typer's own tests do
+    env = {**os.environ, "_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+    completion = _cli(["--show-completion", "bash"], tmp_path, env=env)
     assert completion.returncode == 0 and "complete" in completion.stdout and "topograph" in completion.stdout
 
 

@@ -101,7 +101,7 @@ def test_unregistrable_sequence_exits_non_zero(tmp_path):
     _write_jpegs(tmp_path / "noise", rng.integers(0, 256, (5, 120, 160, 3), dtype=np.uint8))
     out = tmp_path / "out"
     res = _run_cli(["-q", "meso", str(tmp_path / "noise"), "-o", str(out), "--no-progress"], tmp_path)
-    assert res.returncode == 4  # a quality failure (topograph.errors.EXIT_QUALITY)
+    assert res.returncode in (3, 4)  # nothing links the photos (input error) or a gate fails (quality)
     assert "error:" in res.stderr and "Traceback" not in res.stderr
     assert "overlap" in res.stderr
     assert not (out / "summary.json").exists()

@@ -57,8 +57,10 @@ def main() -> None:
     parts.append(arrow(px, py, px + 120, py, "#222222", 1.5))
     parts.append(text(px + 110, py + 18, "x", 14))
     ux, uy = 120 * math.cos(a), -120 * math.sin(a)  # screen y is down
-    parts.append(f'<line x1="{px - ux:.1f}" y1="{py - uy:.1f}" x2="{px:.1f}" y2="{py:.1f}" stroke="#7d3c98" '
-                 'stroke-width="2" stroke-dasharray="5,4"/>')
+    parts.append(
+        f'<line x1="{px - ux:.1f}" y1="{py - uy:.1f}" x2="{px:.1f}" y2="{py:.1f}" stroke="#7d3c98" '
+        'stroke-width="2" stroke-dasharray="5,4"/>'
+    )
     parts.append(arrow(px, py, px + ux, py + uy, "#7d3c98"))
     parts.append(text(px + ux + 4, py + uy - 4, "u (tilt axis)", 14, "#7d3c98"))
     parts.append(
@@ -79,8 +81,10 @@ def main() -> None:
     th = math.radians(20.0)
     # rotation about +X seen with X toward the viewer: Y to the right, Z up; right-handed turns Y toward Z
     ex, ey = 70 * math.cos(th), -70 * math.sin(th)
-    parts.append(f'<line x1="{sx - ex:.1f}" y1="{sy - ey:.1f}" x2="{sx + ex:.1f}" y2="{sy + ey:.1f}" '
-                 'stroke="#1e8449" stroke-width="3"/>')
+    parts.append(
+        f'<line x1="{sx - ex:.1f}" y1="{sy - ey:.1f}" x2="{sx + ex:.1f}" y2="{sy + ey:.1f}" '
+        'stroke="#1e8449" stroke-width="3"/>'
+    )
     parts.append(text(sx + 72, sy + 4, "Y", 13, "#2471a3"))
     parts.append(arrow(sx, sy, sx, sy - 80, "#1e8449", 1.5))
     parts.append(text(sx + 4, sy - 84, "Z (detector above)", 13, "#1e8449"))

@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import click
 import typer
 from rich.logging import RichHandler
 from rich.markup import escape
@@ -177,10 +176,30 @@ def _keep_log(out: Path, run_log: RunLog) -> None:
         err_console.print(f"[yellow]warning:[/] could not write {out / LOG_NAME}: {exc}")
 
 
-# typer >= 0.20 vendors click as ``typer._click``; older versions use click itself: catch both.
-_EXIT = (typer.Exit, click.exceptions.Exit)
-_ABORT = (typer.Abort, click.exceptions.Abort)
-_CLICK_ERRORS = (typer.TyperException, click.ClickException)
+def _click_exceptions() -> tuple[tuple[type[BaseException], ...], ...]:
+    """(exit, abort, usage-error) exception types of the click that typer runs on, without needing the separate
+    ``click`` package (typer >= 0.20 vendors its own; older typer depends on click)."""
+    exits: list[type[BaseException]] = [typer.Exit]
+    aborts: list[type[BaseException]] = [typer.Abort]
+    errors: list[type[BaseException]] = [typer.TyperException] if hasattr(typer, "TyperException") else []
+    try:
+        import click
+    except ImportError:
+        click = None
+    if click is not None:
+        exits.append(click.exceptions.Exit)
+        aborts.append(click.exceptions.Abort)
+        errors.append(click.ClickException)
+    try:
+        from typer import _click
+    except ImportError:
+        _click = None
+    if _click is not None:
+        errors.append(_click.ClickException)
+    return tuple(exits), tuple(aborts), tuple(errors)
+
+
+_EXIT, _ABORT, _CLICK_ERRORS = _click_exceptions()
 
 
 def run(args: list[str] | None = None) -> int:

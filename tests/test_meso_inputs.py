@@ -157,3 +157,20 @@ def test_autofocus_drift_is_reported():
     checks = check_inputs(imgs, CheckConfig())
     assert any("focus distance varies" in w for w in checks.warnings)
     assert not any("focal length varies" in w for w in checks.warnings)
+
+
+def test_run_meso_takes_one_folder_as_its_images(tmp_path) -> None:
+    """`run_meso("photos/", out)`: the folder is expanded to its images (not read as a sequence of characters),
+    so a folder with one photo stops on the image count before any compute or output."""
+    import cv2
+    import numpy as np
+
+    from topograph.errors import TopographError
+    from topograph.meso.pipeline import run_meso
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "a.jpg"), np.zeros((16, 16, 3), np.uint8))
+    with pytest.raises(TopographError, match="at least 2 overlapping images, got 1"):
+        run_meso(str(photos), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

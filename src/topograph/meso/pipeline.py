@@ -10,6 +10,7 @@ from topograph.io.staging import output_transaction
 from topograph.meso.config import MesoConfig
 from topograph.meso.data import load_images
 from topograph.meso.outputs import write_inputs, write_outputs
+from topograph.meso.paths import expand_images
 from topograph.meso.progress import ProgressSink
 from topograph.meso.reconstruct import MesoReconstruction, reconstruct
 
@@ -17,7 +18,7 @@ log = logging.getLogger("topograph")
 
 
 def run_meso(
-    paths: Sequence[str | Path],
+    paths: str | Path | Sequence[str | Path],
     out_dir: str | Path,
     cfg: MesoConfig | None = None,
     progress: ProgressSink | None = None,
@@ -27,7 +28,7 @@ def run_meso(
     """Reconstruct a phone sequence and write the orthomosaic, height map, mesh, cameras and figures.
 
     Args:
-        paths: the images, in acquisition order.
+        paths: the images, in acquisition order, or one folder (its images sorted by name).
         out_dir: output folder (created).
         cfg: configuration (defaults when None).
         progress: optional progress sink (e.g. :class:`topograph.meso.progress.RichProgress`).
@@ -43,6 +44,8 @@ def run_meso(
     Raises:
         TopographError: unreadable or inconsistent input, missing focal length, no overlap.
     """
+    if isinstance(paths, (str, Path)):
+        paths = expand_images([Path(paths)])  # one folder (or file), not a sequence of its characters
     out = Path(out_dir)
     # The folder is checked and locked before any compute; the checkpoint lives in OUT itself (so an
     # interrupted run can resume), every other file is staged and OUT replaced as a whole at the end.

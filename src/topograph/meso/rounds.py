@@ -63,7 +63,7 @@ def clip_measured_heights(measured: FlowHeights, model: MesoModel, max_height_fr
     """Flow heights limited to half the divergence bound of the rounds (``max_height_fraction`` of the mean
     camera height): a few wild matches (measured on real aerial photos: 45 % of the flight height) would
     otherwise start the height round beyond the bound, and every rollback returns to the same start."""
-    limit = 0.5 * max_height_fraction * float(model.camera_heights().mean())
+    limit = 0.5 * max_height_fraction * float(model.camera_heights().detach().mean())
     wild = np.abs(measured.heights) > limit
     if wild.any():
         log.warning("flow heights: %.2f %% of pixels beyond +-%.3g units clipped", 100.0 * wild.mean(), limit)

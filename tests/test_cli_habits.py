@@ -139,12 +139,21 @@ def test_messages_name_python_arguments_in_python_api_calls(tmp_path: Path) -> N
     assert "overrides.tilts_deg has 2 tilts" in str(err.value) and "command-line" not in str(err.value)
 
 
-@pytest.mark.parametrize("path", ["/tmp/run/.out.staging-ab12_x/figures/a.png", ".out.staging-zz9/a.png"])
-def test_log_lines_name_final_paths(path: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "final"),
+    [
+        ("/tmp/run/.out.staging-ab12_x/figures/a.png", "/tmp/run/out/figures/a.png"),
+        (".out.staging-zz9/a.png", "out/a.png"),
+        # the layout of io.staging: OUT's name inside the hidden holder (it read out/out/... before)
+        ("/tmp/run/.out.staging-ab12_x/out/figures/a.png", "/tmp/run/out/figures/a.png"),
+        ("run/.out.staging-q1/out", "run/out"),
+        ("/tmp/.out.staging-q1/outer/a.png", "/tmp/out/outer/a.png"),  # a subfolder that only starts with OUT
+    ],
+)
+def test_log_lines_name_final_paths(path: str, final: str) -> None:
     from topograph.logs import final_path_text
 
-    assert ".staging-" not in final_path_text(f"wrote {path}")
-    assert final_path_text(f"wrote {path}").endswith("out/figures/a.png" if "figures" in path else "out/a.png")
+    assert final_path_text(f"wrote {path}") == f"wrote {final}"
 
 
 def test_torch_is_only_in_the_meso_extra() -> None:

@@ -12,11 +12,14 @@ import re
 
 LOGGER_NAME = "topograph"
 
-_STAGING = re.compile(r"(?P<parent>[^\s'\"]*[/\\])?\.(?P<name>[^/\\\s'\"]+)\.staging-[A-Za-z0-9_]+")
+# ``…/.OUT.staging-abc123/OUT`` (the staged folder carries OUT's name inside a hidden holder) or the holder alone
+_STAGING = re.compile(
+    r"(?P<parent>[^\s'\"]*[/\\])?\.(?P<name>[^/\\\s'\"]+)\.staging-[A-Za-z0-9_]+(?:[/\\](?P=name)(?=[/\\\s'\"]|$))?"
+)
 
 
 def final_path_text(text: str) -> str:
-    """``text`` with every staging-folder path ``…/.OUT.staging-abc123`` replaced by ``…/OUT``."""
+    """``text`` with every staging-folder path ``…/.OUT.staging-abc123[/OUT]`` replaced by ``…/OUT``."""
     return _STAGING.sub(lambda m: (m.group("parent") or "") + m.group("name"), text)
 
 

@@ -138,6 +138,9 @@ def test_meso_outputs_share_the_mosaic_frame_and_open_right(tmp_path: Path) -> N
     cfg.distortion.model = "none"
     cfg.threads = 1
     cfg.scale.magnification = 0.1  # any known scale: the files must then be in µm
+    # 30 iterations on six 160x120 photos: the file layer is under test, not the registration (whose gate
+    # would stop this short run: NCC 0.23-0.33 on two photos in CI)
+    cfg.checks.gates = "off"
     out = tmp_path / "run"
     rec, files = run_meso(sorted((folder / "images").glob("*.jpg")), out, cfg)
     summary = json.loads((out / "summary.json").read_text())

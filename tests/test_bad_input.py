@@ -296,6 +296,7 @@ CASES: dict[str, Case] = {
         lambda t, m: (_series(t, 3, ".jpg") / "view_09.jpg").symlink_to(t / "gone.jpg") or _meso(t),
         "link to a missing file",
     ),
+    "meso missing folder": Case(lambda t, m: ["meso", str(t / "nope"), "-o", str(t / "out")], "does not exist"),
     "meso malicious checkpoint": Case(_malicious_checkpoint, "cannot be read safely"),
     "meso unreadable image": Case(
         _meso_unreadable, "permission denied", forbid=("microscope", "re-export", "while writing")

@@ -19,6 +19,8 @@ def expand_images(items: list[Path]) -> list[Path]:
 
     out: list[Path] = []
     for item in items:
+        if not item.exists() and not item.is_symlink():
+            raise TopographError(f"input path does not exist: {item}", "check the spelling and the current directory")
         if item.is_symlink() and not item.exists():
             raise TopographError(
                 f"{item} is a link to a missing file", "restore the file it points to, or leave it out"

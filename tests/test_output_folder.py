@@ -70,11 +70,27 @@ def _wait_for_staging(out: Path, proc: subprocess.Popen, timeout_s: float = 120.
         time.sleep(0.05)
 
 
+def _signals_as_in_a_terminal() -> None:
+    """Default SIGINT/SIGTERM in the child, as in a terminal's foreground job.
+
+    A non-interactive shell starts background jobs (`cmd &`, as CI does) with SIGINT ignored, the child
+    inherits that and Python then (rightly) never raises KeyboardInterrupt; the test is about a user's Ctrl-C.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_signal_during_a_run_leaves_the_old_folder_intact(tmp_path: Path, series: Path, sig: int) -> None:
     out = tmp_path / "out"
     old = _old_run(out)
-    proc = subprocess.Popen(_cli("sem", str(series), "-o", str(out)), env=_env(), stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        _cli("sem", str(series), "-o", str(out)),
+        env=_env(),
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_signals_as_in_a_terminal,
+    )
     _wait_for_staging(out, proc)
     time.sleep(1.0)  # inside the compute
     proc.send_signal(sig)

@@ -48,3 +48,17 @@ def test_real_quartz_series_is_not_flagged(quartz_dir: Path) -> None:
     rel = relative_sharpness([im.pixels for im in images.images])
     assert 0.5 < rel[0] < 0.8 and np.all(rel[1:] > 0.9), rel
     assert not any("less sharp" in w for w in series_warnings(images))
+
+
+def test_sharpness_of_an_image_is_measured_once(monkeypatch):
+    import topograph.io.image_quality as iq
+    from topograph.types import SemImage
+
+    rng = np.random.default_rng(3)
+    images = [SemImage(f"{k}.tif", rng.random((40, 40)).astype(np.float32)) for k in range(3)]
+    first = iq.relative_sharpness(images)
+    calls = []
+    monkeypatch.setattr(iq, "sharpness", lambda px, *a: calls.append(px) or 1.0)
+    np.testing.assert_array_equal(iq.relative_sharpness(images), first)  # cached: the stub is never called
+    assert not calls
+    assert iq.relative_sharpness([images[0].pixels.copy()])[0] == 1.0 and len(calls) == 1  # plain arrays: measured

@@ -15,7 +15,6 @@ Conventions (SEM engine)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +68,6 @@ class SemImage:
     @property
     def shape(self) -> tuple[int, int]:
         return (int(self.pixels.shape[0]), int(self.pixels.shape[1]))
-
-    @cached_property
-    def sharpness(self) -> float:
-        """Focus measure of the pixels (:func:`topograph.io.image_quality.sharpness`), computed once."""
-        from topograph.io.image_quality import sharpness
-
-        return sharpness(self.pixels)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 
 import cv2
@@ -29,12 +30,31 @@ def sharpness(pixels: np.ndarray, smoothing_px: float = SHARPNESS_SMOOTHING_PX) 
     return float(cv2.Laplacian(img, cv2.CV_32F, ksize=3).var()) / contrast
 
 
+_CACHE: dict[int, tuple[weakref.ref, float]] = {}
+"""id(pixels) -> (weak reference to the array, its :func:`sharpness`): a series is checked and described
+from the same arrays, and the measure costs two filters of every full-size image."""
+
+
+def cached_sharpness(pixels: np.ndarray) -> float:
+    """:func:`sharpness` of an array, computed once per array object (while it lives)."""
+    hit = _CACHE.get(id(pixels))
+    if hit is not None and hit[0]() is pixels:
+        return hit[1]
+    value = sharpness(pixels)
+    key = id(pixels)
+    _CACHE[key] = (weakref.ref(pixels, lambda _ref, key=key: _CACHE.pop(key, None)), value)
+    return value
+
+
 def relative_sharpness(images: Sequence[np.ndarray] | Sequence[SemImage]) -> np.ndarray:
     """:func:`sharpness` of every image divided by the series median (1 = typical of the series).
 
-    ``images``: pixel arrays, or :class:`~topograph.types.SemImage` (their cached ``sharpness`` is used).
+    ``images``: pixel arrays, or :class:`~topograph.types.SemImage` (whose pixels are measured once,
+    :func:`cached_sharpness`).
     """
-    s = np.array([im.sharpness if isinstance(im, SemImage) else sharpness(im) for im in images], dtype=float)
+    s = np.array(
+        [cached_sharpness(im.pixels) if isinstance(im, SemImage) else sharpness(im) for im in images], dtype=float
+    )
     med = float(np.median(s)) if len(s) else 0.0
     return s / med if med > 0 else np.ones_like(s)
 

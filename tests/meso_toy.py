@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from topograph.meso.engine import pixel_coordinates
 from topograph.meso.functional.splat import sample_bilinear
 from topograph.meso.models.camera import MesoModel
 from topograph.meso.models.distortion import NoDistortion
 from topograph.meso.models.heights import HeightMaps
+from topograph.meso.mosaic import pixel_coordinates
 from topograph.meso.types import ExifInfo, MesoImages
 
 

@@ -393,7 +393,7 @@ def test_malicious_checkpoint_payload_is_live_but_never_runs(tmp_path: Path) -> 
     import torch
 
     from topograph.errors import TopographError
-    from topograph.meso.checkpoint import load_checkpoint
+    from topograph.meso.optimise.checkpoint import load_checkpoint
 
     marker = tmp_path / "pwned"
 

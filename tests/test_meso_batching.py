@@ -7,17 +7,17 @@ import pytest
 import torch
 from meso_toy import make_model, one_thread, toy_scene
 
-from topograph.meso.batching import (
+from topograph.meso.config import LearningRates, LevelConfig, LossConfig
+from topograph.meso.functional.splat import normalise_splat, splat_bilinear
+from topograph.meso.optimise.batching import (
     RunningReconstruction,
-    batch_loss,
     batch_values,
     fill_reconstruction,
     footprint_grid,
     make_batched_level,
 )
-from topograph.meso.config import LearningRates, LevelConfig, LossConfig
-from topograph.meso.functional.splat import normalise_splat, splat_bilinear
-from topograph.meso.solver import BatchingConfig, RobustConfig, batch_at, effective_batch_size, solve_round
+from topograph.meso.optimise.loss import batch_loss
+from topograph.meso.optimise.solver import BatchingConfig, RobustConfig, batch_at, effective_batch_size, solve_round
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 _ = one_thread

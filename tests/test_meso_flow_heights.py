@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from topograph.meso.config import FlowHeightConfig, MesoConfig
-from topograph.meso.dense_matches import (
+from topograph.meso.flow.camera_refinement import refine_cameras
+from topograph.meso.flow.dense_matches import (
     FlowMatches,
     PairMatches,
     _affine_fit,
@@ -20,9 +21,8 @@ from topograph.meso.dense_matches import (
     invert_flat,
     pair_geometry,
 )
-from topograph.meso.engine import pixel_coordinates
-from topograph.meso.flow_heights import flow_heights
-from topograph.meso.match_refinement import refine_cameras
+from topograph.meso.flow.heights import flow_heights
+from topograph.meso.mosaic import pixel_coordinates
 from topograph.meso.reconstruct import build_model
 
 SIZE = (320, 240)
@@ -123,7 +123,9 @@ def test_fused_maps_recover_the_card(exact):
 def test_refinement_recovers_cameras_from_exact_matches(exact, flat_weight):
     _, matches, _ = exact
     model = make_model(POSITIONS, perturb=1.0)
-    before, after = refine_cameras(model, matches, iterations=15, per_pair=1500, flat_weight=flat_weight)
+    result = refine_cameras(model, matches, iterations=15, per_pair=1500, flat_weight=flat_weight)
+    before, after = result.before, result.after
+    assert result.status == "ok"
     assert before > 0.2  # the perturbation is visible (object units ~ pixels)
     assert after < 0.01 * before
     if flat_weight == 0:

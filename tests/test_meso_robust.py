@@ -9,12 +9,12 @@ import pytest
 import torch
 from meso_toy import make_model, one_thread, toy_scene
 
-import topograph.meso.batching as batching
+import topograph.meso.optimise.batching as batching
 from topograph.errors import TopographError
-from topograph.meso.batching import make_batched_level
-from topograph.meso.checkpoint import Checkpoint, load_checkpoint, run_fingerprint, save_checkpoint
 from topograph.meso.config import LearningRates, LevelConfig, LossConfig
-from topograph.meso.solver import BatchingConfig, RobustConfig, solve_round
+from topograph.meso.optimise.batching import make_batched_level
+from topograph.meso.optimise.checkpoint import Checkpoint, load_checkpoint, run_fingerprint, save_checkpoint
+from topograph.meso.optimise.solver import BatchingConfig, RobustConfig, solve_round
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 _ = one_thread

@@ -17,13 +17,13 @@ from typer.testing import CliRunner
 
 from topograph.cli import app
 from topograph.errors import TopographError
-from topograph.meso.checkpoint import load_checkpoint
 from topograph.meso.config import LevelConfig, MesoConfig
 from topograph.meso.models.cnn import HeightCNN
 from topograph.meso.models.heights import HeightMaps
+from topograph.meso.optimise.checkpoint import load_checkpoint
+from topograph.meso.optimise.rounds import config_fingerprint
 from topograph.meso.progress import NullProgress
 from topograph.meso.reconstruct import reconstruct
-from topograph.meso.rounds import config_fingerprint
 
 CAM = ("position", "scale", "tilt", "angle", "gain", "bias")
 RELIEF = 6.0

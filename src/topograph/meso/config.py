@@ -146,11 +146,11 @@ class DistortionConfig:
 @dataclass
 class FlowHeightConfig:
     """Height initialisation from dense optical flow between registered images
-    (:mod:`topograph.meso.flow_heights`)."""
+    (:mod:`topograph.meso.flow.heights`)."""
 
     downsample: int = 0
     """Flow is computed on the images downsampled by this factor; 0 = automatic: long side about 500 pixels
-    (``topograph.meso.flow_heights.AUTO_LONG_SIDE``; DIS on 500x375 is 4x faster than on 1000x750)."""
+    (``topograph.meso.flow.heights.AUTO_LONG_SIDE``; DIS on 500x375 is 4x faster than on 1000x750)."""
     min_overlap: float = 0.08
     """Neighbours of an image are the images covering at least this fraction of it (small overlaps count:
     a strip that two images alone share gets heights only from their pair)."""
@@ -319,7 +319,7 @@ class BatchingConfig:
     else as many images as fit (memory bounded by the budget, not by the number of images)."""
     max_step_mb: float = 2048.0
     """Working-memory budget of one step for the automatic batch size, MB (estimated from the measured
-    cost per pixel, see ``topograph.meso.solver.BYTES_PER_PIXEL``)."""
+    cost per pixel, see ``topograph.meso.optimise.solver.BYTES_PER_PIXEL``)."""
     momentum: float = 0.5
     """``m`` of Eq. 12: how much of the old reconstruction a batch keeps where it lands. Unused when one
     batch holds every image (the reconstruction is then rebuilt each step, Eq. 9)."""

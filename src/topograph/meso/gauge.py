@@ -18,10 +18,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from topograph.meso.engine import pixel_coordinates
 from topograph.meso.functional.projection import normal_z
 from topograph.meso.functional.splat import GridSpec
 from topograph.meso.models.camera import MesoModel
+from topograph.meso.mosaic import pixel_coordinates
 
 
 def fit_dominant_plane(height: np.ndarray, grid: GridSpec, iterations: int = 15) -> tuple[float, float, float]:

@@ -27,9 +27,9 @@ import torch
 
 from topograph.errors import QualityError
 from topograph.meso.config import CheckConfig
-from topograph.meso.engine import grid_around, pixel_coordinates
 from topograph.meso.functional.splat import sample_bilinear, splat_bilinear
 from topograph.meso.models.camera import MesoModel
+from topograph.meso.mosaic import grid_around, pixel_coordinates
 
 log = logging.getLogger("topograph")
 

@@ -13,10 +13,8 @@ import numpy as np
 import torch
 
 from topograph.errors import TopographError
-from topograph.meso.checkpoint import load_checkpoint
 from topograph.meso.config import LevelConfig, MesoConfig, validate_config
 from topograph.meso.data import check_inputs, resolve_intrinsics
-from topograph.meso.engine import render_mosaic
 from topograph.meso.functional.scale import camera_heights_mm, magnification_from_points
 from topograph.meso.functional.splat import GridSpec
 from topograph.meso.gauge import fit_dominant_plane, level_model
@@ -25,9 +23,11 @@ from topograph.meso.models.camera import MesoModel
 from topograph.meso.models.cnn import HeightCNN, auto_downsample
 from topograph.meso.models.distortion import distortion_models
 from topograph.meso.models.heights import HeightMaps
+from topograph.meso.mosaic import render_mosaic
+from topograph.meso.optimise.checkpoint import load_checkpoint
+from topograph.meso.optimise.rounds import config_fingerprint, run_rounds
 from topograph.meso.progress import NullProgress, ProgressSink
 from topograph.meso.quality import QualityReport, enforce, height_gate, registration_gate, registration_scores
-from topograph.meso.rounds import config_fingerprint, run_rounds
 from topograph.meso.types import CameraEstimate, InputChecks, Intrinsics, MesoImages
 from topograph.types import HeightMap
 

@@ -17,6 +17,9 @@ Frames (all lengths in one unit, e.g. mosaic pixels or mm):
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -108,6 +111,35 @@ def backproject_tilted_exact(points: Tensor, tilt: Tensor, camera_height: Tensor
     xo = k * (nz * x - nx * focal + ny * c)
     yo = k * (nz * y - ny * focal - nx * c)
     return torch.stack((xo, yo), dim=-1)
+
+
+@dataclass(frozen=True)
+class Projection:
+    """A back-projection strategy: ``backproject(points, tilt, camera_height, focal)`` with the signature of
+    :func:`backproject_tilted`; ``name`` is its configuration value (``model.projection``)."""
+
+    name: str
+    backproject: Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+
+
+EXPANSION = Projection("expansion", backproject_tilted)
+"""Second-order expansion of the tilted pinhole (supplement Eqs. 4-5; the paper's model)."""
+EXACT = Projection("exact", backproject_tilted_exact)
+"""The exact tilted pinhole (supplement Eq. 2)."""
+PROJECTIONS = {p.name: p for p in (EXPANSION, EXACT)}
+
+
+def projection_named(name: str | Projection) -> Projection:
+    """The strategy of a configuration value (``"expansion"`` or ``"exact"``); a strategy is returned as is.
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if isinstance(name, Projection):
+        return name
+    if name not in PROJECTIONS:
+        raise ValueError(f"projection must be one of {sorted(PROJECTIONS)}, got {name!r}")
+    return PROJECTIONS[name]
 
 
 def orthorectify(points_rel: Tensor, height: Tensor, camera_height: Tensor) -> Tensor:

@@ -8,10 +8,10 @@ import torch
 from torch import Tensor, nn
 
 from topograph.meso.functional.projection import (
-    backproject_tilted,
-    backproject_tilted_exact,
+    Projection,
     normal_z,
     orthorectify,
+    projection_named,
     rectify_to_reference,
     rotate_in_plane,
 )
@@ -30,7 +30,8 @@ class MesoModel(nn.Module):
             ``regularization()``, ``groups()``).
         positions: optional (N, 2) initial camera positions, object units.
         rectification: ``"ortho"`` (Eqs. 4-5) or ``"reference"`` (Eq. 6, to ``reference_image``).
-        projection: ``"expansion"`` (supplement Eqs. 4-5) or ``"exact"`` tilted-pinhole back-projection.
+        projection: the back-projection strategy (:class:`~topograph.meso.functional.projection.Projection`)
+            or its name, ``"expansion"`` (supplement Eqs. 4-5) or ``"exact"``.
         reference_image: index of the reference view.
     """
 
@@ -42,20 +43,18 @@ class MesoModel(nn.Module):
         heights: nn.Module,
         positions: Tensor | None = None,
         rectification: str = "ortho",
-        projection: str = "expansion",
+        projection: str | Projection = "expansion",
         reference_image: int = 0,
     ) -> None:
         super().__init__()
         if rectification not in ("ortho", "reference"):
             raise ValueError(f"rectification must be 'ortho' or 'reference', got {rectification!r}")
-        if projection not in ("expansion", "exact"):
-            raise ValueError(f"projection must be 'expansion' or 'exact', got {projection!r}")
         self.pose = PoseModel(n_images, positions)
         self.distortion = distortion
         self.heights = heights
         self.log_focal = nn.Parameter(torch.tensor(math.log(focal_px), dtype=torch.float32))
         self.rectification = rectification
-        self.projection = projection
+        self.projection = projection_named(projection)
         self.reference_image = int(reference_image)
 
     @property
@@ -92,8 +91,7 @@ class MesoModel(nn.Module):
         if index is not None:
             angle, tilt, pos, z = angle[index], tilt[index], pos[index], z[index]
         rotated = rotate_in_plane(xy, angle)
-        project = backproject_tilted if self.projection == "expansion" else backproject_tilted_exact
-        rel = project(rotated, tilt, z, self.focal())
+        rel = self.projection.backproject(rotated, tilt, z, self.focal())
         return rel, pos, z
 
     def object_points(self, uv: Tensor, height: Tensor | None = None, index: Tensor | None = None) -> Tensor:

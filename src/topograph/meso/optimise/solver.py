@@ -23,18 +23,18 @@ from dataclasses import dataclass
 
 import torch
 
-from topograph.meso.batching import (
+from topograph.meso.config import BatchingConfig, LearningRates, LevelConfig, LossConfig, RobustConfig
+from topograph.meso.models.camera import MesoModel
+from topograph.meso.optimise.batching import (
     BatchedLevel,
     RunningReconstruction,
-    batch_loss,
     batch_order,
     fill_reconstruction,
     footprint_grid,
 )
-from topograph.meso.checkpoint import RoundState
-from topograph.meso.config import BatchingConfig, LearningRates, LevelConfig, LossConfig, RobustConfig
-from topograph.meso.models.camera import MesoModel
-from topograph.meso.optim.optimizer import build_optimizer
+from topograph.meso.optimise.checkpoint import RoundState
+from topograph.meso.optimise.loss import batch_loss
+from topograph.meso.optimise.optimizer import build_optimizer
 from topograph.meso.progress import NullProgress, ProgressSink
 
 log = logging.getLogger("topograph")

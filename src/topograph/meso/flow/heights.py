@@ -1,7 +1,7 @@
 """Camera-centric height maps measured from dense matches (the flow step before the height rounds).
 
-With the cameras refined on the matches (:mod:`topograph.meso.match_refinement`), every match gives the
-height of its pixel in closed form, ``h = a.b / b.b`` (:mod:`topograph.meso.dense_matches`); the estimates
+With the cameras refined on the matches (:mod:`topograph.meso.flow.camera_refinement`), every match gives the
+height of its pixel in closed form, ``h = a.b / b.b`` (:mod:`topograph.meso.flow.dense_matches`); the estimates
 of all neighbours are averaged with weights ``|b|^2`` (the inverse variance of ``h`` for a flow error equal
 in every pair), pixels no neighbour measured are filled from the nearest measurements, and the maps become
 the start of the height model.
@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from topograph.meso.config import FlowHeightConfig
-from topograph.meso.dense_matches import FlowMatches, flow_matches, pair_geometry
-from topograph.meso.match_refinement import refine_cameras
+from topograph.meso.flow.camera_refinement import refine_cameras
+from topograph.meso.flow.dense_matches import FlowMatches, flow_matches, pair_geometry
 from topograph.meso.models.camera import MesoModel
 
 log = logging.getLogger("topograph")
@@ -169,11 +169,11 @@ def initialise_heights(model: MesoModel, measured: FlowHeights, iterations: int 
 def measure_heights(model: MesoModel, pixels: np.ndarray, cfg: FlowHeightConfig, seed: int = 0) -> FlowHeights:
     """Dense matches -> cameras refined on them -> heights (``cfg.passes`` times matches and refinement: a
     second pass warps with the refined cameras, so its flow starts closer and keeps more matches)."""
-    status = {"refinement": "skipped"}
+    refinement = "skipped"
     for k in range(max(1, int(cfg.passes))):
         matches = flow_matches(model, pixels, cfg)
         if cfg.refine_iterations > 0:
-            refine_cameras(
+            result = refine_cameras(
                 model,
                 matches,
                 cfg.refine_iterations,
@@ -181,6 +181,7 @@ def measure_heights(model: MesoModel, pixels: np.ndarray, cfg: FlowHeightConfig,
                 cfg.refine_max_matches,
                 flat_weight=cfg.flat_weight,
                 seed=seed + k,
-                status=status,
             )
-    return replace(flow_heights(model, matches, cfg), refinement=status["refinement"])
+            if result.status != "skipped":  # a pass without matches keeps the previous pass's outcome
+                refinement = result.status
+    return replace(flow_heights(model, matches, cfg), refinement=refinement)

@@ -38,7 +38,7 @@ class RoundState:
     """Where a round stands: next iteration to run and the state needed to run it.
 
     ``optimizer`` is ``torch.optim.Optimizer.state_dict()``; ``recon`` is
-    :meth:`topograph.meso.batching.RunningReconstruction.state_dict`; ``best`` the lowest accepted loss;
+    :meth:`topograph.meso.optimise.batching.RunningReconstruction.state_dict`; ``best`` the lowest accepted loss;
     ``rollbacks`` how many times the round rolled back so far.
     """
 

@@ -26,9 +26,9 @@ import torch
 
 from topograph.matching.dense import DenseConfig, _flow_pair, forward_backward_error
 from topograph.meso.config import FlowHeightConfig
-from topograph.meso.engine import pixel_coordinates
-from topograph.meso.functional.projection import backproject_tilted, backproject_tilted_exact, rotate_in_plane
+from topograph.meso.functional.projection import rotate_in_plane
 from topograph.meso.models.camera import MesoModel
+from topograph.meso.mosaic import pixel_coordinates
 from topograph.progress import steps
 
 log = logging.getLogger("topograph")
@@ -96,10 +96,9 @@ def flat_per_point(model: MesoModel, uv: torch.Tensor, image: torch.Tensor) -> t
     """
     xy = model.distortion.undistort(uv)
     pose = model.pose
-    project = backproject_tilted if model.projection == "expansion" else backproject_tilted_exact
     rotated = rotate_in_plane(xy[:, None, :], pose.angle[image])
     z = model.camera_heights()[image]
-    rel = project(rotated, pose.tilt[image], z, model.focal())[:, 0]
+    rel = model.projection.backproject(rotated, pose.tilt[image], z, model.focal())[:, 0]
     return rel, model.nadirs()[image], z
 
 

@@ -1,6 +1,6 @@
 """Running the coarse-to-fine schedule: round data, the per-round solver, checkpoints and resume.
 
-Rounds run in order with :func:`topograph.meso.solver.solve_round` on images kept as uint8 at the
+Rounds run in order with :func:`topograph.meso.optimise.solver.solve_round` on images kept as uint8 at the
 round's resolution (converted to float32 one batch at a time). With a checkpoint path, the run state is
 saved inside rounds (at most every ``robust.save_interval_s`` seconds) and after each round; ``resume``
 continues from that file: finished rounds are skipped and an interrupted round continues from its saved
@@ -22,15 +22,15 @@ import torch
 
 from topograph.config import to_dict
 from topograph.errors import TopographError
-from topograph.meso.batching import BatchedLevel, make_batched_level
-from topograph.meso.checkpoint import Checkpoint, RoundState, load_checkpoint, run_fingerprint, save_checkpoint
 from topograph.meso.config import LearningRates, LevelConfig, MesoConfig
-from topograph.meso.flow_heights import FlowHeights, initialise_heights, measure_heights
+from topograph.meso.flow.heights import FlowHeights, initialise_heights, measure_heights
 from topograph.meso.models.camera import MesoModel
 from topograph.meso.models.cnn import HeightCNN
+from topograph.meso.optimise.batching import BatchedLevel, make_batched_level
+from topograph.meso.optimise.checkpoint import Checkpoint, RoundState, load_checkpoint, run_fingerprint, save_checkpoint
+from topograph.meso.optimise.solver import solve_round
 from topograph.meso.progress import NullProgress, ProgressSink
 from topograph.meso.quality import QualityReport, enforce, match_gate, refinement_gate
-from topograph.meso.solver import solve_round
 
 log = logging.getLogger("topograph")
 
@@ -85,7 +85,7 @@ def run_rounds(
     quality: QualityReport | None = None,
     image_weights: np.ndarray | None = None,
 ) -> MesoModel:
-    """Optimise ``model`` over ``levels`` with :func:`topograph.meso.solver.solve_round`, with checkpoints.
+    """Optimise ``model`` over ``levels`` with :func:`topograph.meso.optimise.solver.solve_round`, with checkpoints.
 
     Args:
         model: the deformation model (modified in place; loaded from the checkpoint when resuming).

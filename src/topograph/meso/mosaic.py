@@ -1,13 +1,11 @@
-"""Shared pieces of the engine: pixel coordinates, grids, loss terms and the final full-resolution mosaic.
+"""The full-resolution orthomosaic and height map: every back-projected pixel (RGB + camera-centric height)
+splatted onto one grid (the reconstruction ``B`` of paper Eq. 9), and the pixel-coordinate grids it and the
+rounds share.
 
-The optimisation itself (batches, running reconstruction, rollback) is :mod:`topograph.meso.solver`; the
-rounds and checkpoints are :mod:`topograph.meso.rounds`. The mosaic splats every back-projected pixel
-(RGB + camera-centric height) onto one grid (the reconstruction ``B`` of paper Eq. 9).
+The optimisation that produces the model is :mod:`topograph.meso.optimise`.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -53,16 +51,6 @@ def grid_around(points: Tensor, cell: float, margin_cells: int = 2) -> GridSpec:
     hi = flat.max(0).values
     shape = torch.ceil((hi - lo) / cell).long() + margin_cells + 1
     return GridSpec(origin=(float(lo[0]), float(lo[1])), cell=float(cell), shape=(int(shape[1]), int(shape[0])))
-
-
-@dataclass
-class LossTerms:
-    """Loss components of one iteration (``total`` carries the gradient)."""
-
-    total: Tensor
-    mse_rgb: float
-    mse_height: float
-    tv: float
 
 
 @torch.no_grad()

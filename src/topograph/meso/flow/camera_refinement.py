@@ -1,0 +1,325 @@
+"""Cameras and lens refined on dense matches (Levenberg-Marquardt, the matches' heights eliminated).
+
+See :mod:`topograph.meso.flow.dense_matches` for the geometry: each match's residual across its parallax
+direction depends on the cameras alone, so relief does not bias them (the photometric rounds before the
+heights assume a flat scene). This module builds the problem (:class:`MatchProblem`: unknowns, residuals,
+Cauchy-weighted normal equations); the damping loop is the generic
+:func:`topograph.geometry.levenberg_marquardt.levenberg_marquardt`.
+
+Unknown vector layout: ``6 N`` camera unknowns (per image: nadir (2), camera height, tilt (2), in-plane
+angle), then the focal length (held: its column stays 0), then the distortion model's parameters.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse
+import torch
+
+from topograph.geometry.levenberg_marquardt import levenberg_marquardt
+from topograph.meso.flow.dense_matches import FlowMatches
+from topograph.meso.functional.projection import Projection, rotate_in_plane
+from topograph.meso.models.camera import MesoModel
+
+log = logging.getLogger("topograph")
+
+_PER_IMAGE = 6
+"""Per-image unknowns of the refinement: nadir (2), camera height, tilt (2), in-plane angle."""
+
+
+@dataclass(frozen=True)
+class RefinementResult:
+    """Outcome of :func:`refine_cameras`: RMS residual (object units) of the inlier matches (< 3
+    ``robust_px``) before and after, and ``status`` ``ok``, ``degenerate`` (the cameras of the rounds were
+    kept) or ``nan`` (the solution was not finite: a quality gate fails on it); ``skipped`` without matches."""
+
+    before: float
+    after: float
+    status: str
+
+
+def _sample_matches(matches: FlowMatches, per_pair: int, seed: int) -> tuple[np.ndarray, ...]:
+    """A fixed random subset of at most ``per_pair`` matches of every pair: ``(uv_i, uv_j, i, j)``."""
+    gen = np.random.default_rng(seed)
+    ui, uj, ii, jj = [], [], [], []
+    for p in matches.pairs:
+        k = min(per_pair, len(p.flat_index))
+        if k == 0:
+            continue
+        pick = np.sort(gen.choice(len(p.flat_index), size=k, replace=False))
+        ui.append(matches.uv[p.flat_index[pick]])
+        uj.append(p.uv_j[pick])
+        ii.append(np.full(k, p.i))
+        jj.append(np.full(k, p.j))
+    return np.concatenate(ui), np.concatenate(uj), np.concatenate(ii), np.concatenate(jj)
+
+
+def _cross_residual(xy_i, xy_j, cam_i, cam_j, f_i, f_j, projection: Projection):
+    """Signed residuals of matches across and along their parallax direction, ``a x b / |b|`` and
+    ``a . b / |b| = h |b|`` (module docstring), with every quantity given per match (so one backward pass
+    yields every match's own derivatives). ``cam_*`` (M, 6): nadir, camera height, tilt, angle."""
+    nadir_i, z_i, tilt_i, angle_i = cam_i[:, :2], cam_i[:, 2], cam_i[:, 3:5], cam_i[:, 5]
+    nadir_j, z_j, tilt_j, angle_j = cam_j[:, :2], cam_j[:, 2], cam_j[:, 3:5], cam_j[:, 5]
+    rel_i = projection.backproject(rotate_in_plane(xy_i[:, None, :], angle_i), tilt_i, z_i, f_i[:, None])[:, 0]
+    rel_j = projection.backproject(rotate_in_plane(xy_j[:, None, :], angle_j), tilt_j, z_j, f_j[:, None])[:, 0]
+    a = (rel_i + nadir_i) - (rel_j + nadir_j)
+    b = rel_i / z_i[:, None] - rel_j / z_j[:, None]
+    b_norm = torch.linalg.norm(b, dim=1).clamp_min(1e-12)
+    across = (a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]) / b_norm
+    along = (a * b).sum(1) / b_norm  # = h |b|: the parallax the match's height causes
+    return across, along
+
+
+class MatchProblem:
+    """The refinement's least-squares problem on a fixed subset of matches (module docstring).
+
+    Residuals: every match's offset across its parallax direction (Cauchy scale ``robust_px``) and,
+    weighted by ``flat_weight``, its parallax along it (the flat-scene prior, Cauchy scale ``flat_px``).
+    The Jacobian is exact and cheap: each match gets its own copy of its cameras' unknowns, so one
+    backward pass gives every row; the distortion columns follow by the chain rule through the
+    undistorted points (forward differences of the undistortion in float64).
+    """
+
+    def __init__(self, model: MesoModel, sample: tuple[np.ndarray, ...], robust_px: float, flat_weight: float,
+                 flat_px: float) -> None:  # fmt: skip
+        uv_i, uv_j, self.ii, self.jj = sample
+        device = model.log_focal.device
+        dt = torch.float64
+        self.uv_i = torch.as_tensor(uv_i, dtype=dt, device=device)
+        self.uv_j = torch.as_tensor(uv_j, dtype=dt, device=device)
+        self.i_t = torch.as_tensor(self.ii, device=device)
+        self.j_t = torch.as_tensor(self.jj, device=device)
+        self.n = model.n_images
+        self.projection = model.projection
+        self.dist = model.distortion
+        named = list(self.dist.named_parameters())
+        self.dist_names = [name for name, _ in named]
+        self.dist_shapes = [p.shape for _, p in named]
+        self.dist_sizes = [int(np.prod(sh)) if len(sh) else 1 for sh in self.dist_shapes]
+        self.n_cam = _PER_IMAGE * self.n
+        offsets = np.cumsum([0, *self.dist_sizes])
+        self.knot_cols = np.concatenate(
+            [self.n_cam + 1 + np.arange(offsets[k], offsets[k + 1]) for k, nm in enumerate(self.dist_names)
+             if nm == "knots"] or [np.zeros(0, np.int64)]
+        )  # fmt: skip
+        self.m = len(self.ii)
+        self.c2 = robust_px**2
+        self.flat_w = float(flat_weight)
+        self.scale2 = np.concatenate((np.full(self.m, self.c2), np.full(self.m, (self.flat_w * flat_px) ** 2 + 1e-30)))
+        self.x0 = self.start(model)
+
+    @torch.no_grad()
+    def start(self, model: MesoModel) -> np.ndarray:
+        """The model's current unknowns as one float64 vector (cameras, focal, distortion)."""
+        dt = torch.float64
+        cams = torch.cat(
+            (model.nadirs(), model.camera_heights()[:, None], model.pose.tilt, model.pose.angle[:, None]), dim=1
+        ).to(dt)
+        focal = model.focal().to(dt).reshape(1)
+        dvec = torch.cat([p.detach().reshape(-1) for p in self.dist.parameters()]).to(dt) if self.dist_names else \
+            torch.zeros(0, dtype=dt)  # fmt: skip
+        return torch.cat((cams.reshape(-1), focal, dvec)).cpu().numpy()
+
+    def split(self, x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(cams (N, 6), focal (1,), distortion (D,))`` views of an unknown vector, as float64 tensors."""
+        t = torch.from_numpy(np.asarray(x, dtype=np.float64))
+        return t[: self.n_cam].reshape(self.n, _PER_IMAGE), t[self.n_cam : self.n_cam + 1], t[self.n_cam + 1 :]
+
+    def undistort(self, dvec: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+        if not self.dist_names:
+            return self.dist.undistort(uv)
+        params, k = {}, 0
+        for name, sh, m in zip(self.dist_names, self.dist_shapes, self.dist_sizes, strict=True):
+            params[name] = dvec[k : k + m].reshape(sh)
+            k += m
+        return _undistort_with(self.dist, params, uv)
+
+    @torch.no_grad()
+    def residuals(self, x: np.ndarray) -> np.ndarray:
+        """(2 M,) residuals: across, then ``flat_weight`` x along."""
+        cams, focal, dvec = self.split(x)
+        ci, cj = cams[self.i_t], cams[self.j_t]
+        f = focal.expand(self.m)
+        xy_i, xy_j = self.undistort(dvec, self.uv_i), self.undistort(dvec, self.uv_j)
+        across, along = _cross_residual(xy_i, xy_j, ci, cj, f, f, self.projection)
+        return torch.cat((across, self.flat_w * along)).numpy()
+
+    def cost(self, x: np.ndarray) -> float:
+        """Sum of the Cauchy losses ``log(1 + r^2 / c^2)``."""
+        return float(np.log1p(self.residuals(x) ** 2 / self.scale2).sum())
+
+    def inlier_rms(self, x: np.ndarray) -> float:
+        """RMS of the across residuals below 3 ``robust_px`` (object units)."""
+        r = torch.from_numpy(self.residuals(x)[: self.m])
+        ok = r * r < 9.0 * self.c2
+        return float((r[ok] ** 2).mean().sqrt()) if bool(ok.any()) else float("nan")
+
+    def jacobian(self, x: np.ndarray) -> tuple[np.ndarray, scipy.sparse.csr_matrix, np.ndarray]:
+        """Residuals (2 M,), the sparse camera columns (2 M, 6 N) and the dense distortion columns (2 M, D)."""
+        cams, focal, dvec = self.split(x)
+        with torch.no_grad():
+            xy_i, xy_j = self.undistort(dvec, self.uv_i), self.undistort(dvec, self.uv_j)
+        ci = cams[self.i_t].clone().requires_grad_(True)
+        cj = cams[self.j_t].clone().requires_grad_(True)
+        f = focal.expand(self.m)
+        xi = xy_i.detach().clone().requires_grad_(True)
+        xj = xy_j.detach().clone().requires_grad_(True)
+        across, along = _cross_residual(xi, xj, ci, cj, f, f, self.projection)
+        dxy = []
+        eps = 1e-6  # d xy / d distortion by forward differences in float64 (cheap evaluations)
+        for k in range(dvec.numel()):
+            step = torch.zeros_like(dvec)
+            step[k] = eps
+            moved_i, moved_j = self.undistort(dvec + step, self.uv_i), self.undistort(dvec + step, self.uv_j)
+            dxy.append(((moved_i - xy_i) / eps, (moved_j - xy_j) / eps))
+        m, cols, rows = self.m, np.arange(_PER_IMAGE), np.arange(self.m)
+        cam_rows, cam_cols, cam_vals = [], [], []  # camera columns: 12 non-zeros per row (sparse)
+        jac_dist = np.zeros((2 * m, len(dxy)))
+        for block, (res, scale) in enumerate(((across, 1.0), (along, self.flat_w))):
+            gi, gj, gxi, gxj = torch.autograd.grad(res.sum(), (ci, cj, xi, xj), retain_graph=block == 0)
+            rr = np.repeat(rows + block * m, _PER_IMAGE)
+            cam_rows += [rr, rr]
+            cam_cols += [(_PER_IMAGE * self.ii[:, None] + cols).ravel(), (_PER_IMAGE * self.jj[:, None] + cols).ravel()]
+            cam_vals += [scale * gi.numpy().ravel(), scale * gj.numpy().ravel()]
+            for k, (dxi, dxj) in enumerate(dxy):
+                jac_dist[block * m : (block + 1) * m, k] = scale * ((gxi * dxi).sum(1) + (gxj * dxj).sum(1)).numpy()
+        jac_cam = scipy.sparse.csr_matrix(
+            (np.concatenate(cam_vals), (np.concatenate(cam_rows), np.concatenate(cam_cols))), shape=(2 * m, self.n_cam)
+        )
+        return torch.cat((across, self.flat_w * along)).detach().numpy(), jac_cam, jac_dist
+
+    def normal_equations(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """IRLS-weighted ``(J^T W J, J^T W r, cost)`` of the Cauchy losses, with the gauge of a piecewise
+        profile's mean knot held (a common factor of the magnification is a focal change)."""
+        rn, jac_cam, jac_dist = self.jacobian(x)
+        w = 1.0 / (1.0 + rn * rn / self.scale2)  # IRLS weights of the Cauchy losses
+        n_cam, n_par = self.n_cam, len(x)
+        hess, grad = np.zeros((n_par, n_par)), np.zeros(n_par)
+        wc = jac_cam.multiply(w[:, None]).tocsr()
+        wd = jac_dist * w[:, None]
+        dist_sl = slice(n_cam + 1, n_par)
+        hess[:n_cam, :n_cam] = (jac_cam.T @ wc).toarray()
+        hess[:n_cam, dist_sl] = jac_cam.T @ wd
+        hess[dist_sl, :n_cam] = hess[:n_cam, dist_sl].T
+        hess[dist_sl, dist_sl] = jac_dist.T @ wd
+        grad[:n_cam] = wc.T @ rn
+        grad[dist_sl] = wd.T @ rn
+        if self.knot_cols.size:  # the mean magnification is a scale gauge (a focal change): keep it where it is
+            v = np.zeros(n_par)
+            v[self.knot_cols] = 1.0 / self.knot_cols.size
+            k_w = 1e3 * max(float(np.diag(hess).max()), 1.0)
+            hess += k_w * np.outer(v, v)
+            grad += k_w * v * float((x - self.x0)[self.knot_cols].mean())
+        return hess, grad, float(np.log1p(rn**2 / self.scale2).sum())
+
+
+def refine_cameras(
+    model: MesoModel,
+    matches: FlowMatches,
+    iterations: int = 10,
+    per_pair: int = 2000,
+    max_matches: int = 200_000,
+    robust_px: float = 0.5,
+    flat_weight: float = 0.3,
+    flat_px: float = 0.2,
+    seed: int = 0,
+) -> RefinementResult:
+    """Refine cameras and distortion on the dense matches (Levenberg-Marquardt, Cauchy-weighted).
+
+    Each match's residual is its offset across its parallax direction (the height along it is eliminated
+    in closed form, :mod:`topograph.meso.flow.dense_matches`), so relief does not bias the cameras, unlike
+    the photometric rounds before the heights, which assume a flat scene. Unknowns: every camera's nadir,
+    height, tilt and in-plane angle and the distortion model. The focal length stays where it is (from
+    EXIF or the rounds): matches between near-parallel views barely constrain it, and it sets the scale of
+    the heights (Eq. 8). The solution is brought back to the model's gauge (geometric-mean camera height =
+    focal length) by a similarity of the object frame, which leaves every residual's geometry unchanged.
+
+    Args:
+        model: the deformation model (modified in place unless the solution degenerates).
+        matches: from :func:`topograph.meso.flow.dense_matches.flow_matches`.
+        iterations: Levenberg-Marquardt iterations.
+        per_pair: matches drawn per pair (a fixed random subset) ...
+        max_matches: ... and at most this many in all (fewer per pair when there are many pairs).
+        robust_px: Cauchy scale of the residual, object units (~ pixels).
+        flat_weight: weight of the flat-scene prior: every match's parallax along its baseline, ``h |b|``,
+            is a (weighted, Cauchy-robust) residual too. Relief is then an outlier of a flat scene, as in the
+            photometric camera rounds; the prior only decides the directions the matches leave free, chiefly
+            the dome (a paraboloid of the scene traded for radial distortion with near-parallel views).
+        flat_px: Cauchy scale of that prior, object units (parallax beyond a few times this counts as relief).
+        seed: subset seed.
+
+    Returns:
+        The inlier RMS before and after, and the outcome.
+    """
+    n_pairs = sum(1 for p in matches.pairs if len(p.flat_index))
+    if n_pairs == 0:
+        log.warning("no dense matches between the images: cameras not refined")
+        return RefinementResult(float("nan"), float("nan"), "skipped")
+    per_pair = max(50, min(int(per_pair), int(max_matches) // n_pairs))  # memory and time bounded in N
+    problem = MatchProblem(model, _sample_matches(matches, per_pair, seed), robust_px, flat_weight, flat_px)
+    before = problem.inlier_rms(problem.x0)
+    x = levenberg_marquardt(problem.x0, problem.normal_equations, problem.cost, iterations).x
+    after = problem.inlier_rms(x)
+    cams, focal, dvec = problem.split(x)
+    # A common factor of the camera heights is a gauge (undone by _write_back), but with few matches the
+    # solution can slide down it toward a collapsed frame where every residual vanishes: refused.
+    ratio = cams[:, 2].numpy() / problem.split(problem.x0)[0][:, 2].numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):  # a height at or below the object plane: NaN, refused
+        log_ratio = np.log(np.where(ratio > 0, ratio, np.nan))
+    shrink = float(np.exp(log_ratio.mean()))
+    spread = float(np.abs(log_ratio - log_ratio.mean()).max())
+    if not np.isfinite(after) or not 0.5 < shrink < 2.0 or spread > 0.2 or float(cams[:, 3:5].abs().max()) > 0.3:
+        log.warning(
+            "refinement on the dense matches degenerated (camera heights x%.2f, spread %.0f %%): kept the "
+            "cameras of the rounds", shrink, 100.0 * spread,
+        )  # fmt: skip
+        status = "degenerate" if np.isfinite(after) and np.isfinite(shrink) else "nan"
+        return RefinementResult(before, before, status)
+    log.debug("refinement: common camera-height factor %.4f (a gauge), spread %.4f", shrink, spread)
+    _write_back(model, cams, focal, dvec)
+    log.info(
+        "cameras refined on flow matches: residual %.3f -> %.3f units (%d matches; height factor %.3f)",
+        before, after, problem.m, shrink,
+    )  # fmt: skip
+    return RefinementResult(before, after, "ok")
+
+
+def _undistort_with(dist: torch.nn.Module, params: dict[str, torch.Tensor], uv: torch.Tensor) -> torch.Tensor:
+    """``dist.undistort(uv)`` evaluated with the given parameter values (float64)."""
+    return torch.func.functional_call(_Undistort(dist), {"dist." + k: v for k, v in params.items()}, (uv,))
+
+
+class _Undistort(torch.nn.Module):
+    def __init__(self, dist: torch.nn.Module) -> None:
+        super().__init__()
+        self.dist = dist
+
+    def forward(self, uv: torch.Tensor) -> torch.Tensor:
+        return self.dist.undistort(uv)
+
+
+@torch.no_grad()
+def _write_back(model: MesoModel, cams: torch.Tensor, focal: torch.Tensor, dvec: torch.Tensor) -> None:
+    """Store refined nadirs, heights, tilts, angles, focal and distortion in the model's parameterisation,
+    after the similarity of the object frame that restores its gauge (geometric-mean height = focal)."""
+    f = float(focal[0])
+    z = cams[:, 2]
+    s = f / float(torch.exp(torch.log(z).mean()))
+    nadir, z = cams[:, :2] * s, z * s
+    tilt = cams[:, 3:5]
+    nz = torch.sqrt(torch.clamp(1.0 - (tilt * tilt).sum(1), min=1e-6))
+    pose = model.pose
+    dtype = pose.position.dtype
+    pose.position.copy_((nadir - z[:, None] * tilt / nz[:, None]).to(dtype))
+    pose.log_scale.copy_(torch.log(z / f).to(dtype))
+    pose.tilt.copy_(tilt.to(dtype))
+    pose.angle.copy_(cams[:, 5].to(dtype))
+    model.log_focal.copy_(torch.log(focal[0]).to(dtype))
+    k = 0
+    for p in model.distortion.parameters():
+        m = p.numel()
+        p.copy_(dvec[k : k + m].reshape(p.shape).to(p.dtype))
+        k += m

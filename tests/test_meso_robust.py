@@ -9,7 +9,7 @@ import pytest
 import torch
 from meso_toy import make_model, one_thread, toy_scene
 
-import topograph.meso.optimise.batching as batching
+import topograph.meso.optimise.loss as loss_module
 from topograph.errors import TopographError
 from topograph.meso.config import LearningRates, LevelConfig, LossConfig
 from topograph.meso.optimise.batching import make_batched_level
@@ -38,7 +38,7 @@ def test_rollback_on_injected_nan_and_the_run_finishes(monkeypatch, caplog):
     scene = toy_scene()
     model = _model(scene)
     level = make_batched_level(scene.pixels, 1)
-    real = batching.sample_normalised
+    real = loss_module.sample_normalised
     calls = {"n": 0}
 
     def faulty(grid, xy):
@@ -46,7 +46,7 @@ def test_rollback_on_injected_nan_and_the_run_finishes(monkeypatch, caplog):
         out = real(grid, xy)
         return out * float("nan") if calls["n"] in (30, 31, 75) else out
 
-    monkeypatch.setattr(batching, "sample_normalised", faulty)
+    monkeypatch.setattr(loss_module, "sample_normalised", faulty)
     history: list[dict] = []
     robust = RobustConfig(checkpoint_every=10)
     with caplog.at_level(logging.WARNING, logger="topograph"):
@@ -64,7 +64,7 @@ def test_rollback_limit_ends_the_round_at_the_last_good_state(monkeypatch, caplo
     scene = toy_scene()
     model = _model(scene)
     level = make_batched_level(scene.pixels, 1)
-    real = batching.sample_normalised
+    real = loss_module.sample_normalised
     calls = {"n": 0}
 
     def broken_after(grid, xy):
@@ -72,7 +72,7 @@ def test_rollback_limit_ends_the_round_at_the_last_good_state(monkeypatch, caplo
         out = real(grid, xy)
         return out * float("nan") if calls["n"] > 25 else out
 
-    monkeypatch.setattr(batching, "sample_normalised", broken_after)
+    monkeypatch.setattr(loss_module, "sample_normalised", broken_after)
     history: list[dict] = []
     robust = RobustConfig(checkpoint_every=10, max_rollbacks=3)
     with caplog.at_level(logging.WARNING, logger="topograph"):

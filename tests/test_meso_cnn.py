@@ -145,7 +145,8 @@ def test_levelling_a_cnn_model_equals_levelling_its_explicit_maps():
     """The gauge fix (dominant plane -> h = 0) moves the cameras and rebases the CNN's heights exactly as
     it does for explicit height maps holding the same heights; the network weights stay as they are."""
     from topograph.meso.config import MesoConfig
-    from topograph.meso.reconstruct import build_model, level_to_dominant_plane
+    from topograph.meso.gauge import level_model
+    from topograph.meso.reconstruct import build_model
 
     n, size = 4, (96, 64)
     rng = np.random.default_rng(2)
@@ -168,8 +169,8 @@ def test_levelling_a_cnn_model_equals_levelling_its_explicit_maps():
     weights = [p.detach().clone() for p in cnn.net.parameters()]
     before = cnn.maps
     plane = (0.01, -0.006, 0.5)
-    level_to_dominant_plane(cnn_model, plane, size)
-    level_to_dominant_plane(tv_model, plane, size)
+    level_model(cnn_model, plane, size)
+    level_model(tv_model, plane, size)
     assert cnn_model.heights is cnn
     for name in ("position", "log_scale", "tilt"):
         assert torch.allclose(getattr(cnn_model.pose, name), getattr(tv_model.pose, name), atol=1e-6), name

@@ -80,6 +80,10 @@ def _rotation_from_normal(n: torch.Tensor) -> torch.Tensor:
 def level_model(model: MesoModel, plane: tuple[float, float, float], image_size: tuple[int, int]) -> None:
     """Rotate the model in place so that the plane ``h = a x + b y + c`` (object units) becomes ``h = 0``.
 
+    The heights are re-expressed through the :class:`~topograph.meso.models.heights.HeightModel` protocol
+    (``maps`` / ``set_maps``): explicit maps are rewritten; a CNN stores the result as its fixed correction
+    (its network weights are unchanged).
+
     Args:
         model: the optimised model (parameters are modified).
         plane: ``(a, b, c)`` from :func:`fit_dominant_plane` (heights in object units).
@@ -113,4 +117,4 @@ def level_model(model: MesoModel, plane: tuple[float, float, float], image_size:
     pose.position.copy_(axis_foot * s)
     pose.log_scale.copy_(torch.log(new_z * s / f))
     pose.tilt.copy_(new_tilt)
-    maps.copy_((new_maps * s).reshape(maps.shape))
+    model.heights.set_maps((new_maps * s).reshape(maps.shape))

@@ -22,7 +22,7 @@ from topograph.meso.init_positions import InitialPositions, estimate_initial_pos
 from topograph.meso.models.camera import MesoModel
 from topograph.meso.models.cnn import HeightCNN, auto_downsample
 from topograph.meso.models.distortion import distortion_models
-from topograph.meso.models.heights import HeightMaps
+from topograph.meso.models.heights import HeightMaps, HeightModel
 from topograph.meso.mosaic import render_mosaic
 from topograph.meso.optimise.checkpoint import load_checkpoint
 from topograph.meso.optimise.rounds import config_fingerprint, run_rounds
@@ -114,9 +114,9 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_heights(n_images: int, image_size: tuple[int, int], cfg: MesoConfig) -> HeightMaps | HeightCNN:
+def build_heights(n_images: int, image_size: tuple[int, int], cfg: MesoConfig) -> HeightModel:
     """The configured camera-centric height model: :class:`HeightCNN` (``heights.model == "cnn"``, seeded
-    with ``cfg.seed``; call :meth:`HeightCNN.set_inputs` before use) or TV-regularised :class:`HeightMaps`."""
+    with ``cfg.seed``; call :meth:`~HeightModel.prepare` before use) or TV-regularised :class:`HeightMaps`."""
     h = cfg.heights
     if h.model == "tv":
         return HeightMaps(n_images, image_size, h.downsample)
@@ -185,28 +185,6 @@ def mosaic_cell(model: MesoModel, scale: ScaleResult, cfg: MesoConfig, image_siz
         )  # fmt: skip
         cell = coarser
     return cell
-
-
-@torch.no_grad()
-def level_to_dominant_plane(model: MesoModel, plane: tuple[float, float, float], image_size: tuple[int, int]) -> None:
-    """:func:`topograph.meso.gauge.level_model` for either height model.
-
-    The gauge transformation rewrites explicit height maps; a CNN's heights are re-expressed by handing
-    its current maps to the transformation and storing the result as its fixed correction
-    (:meth:`HeightCNN.set_maps`; the network weights are unchanged).
-    """
-    heights = model.heights
-    if not isinstance(heights, HeightCNN):
-        level_model(model, plane, image_size)
-        return
-    proxy = HeightMaps(heights.n_images, image_size, heights.downsample).to(heights.correction.device)
-    proxy.maps.copy_(heights.maps)
-    model.heights = proxy
-    try:
-        level_model(model, plane, image_size)
-    finally:
-        model.heights = heights
-    heights.set_maps(proxy.maps)
 
 
 @torch.no_grad()
@@ -378,17 +356,8 @@ def reconstruct(
     if init.angles is not None:
         with torch.no_grad():
             model.pose.angle.copy_(torch.as_tensor(init.angles, dtype=model.pose.angle.dtype))
-    if isinstance(model.heights, HeightCNN):
-        model.heights.set_inputs(images.pixels)
-        log.info(
-            "heights: CNN %s on %dx%d inputs (%d weights)",
-            list(cfg.heights.cnn_filters),
-            model.heights.shape[1],
-            model.heights.shape[0],
-            model.heights.parameter_count(),
-        )
-    else:
-        log.info("heights: maps with total variation (weight %g)", cfg.loss.tv_weight)
+    model.heights.prepare(images.pixels)
+    log.info("heights: %s", model.heights.describe(cfg.heights, cfg.loss.tv_weight))
     history: list[dict[str, Any]] = []
     quality = QualityReport()
     blurry = checks.sharpness < cfg.checks.sharpness_ratio
@@ -418,7 +387,7 @@ def reconstruct(
         coarse = 4.0 * cfg.output.downsample
         _, h_units, _, g = render_mosaic(model, images.pixels, coarse, None, device)
         plane = fit_dominant_plane(h_units, g)
-        level_to_dominant_plane(model, plane, images.size)
+        level_model(model, plane, images.size)
         log.info("levelled to the dominant plane: slopes %.2e, %.2e; offset %.3g units", *plane)
     scale = resolve_scale(model, intrinsics, cfg)
     cell = mosaic_cell(model, scale, cfg, images.size)

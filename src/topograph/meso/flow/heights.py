@@ -140,30 +140,15 @@ def _resize_maps(maps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def initialise_heights(model: MesoModel, measured: FlowHeights, iterations: int = 200, lr: float = 1e-2) -> float:
-    """Start the model's height maps at the measured ones.
-
-    A CNN is fitted to them (weighted by where they were measured, see :meth:`HeightCNN.fit`); explicit
-    maps are set to them. Returns the RMS misfit of the start (object units; 0 for explicit maps).
-    """
-    from topograph.meso.models.cnn import HeightCNN
-    from topograph.meso.models.heights import HeightMaps
-
+    """Start the model's height maps at the measured ones
+    (:meth:`~topograph.meso.models.heights.HeightModel.start_from`: a CNN is fitted to them, weighted by
+    where they were measured; explicit maps are set to them). Returns the RMS misfit of the start (object
+    units; 0 for explicit maps)."""
     heights = model.heights
-    if isinstance(heights, HeightCNN):
-        target = torch.from_numpy(_resize_maps(measured.heights, heights.shape))[:, None]
-        if iterations <= 0:  # the measured maps become the fixed part; the network learns the residual from 0
-            heights.set_maps(target)
-            return 0.0
-        measured_mask = (measured.weight > 0).astype(np.float32)
-        weight = torch.from_numpy(_resize_maps(measured_mask, heights.shape))[:, None] + 0.05
-        return heights.fit(target, weight, iterations, lr)
-    if isinstance(heights, HeightMaps):
-        with torch.no_grad():
-            shape = tuple(heights.maps.shape[-2:])
-            maps = torch.from_numpy(_resize_maps(measured.heights, shape))[:, None]
-            heights.maps.copy_(maps.to(heights.maps.device))
-        return 0.0
-    raise TypeError(f"cannot initialise heights of type {type(heights).__name__}")
+    target = torch.from_numpy(_resize_maps(measured.heights, heights.shape))[:, None]
+    measured_mask = (measured.weight > 0).astype(np.float32)
+    weight = torch.from_numpy(_resize_maps(measured_mask, heights.shape))[:, None] + 0.05
+    return heights.start_from(target, weight, iterations, lr)
 
 
 def measure_heights(model: MesoModel, pixels: np.ndarray, cfg: FlowHeightConfig, seed: int = 0) -> FlowHeights:

@@ -35,7 +35,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
+from topograph.meso.config import HeightConfig
+
 NORMS = ("instance", "affine")
+
+BYTES_PER_CNN_PIXEL = 1400.0
+"""Measured peak working memory per network-input pixel of the CNN [16,16,16,32,32] (forward + backward)."""
 
 
 class _Norm(nn.Module):
@@ -376,3 +381,27 @@ class HeightCNN(nn.Module):
     def parameter_count(self) -> int:
         """Number of trainable weights."""
         return sum(p.numel() for p in self.net.parameters())
+
+    def prepare(self, pixels: np.ndarray) -> None:
+        """:meth:`set_inputs`: the network reads the images."""
+        self.set_inputs(pixels)
+
+    def start_from(self, target: Tensor, weight: Tensor, iterations: int, lr: float) -> float:
+        """:meth:`fit` the network to ``target``; with ``iterations <= 0`` the maps become the fixed part
+        (:meth:`set_maps`) and the network learns the residual from 0."""
+        if iterations <= 0:
+            self.set_maps(target)
+            return 0.0
+        return self.fit(target, weight, iterations, lr)
+
+    def learning_rate(self, cfg: HeightConfig, default: float) -> float:
+        """The network's own Adam rate ``heights.cnn_lr``."""
+        return cfg.cnn_lr
+
+    def step_bytes_per_image(self) -> float:
+        """:data:`BYTES_PER_CNN_PIXEL` per network-input pixel."""
+        return BYTES_PER_CNN_PIXEL * self.shape[0] * self.shape[1]
+
+    def describe(self, cfg: HeightConfig, tv_weight: float) -> str:
+        h, w = self.shape
+        return f"CNN {list(cfg.cnn_filters)} on {w}x{h} inputs ({self.parameter_count()} weights)"

@@ -25,7 +25,6 @@ from topograph.errors import TopographError
 from topograph.meso.config import LearningRates, LevelConfig, MesoConfig
 from topograph.meso.flow.heights import FlowHeights, initialise_heights, measure_heights
 from topograph.meso.models.camera import MesoModel
-from topograph.meso.models.cnn import HeightCNN
 from topograph.meso.optimise.batching import BatchedLevel, make_batched_level
 from topograph.meso.optimise.checkpoint import Checkpoint, RoundState, load_checkpoint, run_fingerprint, save_checkpoint
 from topograph.meso.optimise.solver import solve_round
@@ -53,10 +52,9 @@ def config_fingerprint(names: tuple[str, ...], pixels: np.ndarray, cfg: MesoConf
 
 
 def effective_learning_rates(cfg: MesoConfig, model: MesoModel) -> LearningRates:
-    """The configured rates, with the CNN's Adam rate for the ``height`` group when the heights are a CNN."""
-    if isinstance(model.heights, HeightCNN):
-        return replace(cfg.lr, height=cfg.heights.cnn_lr)
-    return cfg.lr
+    """The configured rates, with the height model's own rate for the ``height`` group (a CNN's
+    ``heights.cnn_lr``, :meth:`~topograph.meso.models.heights.HeightModel.learning_rate`)."""
+    return replace(cfg.lr, height=model.heights.learning_rate(cfg.heights, cfg.lr.height))
 
 
 def clip_measured_heights(measured: FlowHeights, model: MesoModel, max_height_fraction: float) -> FlowHeights:

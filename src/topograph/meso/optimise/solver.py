@@ -56,8 +56,6 @@ def batch_at(iteration: int, n_images: int, batch_size: int, seed: int, round_in
 BYTES_PER_PIXEL = 330.0
 """Measured peak working memory of one step per image pixel of the round (forward + backward of the
 back-projection, splatting and sampling; float32 on CPU)."""
-BYTES_PER_CNN_PIXEL = 1400.0
-"""Measured peak working memory per network-input pixel of the CNN [16,16,16,32,32] (forward + backward)."""
 
 
 def effective_batch_size(batching: BatchingConfig, n_images: int, bytes_per_image: float) -> int:
@@ -72,9 +70,8 @@ def effective_batch_size(batching: BatchingConfig, n_images: int, bytes_per_imag
 def step_bytes_per_image(model: MesoModel, level: BatchedLevel, train_heights: bool) -> float:
     """Estimated working memory of one image in one step (see :data:`BYTES_PER_PIXEL`)."""
     out = BYTES_PER_PIXEL * level.uv.shape[0]
-    shape = getattr(model.heights, "shape", None)
-    if train_heights and isinstance(shape, tuple) and hasattr(model.heights, "net"):
-        out += BYTES_PER_CNN_PIXEL * shape[0] * shape[1]
+    if train_heights:
+        out += model.heights.step_bytes_per_image()
     return out
 
 

@@ -26,9 +26,9 @@ from pathlib import Path
 
 
 def _child(args: dict, queue: mp.Queue) -> None:
+    from topograph.analysis.evaluate_meso_synthetic import evaluate_synthetic
     from topograph.config import from_yaml
     from topograph.meso.config import MesoConfig, preset_config
-    from topograph.meso.evaluate import evaluate_synthetic
     from topograph.meso.pipeline import run_meso
     from topograph.synth.meso import MesoSynthConfig, make_meso_truth
 

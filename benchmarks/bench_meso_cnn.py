@@ -9,8 +9,9 @@ Renders (once, cached in the work folder) a cut-cards phone sequence with exact 
   within 1.3x of ``cnn`` (memory bounded by the batch, not the number of images).
 
 Each worker loads the JPEGs from disk like a user run, reconstructs, writes the standard outputs and
-evaluates the Table-1 protocol (:func:`topograph.meso.evaluate.evaluate_synthetic`, heights in µm and in
-ground-sample distances). The parent measures whole-process wall time, CPU time and peak RSS
+evaluates the Table-1 protocol
+(:func:`topograph.analysis.evaluate_meso_synthetic.evaluate_synthetic`, heights in µm and in ground-sample
+distances). The parent measures whole-process wall time, CPU time and peak RSS
 (``benchmarks/_measure.py``) and the machine load, and prints a Markdown table. ``--profile`` runs the
 ``cnn`` variant under ``torch.profiler`` and prints the top operators.
 
@@ -60,10 +61,10 @@ def worker(variant: str, data_dir: Path, out: Path, overrides: dict[str, str], p
     """One run in this process: load JPEGs, reconstruct, write outputs, evaluate, dump JSON."""
     import logging
 
+    from topograph.analysis.evaluate_meso_synthetic import evaluate_synthetic
     from topograph.config import apply_overrides
     from topograph.meso.config import MesoConfig
     from topograph.meso.data import load_images
-    from topograph.meso.evaluate import evaluate_synthetic
     from topograph.meso.outputs import write_outputs
     from topograph.meso.reconstruct import reconstruct
     from topograph.meso.types import MesoImages

@@ -435,7 +435,7 @@ def evaluate_colmap_meso(data: Path, out: Path) -> dict[str, Any]:
     texel = float(doc["raster"]["pixel_size_mm"])
     xy_px = (pts[:, :2] - origin) / texel
     raster = rasterize_points(xy_px, pts[:, 2] * 1000.0, truth.labels.shape)
-    tab = table1(truth.labels, truth.region_heights_um, raster, truth.region_names, erode_px=3, min_pixels=3)
+    tab = table1(truth.labels, truth.region_heights_um, raster, truth.region_names, erode_px=3, min_pixels=3).to_dict()
     inside = np.isfinite(raster)
     return {
         "table1": tab,
@@ -481,7 +481,7 @@ def evaluate_output(method: str, ds: Dataset, data: Path, out: Path, run: dict[s
             if method == "topograph":
                 from topograph.analysis.evaluate_meso import evaluate_meso, load_meso_result, load_meso_truth
 
-                return evaluate_meso(load_meso_result(run_dir=out), load_meso_truth(data))
+                return evaluate_meso(load_meso_result(run_dir=out), load_meso_truth(data)).to_dict()
             return evaluate_colmap_meso(data, out)
     except Exception as exc:  # recorded in the table, the suite goes on
         log.exception("evaluation of %s on %s failed", method, ds.name)

@@ -39,10 +39,10 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from topograph.analysis.evaluate_meso_synthetic import evaluate_synthetic
 from topograph.config import apply_overrides
 from topograph.meso.config import PARAMETER_GROUPS, LevelConfig, MesoConfig
 from topograph.meso.data import check_inputs, load_images, resolve_intrinsics
-from topograph.meso.evaluate import evaluate_synthetic
 from topograph.meso.init_positions import estimate_initial_positions
 from topograph.meso.outputs import write_outputs
 from topograph.meso.reconstruct import reconstruct

@@ -202,7 +202,7 @@ def test_meso_truth_warped_by_similarity_scores_zero(phantom) -> None:
     m = _similarity(0.85, 12.0, 90.0, -15.0)
     size = (640, 440)
     result = MesoResult(_warp(height, m, size, border=np.nan) + 1000.0, _warp(tex, m, size))
-    res = evaluate_meso(result, truth, erode_px=3)
+    res = evaluate_meso(result, truth, erode_px=3).to_dict()
     tab = res["table1"]
     assert np.abs(np.asarray(res["registration"]["matrix_truth_to_result"]) - m).max() < 0.5  # ≤ half a pixel
     assert tab["mean_accuracy_um"] < 1.0  # measured ≈ 1e-4 µm
@@ -222,7 +222,7 @@ def test_meso_flat_and_scaled_height_maps(phantom) -> None:
     ortho = _warp(tex, m, size)
     valid = _warp(np.ones_like(height), m, size) > 0.5
     flat = MesoResult(np.where(valid, 0.0, np.nan).astype(np.float32), ortho)
-    res = evaluate_meso(flat, truth)
+    res = evaluate_meso(flat, truth).to_dict()
     acc = {r["label"]: r["accuracy_um"] for r in res["table1"]["regions"]}
     mean_h = np.mean(list(CARD_HEIGHTS.values()))
     for lab, h_true in CARD_HEIGHTS.items():  # a flat map is off by each card's distance to the mean height
@@ -230,7 +230,7 @@ def test_meso_flat_and_scaled_height_maps(phantom) -> None:
     assert res["table1"]["mean_accuracy_um"] > 100.0  # measured 150 µm
     assert not np.isfinite(res["table1"]["rescale"])
     half = MesoResult(0.5 * _warp(height, m, size, border=np.nan), ortho)  # heights underestimated ×2, like COLMAP
-    tab = evaluate_meso(half, truth)["table1"]
+    tab = evaluate_meso(half, truth).to_dict()["table1"]
     assert tab["rescale"] == pytest.approx(2.0, rel=1e-3)
     assert tab["mean_accuracy_um"] > 50.0 and tab["rescaled"]["mean_accuracy_um"] < 1.0
 
@@ -240,7 +240,7 @@ def test_meso_identity_when_labels_are_on_the_result(phantom) -> None:
 
     labels, _, height = phantom
     truth = MesoTruth(labels, CARD_HEIGHTS)
-    res = evaluate_meso(MesoResult(height), truth)
+    res = evaluate_meso(MesoResult(height), truth).to_dict()
     assert res["registration"]["method"] == "identity" and res["table1"]["mean_accuracy_um"] < 1e-6
     with pytest.raises(TopographError):
         evaluate_meso(MesoResult(height[:-10]), truth)

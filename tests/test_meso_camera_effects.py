@@ -39,8 +39,8 @@ def test_blurred_photos_are_named_and_exposure_is_not_blur():
 
 
 def _run(effects: dict):
+    from topograph.analysis.evaluate_meso_synthetic import evaluate_synthetic
     from topograph.meso.config import preset_config
-    from topograph.meso.evaluate import evaluate_synthetic
     from topograph.meso.reconstruct import reconstruct
     from topograph.synth.meso import MesoSynthConfig, render_meso_sequence
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from topograph.analysis.evaluate_meso import evaluate_regions
+from topograph.geometry.similarity import fit_similarity
 from topograph.meso.config import MesoConfig
-from topograph.meso.evaluate import evaluate_regions, fit_similarity
 from topograph.meso.functional.distortion import (
     piecewise_linear_inverse_radius,
     piecewise_linear_magnification,

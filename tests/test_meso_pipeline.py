@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from topograph.analysis.evaluate_meso_synthetic import evaluate_synthetic
 from topograph.meso.config import LevelConfig, MesoConfig
-from topograph.meso.evaluate import evaluate_synthetic
 from topograph.meso.reconstruct import reconstruct
 from topograph.meso.types import ExifInfo, MesoImages
 from topograph.synth.meso import MesoSynthConfig, render_meso_sequence

@@ -8,7 +8,8 @@ the result itself — an image of the scene in the label frame ("truth ortho"):
    and result ortho: SIFT matches + RANSAC (``cv2.estimateAffinePartial2D``), refined by ECC
    (``cv2.findTransformECC``, Evangelidis & Psarakis 2008).
 2. :func:`map_labels`: the truth labels resampled into the result frame (nearest neighbour).
-3. Table 1 (:func:`topograph.meso.evaluate.evaluate_regions`, Zhou et al. 2021): regions eroded by
+3. Table 1 (:func:`evaluate_regions`, Zhou et al. 2021; the one implementation, also used by
+   :mod:`topograph.analysis.evaluate_meso_synthetic`): regions eroded by
    ``erode_px`` result pixels; per-region mean / standard deviation; the global shift
    ``Δh = mean(h_true − h_est)``; accuracy ``|mean + Δh − h_true|``; precision = std; the optimal rescale
    ``cov(h_true, h_est) / var(h_est)``; and the same table after that rescale (the paper's "CM (scaled)").
@@ -548,6 +549,150 @@ def coverage(
 # ----------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class RegionResult:
+    """One region of Table 1 (heights in the height map's unit)."""
+
+    label: int
+    name: str
+    true_height: float
+    mean: float
+    std: float
+    n_pixels: int
+    accuracy: float
+
+
+@dataclass(frozen=True)
+class Table1Result:
+    """Table-1 summary: per-region results, the global shift, mean accuracy/precision and rescale."""
+
+    regions: tuple[RegionResult, ...]
+    shift: float
+    mean_accuracy: float
+    mean_precision: float
+    rescale: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "shift": self.shift,
+            "mean_accuracy": self.mean_accuracy,
+            "mean_precision": self.mean_precision,
+            "rescale": self.rescale,
+            "regions": [r.__dict__ for r in self.regions],
+        }
+
+
+def evaluate_regions(
+    labels: np.ndarray,
+    region_heights: Mapping[int, float],
+    height: np.ndarray,
+    names: Mapping[int, str] | None = None,
+    erode_px: int = 0,
+    min_pixels: int = 10,
+) -> Table1Result:
+    """Table-1 accuracy and precision of an estimated height map against labelled regions.
+
+    Args:
+        labels: (H, W) integer region labels in the same frame as ``height`` (labels not in
+            ``region_heights`` are ignored).
+        region_heights: true height of each label.
+        height: (H, W) estimated heights (NaN = no estimate).
+        names: optional label names.
+        erode_px: shrink every region by this many pixels first (keeps edges out of the statistics).
+        min_pixels: regions with fewer valid pixels are skipped.
+
+    Returns:
+        The per-region statistics and the summary.
+
+    Raises:
+        ValueError: shapes differ, or fewer than two regions have enough pixels.
+    """
+    import cv2
+
+    if labels.shape != height.shape:
+        raise ValueError(f"labels {labels.shape} and height {height.shape} must have one shape")
+    kernel = np.ones((2 * erode_px + 1, 2 * erode_px + 1), np.uint8) if erode_px > 0 else None
+    stats = []
+    for lab, h_true in sorted(region_heights.items()):
+        mask = (labels == lab).astype(np.uint8)
+        if kernel is not None:
+            mask = cv2.erode(mask, kernel)
+        vals = height[(mask > 0) & np.isfinite(height)]
+        if vals.size < min_pixels:
+            continue
+        stats.append((int(lab), float(h_true), float(vals.mean()), float(vals.std()), int(vals.size)))
+    if len(stats) < 2:
+        raise ValueError("fewer than two regions have enough valid pixels for the Table-1 evaluation")
+    h_true = np.array([s[1] for s in stats])
+    h_est = np.array([s[2] for s in stats])
+    shift = float(np.mean(h_true - h_est))
+    acc = np.abs(h_est + shift - h_true)
+    var = float(np.var(h_est))
+    rescale = float(np.mean((h_true - h_true.mean()) * (h_est - h_est.mean())) / var) if var > 0 else float("nan")
+    regions = tuple(
+        RegionResult(
+            label=s[0],
+            name=(names or {}).get(s[0], str(s[0])),
+            true_height=s[1],
+            mean=s[2],
+            std=s[3],
+            n_pixels=s[4],
+            accuracy=float(a),
+        )
+        for s, a in zip(stats, acc, strict=True)
+    )
+    return Table1Result(
+        regions=regions,
+        shift=shift,
+        mean_accuracy=float(acc.mean()),
+        mean_precision=float(np.mean([s[3] for s in stats])),
+        rescale=rescale,
+    )
+
+
+@dataclass(frozen=True)
+class RescaledTable1:
+    """Table 1 of a height map as is (``table``) and after the optimal rescale ``table.rescale``
+    (``rescaled``; None when the rescale is undefined, e.g. a flat map), heights in µm."""
+
+    table: Table1Result
+    rescaled: Table1Result | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"shift_um", "mean_accuracy_um", "mean_precision_um", "rescale", "rescaled": {...}, "regions":
+        [...]}``; each region: ``label``, ``name``, ``true_height_um``, ``mean_um``, ``accuracy_um``,
+        ``precision_um``, ``n_pixels`` and accuracy / precision after the rescale."""
+        base, scaled = self.table, self.rescaled
+        scaled_by_label = {r.label: r for r in scaled.regions} if scaled is not None else {}
+        regions = []
+        for r in base.regions:
+            s = scaled_by_label.get(r.label)
+            regions.append(
+                {
+                    "label": r.label,
+                    "name": r.name,
+                    "true_height_um": r.true_height,
+                    "mean_um": r.mean,
+                    "accuracy_um": r.accuracy,
+                    "precision_um": r.std,
+                    "n_pixels": r.n_pixels,
+                    "rescaled_accuracy_um": s.accuracy if s is not None else None,
+                    "rescaled_precision_um": s.std if s is not None else None,
+                }
+            )
+        return {
+            "shift_um": base.shift,
+            "mean_accuracy_um": base.mean_accuracy,
+            "mean_precision_um": base.mean_precision,
+            "rescale": base.rescale,
+            "rescaled": {
+                "mean_accuracy_um": scaled.mean_accuracy if scaled is not None else None,
+                "mean_precision_um": scaled.mean_precision if scaled is not None else None,
+            },
+            "regions": regions,
+        }
+
+
 def table1(
     labels: np.ndarray,
     region_heights_um: Mapping[int, float],
@@ -556,22 +701,15 @@ def table1(
     *,
     erode_px: int = 3,
     min_pixels: int = 10,
-) -> dict[str, Any]:
+) -> RescaledTable1:
     """Table-1 statistics of a height map against labels in its frame, as is and after the optimal rescale.
 
-    Uses :func:`topograph.meso.evaluate.evaluate_regions` twice: on ``h`` and on ``a · h`` with
-    ``a = cov(h_true, h_est) / var(h_est)`` from the first pass (the paper's "CM (scaled)" columns).
-
-    Returns:
-        ``{"shift_um", "mean_accuracy_um", "mean_precision_um", "rescale", "regions": [...], "rescaled": {...}}``;
-        each region: ``label``, ``name``, ``true_height_um``, ``mean_um``, ``accuracy_um``, ``precision_um``,
-        ``n_pixels`` (and accuracy / precision after the rescale).
+    :func:`evaluate_regions` twice: on ``h`` and on ``a · h`` with ``a = cov(h_true, h_est) / var(h_est)``
+    from the first pass (the paper's "CM (scaled)" columns).
 
     Raises:
         TopographError: fewer than two regions have ``min_pixels`` valid pixels.
     """
-    from topograph.meso.evaluate import evaluate_regions
-
     try:
         base = evaluate_regions(
             labels, dict(region_heights_um), height_um, names, erode_px=erode_px, min_pixels=min_pixels
@@ -581,40 +719,41 @@ def table1(
             f"Table 1 cannot be computed: {exc}",
             "check the registration (NCC) and that the result covers the regions; lower --erode-px",
         ) from exc
-    a = base.rescale
     scaled = None
-    if np.isfinite(a):
+    if np.isfinite(base.rescale):
         scaled = evaluate_regions(
-            labels, dict(region_heights_um), a * height_um, names, erode_px=erode_px, min_pixels=min_pixels
+            labels, dict(region_heights_um), base.rescale * height_um, names, erode_px=erode_px, min_pixels=min_pixels
         )
-    scaled_by_label = {r.label: r for r in scaled.regions} if scaled is not None else {}
-    regions = []
-    for r in base.regions:
-        s = scaled_by_label.get(r.label)
-        regions.append(
-            {
-                "label": r.label,
-                "name": r.name,
-                "true_height_um": r.true_height,
-                "mean_um": r.mean,
-                "accuracy_um": r.accuracy,
-                "precision_um": r.std,
-                "n_pixels": r.n_pixels,
-                "rescaled_accuracy_um": s.accuracy if s is not None else None,
-                "rescaled_precision_um": s.std if s is not None else None,
-            }
-        )
-    return {
-        "shift_um": base.shift,
-        "mean_accuracy_um": base.mean_accuracy,
-        "mean_precision_um": base.mean_precision,
-        "rescale": a,
-        "rescaled": {
-            "mean_accuracy_um": scaled.mean_accuracy if scaled is not None else None,
-            "mean_precision_um": scaled.mean_precision if scaled is not None else None,
-        },
-        "regions": regions,
-    }
+    return RescaledTable1(base, scaled)
+
+
+@dataclass(frozen=True)
+class MesoEvaluation:
+    """Outcome of :func:`evaluate_meso`: the registration, the coverage of the labelled truth pixels (overall
+    and per region label) and Table 1; ``result`` / ``truth`` the sources, ``height_unit``, ``erode_px``."""
+
+    result: str
+    truth: str
+    height_unit: str
+    erode_px: int
+    registration: OrthoRegistration
+    coverage: float
+    coverage_per_region: dict[int, float]
+    table1: RescaledTable1
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: ``registration``, ``coverage``, ``coverage_per_region``, ``table1``
+        (:meth:`RescaledTable1.to_dict`), ``height_unit``, ``erode_px``, ``result`` and ``truth``."""
+        return {
+            "result": self.result,
+            "truth": self.truth,
+            "height_unit": self.height_unit,
+            "erode_px": self.erode_px,
+            "registration": self.registration.to_dict(),
+            "coverage": self.coverage,
+            "coverage_per_region": {str(k): v for k, v in self.coverage_per_region.items()},
+            "table1": self.table1.to_dict(),
+        }
 
 
 def evaluate_meso(
@@ -624,7 +763,7 @@ def evaluate_meso(
     erode_px: int = 3,
     refine: bool = True,
     registration: OrthoRegistration | None = None,
-) -> dict[str, Any]:
+) -> MesoEvaluation:
     """Register a result to the truth, map the labels into the result frame, and compute Table 1 and coverage.
 
     Args:
@@ -635,8 +774,7 @@ def evaluate_meso(
         registration: skip the registration and use this one.
 
     Returns:
-        JSON-ready dict: ``registration``, ``coverage``, ``coverage_per_region``, ``table1`` (see :func:`table1`),
-        ``height_unit``, ``erode_px``, ``result`` and ``truth`` paths.
+        The evaluation (:meth:`MesoEvaluation.to_dict` for JSON).
     """
     if registration is None:
         if truth.ortho is None:
@@ -658,16 +796,16 @@ def evaluate_meso(
     region_ids = sorted(truth.region_heights_um)
     cov, cov_per = coverage(truth.labels, region_ids, np.isfinite(result.height), registration.matrix)
     tab = table1(labels_r, truth.region_heights_um, result.height, truth.region_names, erode_px=erode_px)
-    return {
-        "result": result.source,
-        "truth": truth.source,
-        "height_unit": result.height_unit,
-        "erode_px": int(erode_px),
-        "registration": registration.to_dict(),
-        "coverage": cov,
-        "coverage_per_region": {str(k): v for k, v in cov_per.items()},
-        "table1": tab,
-    }
+    return MesoEvaluation(
+        result=result.source,
+        truth=truth.source,
+        height_unit=result.height_unit,
+        erode_px=int(erode_px),
+        registration=registration,
+        coverage=cov,
+        coverage_per_region={int(k): v for k, v in cov_per.items()},
+        table1=tab,
+    )
 
 
 def rasterize_points(xy_px: np.ndarray, values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

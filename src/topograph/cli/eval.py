@@ -328,7 +328,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         t = load_meso_truth(truth)
         result = load_meso_result(height, ortho, run)
         with console.status("registering the result to the truth"):
-            res = evaluate_meso(result, t, erode_px=erode_px, refine=not no_refine)
+            res = evaluate_meso(result, t, erode_px=erode_px, refine=not no_refine).to_dict()
         if not as_json:
             print_meso_table(res)
         _emit(res, as_json, out)

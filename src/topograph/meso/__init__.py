@@ -21,7 +21,7 @@ from typing import Any
 _LAZY = {
     "MesoConfig": "topograph.meso.config",
     "MesoImages": "topograph.meso.types",
-    "evaluate_regions": "topograph.meso.evaluate",
+    "evaluate_regions": "topograph.analysis.evaluate_meso",
     "load_images": "topograph.meso.data",
     "run_meso": "topograph.meso.pipeline",
     "MesoReconstruction": "topograph.meso.reconstruct",

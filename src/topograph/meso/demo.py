@@ -22,8 +22,8 @@ def run_demo(out: Path, size: int = 0, seed: int = 0, console: Any = None, quick
     Returns:
         ``{"rows": {label: text}, "report": path, "result": path, "data": path}``.
     """
+    from topograph.analysis.evaluate_meso_synthetic import evaluate_synthetic
     from topograph.meso.config import preset_config
-    from topograph.meso.evaluate import evaluate_synthetic
     from topograph.meso.pipeline import run_meso
     from topograph.report.html import write_report
     from topograph.synth.meso import MesoSynthConfig, render_meso_sequence, write_meso_dataset

@@ -84,6 +84,31 @@ class MesoReconstruction:
         """Lateral size of one mosaic pixel in mm (None when the scale is unknown)."""
         return None if self.scale.mm_per_unit is None else self.grid.cell * self.scale.mm_per_unit
 
+    @property
+    def height_factors(self) -> np.ndarray:
+        """(N,) factor converting each image's camera-centric heights (object units) to ``scale.height_unit``."""
+        return self.scale.height_factors
+
+    @property
+    def camera_positions(self) -> np.ndarray:
+        """(N, 2) camera nadirs, object units."""
+        return self.cameras.positions
+
+    @torch.no_grad()
+    def ground_points(self, uv: np.ndarray, plane_height: np.ndarray | None = None) -> np.ndarray:
+        """(N, P, 2) object-plane positions of pixels ``uv`` (P, 2) of every image on the plane at camera-centric
+        height ``plane_height`` (N,) (object units; 0 when None)."""
+        t = torch.as_tensor(uv, dtype=torch.float32)
+        h = None
+        if plane_height is not None:
+            h = torch.as_tensor(plane_height, dtype=torch.float32)[:, None].expand(self.model.n_images, t.shape[0])
+        return self.model.object_points(t, h).cpu().numpy().astype(float)
+
+    @torch.no_grad()
+    def undistort_pixels(self, uv: np.ndarray) -> np.ndarray:
+        """(P, 2) undistorted positions of raw pixels ``uv`` (P, 2) with the recovered lens profile."""
+        return self.model.distortion.undistort(torch.as_tensor(uv, dtype=torch.float32)).numpy().astype(float)
+
     def height_map(self) -> HeightMap:
         """The height map as a :class:`topograph.types.HeightMap` (lateral unit mm, or px if unscaled)."""
         if self.pixel_size_mm is None:

@@ -107,7 +107,7 @@ def worker(variant: str, data_dir: Path, out: Path, overrides: dict[str, str], p
     iters = len(rec.history)
     rounds: dict[str, int] = {}
     for h in rec.history:
-        rounds[h["level"]] = rounds.get(h["level"], 0) + 1
+        rounds[h.level] = rounds.get(h.level, 0) + 1
     summary = {
         "variant": variant,
         "n_images": len(images),

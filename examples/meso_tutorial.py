@@ -250,9 +250,9 @@ print(f"reconstruction took {time.perf_counter() - t0:.1f} s")
 print("timings [s]:", {k: round(v, 2) for k, v in rec.timings.items()})
 
 fig, ax = plt.subplots(figsize=(9, 3.5))
-for name in dict.fromkeys(h["level"] for h in rec.history):
-    steps = [k for k, h in enumerate(rec.history) if h["level"] == name]
-    ax.plot(steps, [rec.history[k]["mse_rgb"] for k in steps], label=name)
+for name in dict.fromkeys(h.level for h in rec.history):
+    steps = [k for k, h in enumerate(rec.history) if h.level == name]
+    ax.plot(steps, [rec.history[k].mse_rgb for k in steps], label=name)
 ax.set_yscale("log")
 ax.set_xlabel("iteration")
 ax.set_ylabel("photometric MSE")

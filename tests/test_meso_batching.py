@@ -100,11 +100,12 @@ def test_batched_round_registers_the_images():
     model = _start(scene)
     assert _aligned_error(model, scene.positions) > 2.0
     level = make_batched_level(scene.pixels, 1)
-    history: list[dict] = []
     cfg = LevelConfig("shift", 1, 240, ("position",), lr_scale=0.3, lr_final=0.02)
-    solve_round(model, level, cfg, 0, LearningRates(), LossConfig(), BatchingConfig(2, 0.5), RobustConfig(), history)
+    history = solve_round(
+        model, level, cfg, 0, LearningRates(), LossConfig(), BatchingConfig(2, 0.5), RobustConfig()
+    ).records
     assert _aligned_error(model, scene.positions) < 0.15
-    assert all(len(h["batch"]) == 2 for h in history)
+    assert all(len(h.batch) == 2 for h in history)
     # every image appears once per epoch of 3 batches
     seen = sorted(sum((batch_at(k, 6, 2, 0, 0).tolist() for k in range(3)), []))
     assert seen == list(range(6))

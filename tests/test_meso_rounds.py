@@ -65,7 +65,7 @@ def test_cnn_and_tv_heights_recover_the_toy_relief(scene, model):
     assert abs(e["background"]) < 0.05 * RELIEF, e
     # nadirs trade off against small tilts on a relief (measured 0.36 tv, 0.64 cnn): within one pixel
     assert registration_rms(rec, scene) < 1.0, registration_rms(rec, scene)
-    assert rec.history[-1]["mse_rgb"] < 0.2 * rec.history[0]["mse_rgb"]
+    assert rec.history[-1].mse_rgb < 0.2 * rec.history[0].mse_rgb
 
 
 class Interrupt(Exception):
@@ -120,7 +120,7 @@ def test_same_seed_same_heights_and_resume_ends_where_the_uninterrupted_run_ends
     for (name, a), (_, b) in zip(first.model.state_dict().items(), resumed.model.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     np.testing.assert_array_equal(first.height, resumed.height)
-    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in first.history]
+    assert [h.loss for h in resumed.history] == [h.loss for h in first.history]
 
     # a finished checkpoint resumes to the same result without optimising again
     again = reconstruct(images, cfg, checkpoint=ckpt, resume=True)
@@ -155,9 +155,9 @@ def test_injected_divergence_is_rolled_back_and_the_run_converges(scene, caplog)
     rollbacks = [r.getMessage() for r in caplog.records if "rolled back" in r.getMessage()]
     assert rollbacks and all(m.startswith("round camera") for m in rollbacks), rollbacks
     assert not any("ending the round" in r.getMessage() for r in caplog.records)
-    camera_its = [h["iteration"] for h in rec.history if h["level"] == "camera"]
+    camera_its = [h.iteration for h in rec.history if h.level == "camera"]
     assert camera_its == list(range(30))  # every iteration done once after the rollbacks
-    assert all(np.isfinite(h["loss"]) for h in rec.history)
+    assert all(np.isfinite(h.loss) for h in rec.history)
     assert registration_rms(rec, scene) < 1.0
     e = height_errors(rec, scene)
     assert e["rms"] < 0.2 * RELIEF and abs(e["plateau"] - RELIEF) < 0.3 * RELIEF, e
@@ -192,8 +192,8 @@ def test_warm_up_keeps_a_continuation_round_from_kicking_the_cnn_heights(scene):
         again = LevelConfig("again", 1, 20, (*CAM, "height"), lr_scale=0.3, warmup_iterations=warmup)
         cfg = dataclasses.replace(cfg, schedule=(*cfg.schedule, again))
         rec = reconstruct(scene.images(), cfg)
-        before = [r["loss"] for r in rec.history if r["level"] == "height"][-1]
-        during = [r["loss"] for r in rec.history if r["level"] == "again"]
+        before = [r.loss for r in rec.history if r.level == "height"][-1]
+        during = [r.loss for r in rec.history if r.level == "again"]
         results[warmup] = (max(during) / before, height_errors(rec, scene)["plateau"])
     # measured: no warm-up 7.7x, plateau 4.72; warm-up 1.27x, plateau 5.95
     assert results[0][0] > 3.0, results  # the scenario does kick without a warm-up

@@ -28,9 +28,10 @@ from topograph import __version__
 from topograph.config import to_yaml
 from topograph.io.atomic import write_json, write_text
 from topograph.io.exports import write_height_map, write_mesh_ply, write_png, write_rgb_tiff
-from topograph.meso.figures import distortion_figure, height_figure, loss_figure
+from topograph.meso.optimise.history import History
 from topograph.meso.reconstruct import MesoReconstruction
 from topograph.meso.types import MesoImages
+from topograph.report.meso_figures import distortion_figure, height_figure, loss_figure
 
 log = logging.getLogger("topograph")
 
@@ -88,26 +89,24 @@ def height_field_mesh(
     return v.astype(np.float32), colours, np.asarray(mesh.faces, dtype=np.int32)
 
 
-def _history_csv(history: list[dict]) -> str:
+def _history_csv(history: History) -> str:
     buf = io.StringIO()
     buf.write("level,iteration,loss,mse_rgb,mse_height,tv\n")
     for r in history:
-        buf.write(
-            f"{r['level']},{r['iteration']},{r['loss']:.6e},{r['mse_rgb']:.6e},{r['mse_height']:.6e},{r['tv']:.6e}\n"
-        )
+        buf.write(f"{r.level},{r.iteration},{r.loss:.6e},{r.mse_rgb:.6e},{r.mse_height:.6e},{r.tv:.6e}\n")
     return buf.getvalue()
 
 
 def run_quality(rec: MesoReconstruction) -> dict[str, Any]:
     """Quality figures a run can state without ground truth: the final loss terms, the share of the
     mosaic seen by at least ``min_views`` images, and the mean number of images per mosaic pixel."""
-    last: dict[str, Any] = rec.history[-1] if rec.history else {}
+    last = rec.history[-1] if rec.history else None
     cell_area = rec.grid.cell**2
     seen = rec.weight > 0.25 * cell_area
     return {
-        "final_loss": last.get("loss"),
-        "final_mse_rgb": last.get("mse_rgb"),
-        "final_mse_height": last.get("mse_height"),
+        "final_loss": last.loss if last else None,
+        "final_mse_rgb": last.mse_rgb if last else None,
+        "final_mse_height": last.mse_height if last else None,
         "iterations": len(rec.history),
         "height_coverage": float(np.isfinite(rec.height).mean()) if rec.height.size else 0.0,
         "mean_images_per_pixel": float((rec.weight[seen] / cell_area).mean()) if seen.any() else 0.0,
@@ -188,7 +187,8 @@ def write_outputs(rec: MesoReconstruction, out_dir: str | Path, command: str | N
         cam["position_output"] = [float(pos[0] * k_um), float(-pos[1] * k_um)]  # surface.ply's x, y
     cams["position_output_unit"] = lateral
     files["cameras_json"] = write_json(out / "cameras.json", cams)
-    files["loss_png"] = loss_figure(rec.history, out / "loss.png")
+    h = rec.history
+    files["loss_png"] = loss_figure([r.level for r in h], [r.loss for r in h], [r.mse_rgb for r in h], out / "loss.png")
     files["distortion_png"] = distortion_figure(rec.cameras.distortion, rec.image_size, out / "distortion.png")
     files["history_csv"] = write_text(out / "history.csv", _history_csv(rec.history))
     files["input_checks_json"] = write_json(out / "input_checks.json", rec.checks.to_dict(rec.names))

@@ -7,7 +7,6 @@ import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +24,7 @@ from topograph.meso.models.distortion import distortion_models
 from topograph.meso.models.heights import HeightMaps, HeightModel
 from topograph.meso.mosaic import render_mosaic
 from topograph.meso.optimise.checkpoint import load_checkpoint
+from topograph.meso.optimise.history import History
 from topograph.meso.optimise.rounds import config_fingerprint, run_rounds
 from topograph.meso.progress import NullProgress, ProgressSink
 from topograph.meso.quality import QualityReport, enforce, height_gate, registration_gate, registration_scores
@@ -57,7 +57,7 @@ class MesoReconstruction:
 
     ``ortho`` (H, W, 3) float32 in [0, 1]; ``height`` (H, W) float32 in ``scale.height_unit`` (NaN where no
     image); ``weight`` (H, W) splat weight; ``grid`` the mosaic grid in object units; ``model`` the
-    optimised deformation model (CPU); ``history`` one dict per iteration.
+    optimised deformation model (CPU); ``history`` every accepted iteration of the rounds.
     """
 
     names: tuple[str, ...]
@@ -71,7 +71,7 @@ class MesoReconstruction:
     checks: InputChecks
     init: InitialPositions
     model: MesoModel
-    history: list[dict[str, Any]]
+    history: History
     config: MesoConfig
     timings: dict[str, float] = field(default_factory=dict)
     image_size: tuple[int, int] = (0, 0)
@@ -316,6 +316,76 @@ def check_registration(
     enforce(registration_gate(images.names, ncc, overlap, cfg.checks), quality, cfg.checks)
 
 
+def check_and_initialise(
+    images: MesoImages, cfg: MesoConfig
+) -> tuple[MesoImages, InputChecks, Intrinsics, InitialPositions, MesoConfig]:
+    """Input checks, intrinsics and initial positions; images linked to no other are left out
+    (:func:`drop_unlinked`, which renumbers the reference image in the returned configuration)."""
+    checks = check_inputs(images, cfg.checks)
+    intrinsics = resolve_intrinsics(images, cfg.scale)
+    log.info(
+        "%d images %dx%d; focal %.3f mm (%s), pitch %.3f um (%s), f = %.1f px",
+        len(images), *images.size, intrinsics.focal_mm, intrinsics.source["focal_mm"],
+        intrinsics.pixel_pitch_mm * 1000, intrinsics.source["pixel_pitch"], intrinsics.focal_px,
+    )  # fmt: skip
+    init = estimate_initial_positions(images.pixels, images.names, cfg.init)
+    if init.linked is not None and not init.linked.all():
+        images, init, checks, cfg = drop_unlinked(images, init, checks, cfg)
+    return images, replace(checks, overlap=init.overlap), intrinsics, init, cfg
+
+
+def start_model(images: MesoImages, intrinsics: Intrinsics, init: InitialPositions, cfg: MesoConfig) -> MesoModel:
+    """The deformation model at the initial positions and angles, its height model prepared on the images."""
+    model = build_model(len(images), images.size, intrinsics.focal_px, init.positions, cfg)
+    if init.angles is not None:
+        with torch.no_grad():
+            model.pose.angle.copy_(torch.as_tensor(init.angles, dtype=model.pose.angle.dtype))
+    model.heights.prepare(images.pixels)
+    log.info("heights: %s", model.heights.describe(cfg.heights, cfg.loss.tv_weight))
+    return model
+
+
+@dataclass(frozen=True)
+class Mosaic:
+    """The rendered outputs of :func:`finish`: ``ortho`` (H, W, 3), ``height`` (H, W) in
+    ``scale.height_unit``, splat ``weight`` (H, W), their ``grid`` and the absolute ``scale``."""
+
+    ortho: np.ndarray
+    height: np.ndarray
+    weight: np.ndarray
+    grid: GridSpec
+    scale: ScaleResult
+
+
+def finish(
+    model: MesoModel,
+    images: MesoImages,
+    intrinsics: Intrinsics,
+    cfg: MesoConfig,
+    quality: QualityReport,
+    device: torch.device,
+    weights: np.ndarray | None,
+) -> Mosaic:
+    """After the rounds: registration gate, levelling to the dominant plane (the gauge), absolute scale,
+    the full-resolution mosaic and the height-coverage gate."""
+    check_registration(model, images, cfg, quality, device)
+    if cfg.model.level_plane:
+        coarse = 4.0 * cfg.output.downsample
+        _, h_units, _, g = render_mosaic(model, images.pixels, coarse, None, device)
+        plane = fit_dominant_plane(h_units, g)
+        level_model(model, plane, images.size)
+        log.info("levelled to the dominant plane: slopes %.2e, %.2e; offset %.3g units", *plane)
+    scale = resolve_scale(model, intrinsics, cfg)
+    cell = mosaic_cell(model, scale, cfg, images.size)
+    ortho, height, weight, grid = render_mosaic(
+        model, images.pixels, cell, scale.height_factors, device, cfg.output.min_views, weights
+    )
+    seen = weight > 0.25 * grid.cell**2
+    coverage = float(np.isfinite(height)[seen].mean()) if seen.any() else 0.0
+    enforce(height_gate(coverage, cfg.checks), quality, cfg.checks)
+    return Mosaic(ortho, height, weight, grid, scale)
+
+
 def reconstruct(
     images: MesoImages,
     cfg: MesoConfig | None = None,
@@ -349,7 +419,6 @@ def reconstruct(
         raise TopographError(f"the mesoscopic engine needs at least 2 images, got {len(images)}", "add images")
     if resume and checkpoint is None:
         raise TopographError("resuming needs a checkpoint file", "give the output folder of the earlier run")
-    timings: dict[str, float] = {}
     t0 = time.perf_counter()
     device = select_device(cfg.device)
     torch.set_num_threads(cfg.threads if cfg.threads > 0 else max(1, os.cpu_count() or 1))
@@ -358,86 +427,40 @@ def reconstruct(
     fingerprint = config_fingerprint(images.names, images.pixels, cfg)
     if resume:  # refuse a foreign checkpoint before the (slower) checks and initialisation
         load_checkpoint(checkpoint, fingerprint)
-
-    checks = check_inputs(images, cfg.checks)
-    intrinsics = resolve_intrinsics(images, cfg.scale)
-    log.info(
-        "%d images %dx%d; focal %.3f mm (%s), pitch %.3f um (%s), f = %.1f px",
-        len(images),
-        *images.size,
-        intrinsics.focal_mm,
-        intrinsics.source["focal_mm"],
-        intrinsics.pixel_pitch_mm * 1000,
-        intrinsics.source["pixel_pitch"],
-        intrinsics.focal_px,
-    )
-    init = estimate_initial_positions(images.pixels, images.names, cfg.init)
-    if init.linked is not None and not init.linked.all():
-        images, init, checks, cfg = drop_unlinked(images, init, checks, cfg)
-    checks = replace(checks, overlap=init.overlap)
-    timings["checks_init_s"] = time.perf_counter() - t0
-
-    model = build_model(len(images), images.size, intrinsics.focal_px, init.positions, cfg).to(device)
-    if init.angles is not None:
-        with torch.no_grad():
-            model.pose.angle.copy_(torch.as_tensor(init.angles, dtype=model.pose.angle.dtype))
-    model.heights.prepare(images.pixels)
-    log.info("heights: %s", model.heights.describe(cfg.heights, cfg.loss.tv_weight))
-    history: list[dict[str, Any]] = []
+    images, checks, intrinsics, init, cfg = check_and_initialise(images, cfg)
+    timings = {"checks_init_s": time.perf_counter() - t0}
+    model = start_model(images, intrinsics, init, cfg).to(device)
     quality = QualityReport()
     blurry = checks.sharpness < cfg.checks.sharpness_ratio
     weights = np.where(blurry, cfg.checks.blurry_weight, 1.0) if blurry.any() else None
     try:
-        model = run_rounds(
-            model,
-            images.pixels,
-            cfg,
-            round_levels(cfg, images.size),
-            history,
-            timings,
-            progress,
-            device=device,
-            checkpoint=checkpoint,
-            resume=resume,
-            fingerprint=fingerprint,
-            quality=quality,
-            image_weights=weights,
-        )
+        rounds = run_rounds(
+            model, images.pixels, cfg, round_levels(cfg, images.size), progress, device=device,
+            checkpoint=checkpoint, resume=resume, fingerprint=fingerprint, quality=quality, image_weights=weights,
+        )  # fmt: skip
     finally:
         progress.stop()
+    model = rounds.model
+    timings.update(rounds.timings)
     model.eval()
     t = time.perf_counter()
-    check_registration(model, images, cfg, quality, device)
-    if cfg.model.level_plane:
-        coarse = 4.0 * cfg.output.downsample
-        _, h_units, _, g = render_mosaic(model, images.pixels, coarse, None, device)
-        plane = fit_dominant_plane(h_units, g)
-        level_model(model, plane, images.size)
-        log.info("levelled to the dominant plane: slopes %.2e, %.2e; offset %.3g units", *plane)
-    scale = resolve_scale(model, intrinsics, cfg)
-    cell = mosaic_cell(model, scale, cfg, images.size)
-    ortho, height, weight, grid = render_mosaic(
-        model, images.pixels, cell, scale.height_factors, device, cfg.output.min_views, weights
-    )
+    mosaic = finish(model, images, intrinsics, cfg, quality, device, weights)
     timings["mosaic_s"] = time.perf_counter() - t
-    seen = weight > 0.25 * grid.cell**2
-    coverage = float(np.isfinite(height)[seen].mean()) if seen.any() else 0.0
-    enforce(height_gate(coverage, cfg.checks), quality, cfg.checks)
     timings["total_s"] = time.perf_counter() - t0
     model = model.cpu()
     return MesoReconstruction(
         names=images.names,
-        ortho=ortho,
-        height=height,
-        weight=weight,
-        grid=grid,
-        scale=scale,
-        cameras=camera_estimate(model, images.names, scale),
+        ortho=mosaic.ortho,
+        height=mosaic.height,
+        weight=mosaic.weight,
+        grid=mosaic.grid,
+        scale=mosaic.scale,
+        cameras=camera_estimate(model, images.names, mosaic.scale),
         intrinsics=intrinsics,
         checks=checks,
         init=init,
         model=model,
-        history=history,
+        history=rounds.history,
         config=cfg,
         timings=timings,
         image_size=images.size,

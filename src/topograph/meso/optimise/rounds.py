@@ -13,9 +13,8 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +26,7 @@ from topograph.meso.flow.heights import FlowHeights, initialise_heights, measure
 from topograph.meso.models.camera import MesoModel
 from topograph.meso.optimise.batching import BatchedLevel, make_batched_level
 from topograph.meso.optimise.checkpoint import Checkpoint, RoundState, load_checkpoint, run_fingerprint, save_checkpoint
+from topograph.meso.optimise.history import History, IterationRecord
 from topograph.meso.optimise.solver import solve_round
 from topograph.meso.progress import NullProgress, ProgressSink
 from topograph.meso.quality import QualityReport, enforce, match_gate, refinement_gate
@@ -68,13 +68,38 @@ def clip_measured_heights(measured: FlowHeights, model: MesoModel, max_height_fr
     return replace(measured, heights=np.clip(measured.heights, -limit, limit))
 
 
+@dataclass(frozen=True)
+class RoundsResult:
+    """Outcome of :func:`run_rounds`: the optimised ``model``, its ``history`` (every accepted iteration,
+    including those restored from a checkpoint) and ``timings`` (``height_init_s`` and ``round_<name>_s``
+    wall times of this call)."""
+
+    model: MesoModel
+    history: History
+    timings: dict[str, float]
+
+
+def _flow_step(model: MesoModel, pixels: np.ndarray, cfg: MesoConfig, quality: QualityReport | None) -> float:
+    """The flow step before the first height round (:mod:`topograph.meso.flow`): heights measured from dense
+    matches start the height model; its match and refinement gates are added to ``quality``. Returns the
+    step's wall time."""
+    t = time.perf_counter()
+    measured = measure_heights(model, pixels, cfg.heights.flow, cfg.seed)
+    measured = clip_measured_heights(measured, model, cfg.robust.max_height_fraction)
+    misfit = initialise_heights(model, measured, cfg.heights.fit_iterations, cfg.heights.fit_lr)
+    seconds = time.perf_counter() - t
+    if quality is not None:
+        enforce(match_gate(measured.coverage, measured.n_matches, cfg.checks), quality, cfg.checks)
+        enforce(refinement_gate(measured.refinement), quality, cfg.checks)
+    log.info("heights started from the flow measurement (fit misfit %.3g units)", misfit)
+    return seconds
+
+
 def run_rounds(
     model: MesoModel,
     pixels: np.ndarray,
     cfg: MesoConfig,
     levels: Sequence[LevelConfig],
-    history: list[dict[str, Any]],
-    timings: dict[str, float],
     progress: ProgressSink | None = None,
     device: torch.device | str = "cpu",
     checkpoint: str | Path | None = None,
@@ -82,7 +107,7 @@ def run_rounds(
     fingerprint: str = "",
     quality: QualityReport | None = None,
     image_weights: np.ndarray | None = None,
-) -> MesoModel:
+) -> RoundsResult:
     """Optimise ``model`` over ``levels`` with :func:`topograph.meso.optimise.solver.solve_round`, with checkpoints.
 
     Args:
@@ -90,8 +115,6 @@ def run_rounds(
         pixels: (N, H, W, 3) uint8 images.
         cfg: configuration (learning rates, loss, batching, robustness, seed).
         levels: the rounds to run (``cfg.schedule``, possibly with adjusted downsampling factors).
-        history: per-iteration records are appended (replaced by the checkpoint's when resuming).
-        timings: ``round_<name>_s`` wall times are added.
         progress: progress sink.
         device: compute device.
         checkpoint: file for resumable checkpoints (None = no files).
@@ -102,25 +125,26 @@ def run_rounds(
         image_weights: (N,) weight of each image in the running reconstruction (None = 1).
 
     Returns:
-        The model.
+        The model, the history and the timings.
 
     Raises:
         TopographError: ``resume`` without a usable checkpoint of this run.
     """
     progress = progress or NullProgress()
-    start_round, round_state = 0, None
+    start_round, round_state, history = 0, None, History()
     if resume:
         if checkpoint is None:
             raise TopographError("resuming needs a checkpoint file", "give the output folder of the earlier run")
         ck = load_checkpoint(checkpoint, fingerprint)
         model.load_state_dict(ck.model)
-        history[:] = ck.history
+        history = History.from_dicts(ck.history)
         start_round, round_state = ck.next_round, ck.round_state
         where = "finished" if start_round >= len(levels) else f"round {start_round}"
         if round_state is not None:
             where += f", iteration {round_state.iteration}"
         log.info("resuming from %s (%s)", checkpoint, where)
     lr = effective_learning_rates(cfg, model)
+    timings: dict[str, float] = {}
     cache: dict[int, BatchedLevel] = {}
     first_height_round = next((r for r, lvl in enumerate(levels) if "height" in lvl.train), None)
     for r, level in enumerate(levels):
@@ -128,42 +152,27 @@ def run_rounds(
             continue
         resumed_inside = r == start_round and round_state is not None
         if r == first_height_round and cfg.heights.init == "flow" and not resumed_inside:
-            t = time.perf_counter()
-            measured = measure_heights(model, pixels, cfg.heights.flow, cfg.seed)
-            measured = clip_measured_heights(measured, model, cfg.robust.max_height_fraction)
-            misfit = initialise_heights(model, measured, cfg.heights.fit_iterations, cfg.heights.fit_lr)
-            timings["height_init_s"] = time.perf_counter() - t
-            if quality is not None:
-                enforce(match_gate(measured.coverage, measured.n_matches, cfg.checks), quality, cfg.checks)
-                enforce(refinement_gate(measured.refinement), quality, cfg.checks)
-            log.info("heights started from the flow measurement (fit misfit %.3g units)", misfit)
+            timings["height_init_s"] = _flow_step(model, pixels, cfg, quality)
         if level.downsample not in cache:
             cache.clear()
             cache[level.downsample] = make_batched_level(pixels, level.downsample, device)
             if image_weights is not None:
                 cache[level.downsample].image_weights = torch.as_tensor(image_weights, dtype=torch.float32).to(device)
 
-        def save(state: RoundState, r: int = r) -> None:
-            save_checkpoint(checkpoint, Checkpoint(model.state_dict(), r, state, list(history), fingerprint))
+        def save(state: RoundState, records: tuple[IterationRecord, ...], r: int = r, done: History = history) -> None:
+            save_checkpoint(
+                checkpoint, Checkpoint(model.state_dict(), r, state, (done + records).to_dicts(), fingerprint)
+            )
 
         t = time.perf_counter()
-        solve_round(
-            model,
-            cache[level.downsample],
-            level,
-            r,
-            lr,
-            cfg.loss,
-            cfg.batching,
-            cfg.robust,
-            history,
-            seed=cfg.seed,
-            progress=progress,
-            resume=round_state if r == start_round else None,
+        result = solve_round(
+            model, cache[level.downsample], level, r, lr, cfg.loss, cfg.batching, cfg.robust, seed=cfg.seed,
+            progress=progress, resume=round_state if r == start_round else None,
             on_checkpoint=save if checkpoint is not None else None,
-        )
+        )  # fmt: skip
+        history = history + result.records
         timings[f"round_{level.name}_s"] = time.perf_counter() - t
         if checkpoint is not None:
-            save_checkpoint(checkpoint, Checkpoint(model.state_dict(), r + 1, None, list(history), fingerprint))
+            save_checkpoint(checkpoint, Checkpoint(model.state_dict(), r + 1, None, history.to_dicts(), fingerprint))
     cache.clear()
-    return model
+    return RoundsResult(model, history, timings)

@@ -33,7 +33,8 @@ from topograph.meso.optimise.batching import (
     footprint_grid,
 )
 from topograph.meso.optimise.checkpoint import RoundState
-from topograph.meso.optimise.loss import batch_loss
+from topograph.meso.optimise.history import IterationRecord
+from topograph.meso.optimise.loss import BatchTerms, batch_loss
 from topograph.meso.optimise.optimizer import build_optimizer
 from topograph.meso.progress import NullProgress, ProgressSink
 
@@ -89,7 +90,147 @@ class _Snapshot:
     model: dict
     optimizer: dict
     recon: dict
-    history_len: int
+    n_records: int
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """Outcome of :func:`solve_round`: the accepted iterations (rolled-back ones removed) and the number of
+    rollbacks (including those before a resume)."""
+
+    records: tuple[IterationRecord, ...]
+    rollbacks: int
+
+
+CheckpointHook = Callable[[RoundState, tuple[IterationRecord, ...]], None]
+"""Called with the round's state and its accepted records so far (to write a resumable checkpoint file)."""
+
+
+class _RoundSolver:
+    """The state of one round while it runs (module docstring): optimiser, running reconstruction,
+    in-memory checkpoint, divergence bookkeeping and the accepted records."""
+
+    def __init__(self, model: MesoModel, level: BatchedLevel, level_cfg: LevelConfig, round_index: int,
+                 opt: torch.optim.Optimizer, batching: BatchingConfig, robust: RobustConfig) -> None:  # fmt: skip
+        self.model, self.level, self.cfg, self.round_index, self.opt = model, level, level_cfg, round_index, opt
+        self.robust = robust
+        self.iterations = int(level_cfg.iterations)
+        self.gamma = level_cfg.lr_final ** (1.0 / max(1, self.iterations))
+        self.warmup = int(getattr(level_cfg, "warmup_iterations", 0))
+        self.train_heights = "height" in level_cfg.train
+        n = level.n_images
+        self.batch_size = effective_batch_size(batching, n, step_bytes_per_image(model, level, self.train_heights))
+        self.all_in_one = self.batch_size >= n
+        self.momentum = 0.0 if self.all_in_one else float(batching.momentum)
+        grid = footprint_grid(model, level, getattr(level_cfg, "grid_cell", 1.0))
+        self.recon = RunningReconstruction(grid, 4, level.pixels.device)
+        self.records: list[IterationRecord] = []
+        self.best, self.rollbacks, self.start = math.inf, 0, 0
+        with torch.no_grad():
+            z_mean = float(model.camera_heights().mean())
+        self.height_limit = robust.max_height_fraction * z_mean
+
+    def begin(self, resume: RoundState | None) -> None:
+        """Start from scratch (the running reconstruction filled from every image) or from a saved state."""
+        if resume is not None:
+            self.opt.load_state_dict(resume.optimizer)
+            self.recon.load_state_dict(resume.recon)
+            self.start, self.best, self.rollbacks = resume.iteration, resume.best, resume.rollbacks
+        elif not self.all_in_one:
+            fill_reconstruction(self.model, self.level, self.recon, self.batch_size)
+
+    def snapshot(self, it: int) -> _Snapshot:
+        return _Snapshot(
+            iteration=it,
+            model={k: v.detach().clone() for k, v in self.model.state_dict().items()},
+            optimizer=copy.deepcopy(self.opt.state_dict()),
+            recon=self.recon.state_dict(),
+            n_records=len(self.records),
+        )
+
+    def state(self, it: int) -> RoundState:
+        return RoundState(
+            self.round_index, it, copy.deepcopy(self.opt.state_dict()), self.recon.state_dict(), self.best,
+            self.rollbacks,
+        )  # fmt: skip
+
+    def divergence(self, value: float, terms: BatchTerms) -> str:
+        """Why an iteration is refused (empty when it is accepted); back-propagates an accepted loss."""
+        robust = self.robust
+        if not math.isfinite(value):
+            return "non-finite loss"
+        if value > robust.explode_factor * self.best:
+            return f"loss {value:.3g} > {robust.explode_factor:g} x best {self.best:.3g}"
+        if self.train_heights and terms.max_abs_height > self.height_limit:
+            return f"height {terms.max_abs_height:.3g} beyond {self.height_limit:.3g}"
+        terms.total.backward()
+        return "" if _finite_grads(self.opt) else "non-finite gradient"
+
+    def roll_back(self, snap: _Snapshot, reason: str, it: int) -> bool:
+        """Return to the in-memory checkpoint; False when the rollback limit ends the round there."""
+        self.rollbacks += 1
+        self.model.load_state_dict(snap.model)
+        self.opt.load_state_dict(copy.deepcopy(snap.optimizer))
+        self.recon.load_state_dict(snap.recon)
+        del self.records[snap.n_records :]
+        name = self.cfg.name
+        if self.rollbacks > self.robust.max_rollbacks:
+            log.warning(
+                "round %s: %s at iteration %d after %d rollbacks; ending the round at iteration %d",
+                name, reason, it, self.rollbacks - 1, snap.iteration,
+            )  # fmt: skip
+            return False
+        for g in self.opt.param_groups:
+            g["lr"] *= self.robust.lr_backoff
+        snap.optimizer = copy.deepcopy(self.opt.state_dict())
+        log.warning(
+            "round %s: %s at iteration %d; rolled back to iteration %d, learning rates x%g",
+            name, reason, it, snap.iteration, self.robust.lr_backoff,
+        )  # fmt: skip
+        return True
+
+    def step(self, it: int) -> None:
+        """Adam step with the warm-up factor, then the exponential decay of every rate."""
+        warm = min(1.0, (it + 1) / self.warmup) if self.warmup > 0 else 1.0
+        if warm < 1.0:  # the stored rates stay undamped: checkpoints and rollbacks see the schedule's values
+            for g in self.opt.param_groups:
+                g["lr"] *= warm
+        self.opt.step()
+        for g in self.opt.param_groups:
+            g["lr"] *= self.gamma / warm
+
+    def run(self, loss: LossConfig, seed: int, progress: ProgressSink, on_checkpoint: CheckpointHook | None) -> None:
+        """Iterate from ``start`` to the round's end (or to the rollback limit)."""
+        n, cfg, robust = self.level.n_images, self.cfg, self.robust
+        snap = self.snapshot(self.start)
+        last_save = time.monotonic()
+        it = self.start
+        while it < self.iterations:
+            index = batch_at(it, n, self.batch_size, seed, self.round_index)
+            self.opt.zero_grad(set_to_none=True)
+            terms = batch_loss(
+                self.model, self.level, index, self.recon, loss, self.momentum, self.train_heights, cfg.robust_scale
+            )
+            value = float(terms.total.detach())
+            reason = self.divergence(value, terms)
+            if reason:
+                if not self.roll_back(snap, reason, it):
+                    break
+                it = snap.iteration
+                progress.update(value)
+                continue
+            self.step(it)
+            self.best = min(self.best, value)
+            self.records.append(
+                IterationRecord(cfg.name, it, value, terms.mse_rgb, terms.mse_height, terms.tv, tuple(index.tolist()))
+            )
+            progress.update(value)
+            it += 1
+            if it % robust.checkpoint_every == 0 and it < self.iterations:
+                snap = self.snapshot(it)
+                if on_checkpoint is not None and time.monotonic() - last_save >= robust.save_interval_s:
+                    on_checkpoint(self.state(it), tuple(self.records))
+                    last_save = time.monotonic()
 
 
 def solve_round(
@@ -101,12 +242,11 @@ def solve_round(
     loss: LossConfig,
     batching: BatchingConfig,
     robust: RobustConfig,
-    history: list[dict],
     seed: int = 0,
     progress: ProgressSink | None = None,
     resume: RoundState | None = None,
-    on_checkpoint: Callable[[RoundState], None] | None = None,
-) -> MesoModel:
+    on_checkpoint: CheckpointHook | None = None,
+) -> RoundResult:
     """Optimise one round (see the module docstring).
 
     Args:
@@ -118,127 +258,28 @@ def solve_round(
         loss: loss weights.
         batching: batch size and momentum.
         robust: divergence and checkpoint settings.
-        history: one dict per accepted iteration is appended; rolled-back iterations are removed.
         seed: run seed.
         progress: progress sink.
         resume: continue this round from a saved state (the model must hold the saved parameters).
-        on_checkpoint: called with the round's state at in-memory checkpoints, at most every
-            ``robust.save_interval_s`` seconds (to write a resumable checkpoint file).
+        on_checkpoint: called with the round's state and its records so far at in-memory checkpoints, at
+            most every ``robust.save_interval_s`` seconds (to write a resumable checkpoint file).
 
     Returns:
-        The model.
+        The accepted iterations of this call (after ``resume.iteration`` when resuming) and the rollbacks.
     """
     progress = progress or NullProgress()
-    n = level.n_images
     opt = build_optimizer(model.groups(), level_cfg.train, lr, level_cfg.lr_scale)
-    iterations = int(level_cfg.iterations)
-    if opt is None or iterations == 0:
-        return model
-    gamma = level_cfg.lr_final ** (1.0 / max(1, iterations))
-    warmup = int(getattr(level_cfg, "warmup_iterations", 0))
-    train_heights = "height" in level_cfg.train
-    batch_size = effective_batch_size(batching, n, step_bytes_per_image(model, level, train_heights))
-    all_in_one = batch_size >= n
-    momentum = 0.0 if all_in_one else float(batching.momentum)
-    recon = RunningReconstruction(
-        footprint_grid(model, level, getattr(level_cfg, "grid_cell", 1.0)), 4, level.pixels.device
-    )
-    if resume is not None:
-        opt.load_state_dict(resume.optimizer)
-        recon.load_state_dict(resume.recon)
-        start, best, rollbacks = resume.iteration, resume.best, resume.rollbacks
-    else:
-        if not all_in_one:
-            fill_reconstruction(model, level, recon, batch_size)
-        start, best, rollbacks = 0, math.inf, 0
-
-    def snapshot(it: int) -> _Snapshot:
-        return _Snapshot(
-            iteration=it,
-            model={k: v.detach().clone() for k, v in model.state_dict().items()},
-            optimizer=copy.deepcopy(opt.state_dict()),
-            recon=recon.state_dict(),
-            history_len=len(history),
-        )
-
-    def round_state(it: int) -> RoundState:
-        return RoundState(round_index, it, copy.deepcopy(opt.state_dict()), recon.state_dict(), best, rollbacks)
-
-    snap = snapshot(start)
-    last_save = time.monotonic()
-    with torch.no_grad():
-        z_mean = float(model.camera_heights().mean())
-    height_limit = robust.max_height_fraction * z_mean
-    log.info(
-        "round %s: %d images per step of %d%s", level_cfg.name, batch_size, n, "" if all_in_one else f", m={momentum}"
-    )
-    progress.start(f"{level_cfg.name} (1/{level.downsample})", iterations - start)
-    it = start
-    while it < iterations:
-        index = batch_at(it, n, batch_size, seed, round_index)
-        opt.zero_grad(set_to_none=True)
-        terms = batch_loss(model, level, index, recon, loss, momentum, train_heights, level_cfg.robust_scale)
-        value = float(terms.total.detach())
-        reason = ""
-        if not math.isfinite(value):
-            reason = "non-finite loss"
-        elif value > robust.explode_factor * best:
-            reason = f"loss {value:.3g} > {robust.explode_factor:g} x best {best:.3g}"
-        elif train_heights and terms.max_abs_height > height_limit:
-            reason = f"height {terms.max_abs_height:.3g} beyond {height_limit:.3g}"
-        if not reason:
-            terms.total.backward()
-            if not _finite_grads(opt):
-                reason = "non-finite gradient"
-        if reason:
-            rollbacks += 1
-            model.load_state_dict(snap.model)
-            opt.load_state_dict(copy.deepcopy(snap.optimizer))
-            recon.load_state_dict(snap.recon)
-            del history[snap.history_len :]
-            if rollbacks > robust.max_rollbacks:
-                log.warning(
-                    "round %s: %s at iteration %d after %d rollbacks; ending the round at iteration %d",
-                    level_cfg.name, reason, it, rollbacks - 1, snap.iteration,
-                )  # fmt: skip
-                break
-            for g in opt.param_groups:
-                g["lr"] *= robust.lr_backoff
-            snap.optimizer = copy.deepcopy(opt.state_dict())
-            log.warning(
-                "round %s: %s at iteration %d; rolled back to iteration %d, learning rates x%g",
-                level_cfg.name, reason, it, snap.iteration, robust.lr_backoff,
-            )  # fmt: skip
-            it = snap.iteration
-            progress.update(value)
-            continue
-        warm = min(1.0, (it + 1) / warmup) if warmup > 0 else 1.0
-        if warm < 1.0:  # the stored rates stay undamped: checkpoints and rollbacks see the schedule's values
-            for g in opt.param_groups:
-                g["lr"] *= warm
-        opt.step()
-        for g in opt.param_groups:
-            g["lr"] *= gamma / warm
-        best = min(best, value)
-        history.append(
-            {
-                "level": level_cfg.name,
-                "iteration": it,
-                "loss": value,
-                "mse_rgb": terms.mse_rgb,
-                "mse_height": terms.mse_height,
-                "tv": terms.tv,
-                "batch": index.tolist(),
-            }
-        )
-        progress.update(value)
-        it += 1
-        if it % robust.checkpoint_every == 0 and it < iterations:
-            snap = snapshot(it)
-            if on_checkpoint is not None and time.monotonic() - last_save >= robust.save_interval_s:
-                on_checkpoint(round_state(it))
-                last_save = time.monotonic()
-    if history:
-        log.info("round %s: loss %.4e (rgb %.4e), %d rollbacks", level_cfg.name, history[-1]["loss"],
-                 history[-1]["mse_rgb"], rollbacks)  # fmt: skip
-    return model
+    if opt is None or int(level_cfg.iterations) == 0:
+        return RoundResult((), 0)
+    solver = _RoundSolver(model, level, level_cfg, round_index, opt, batching, robust)
+    solver.begin(resume)
+    n, m = level.n_images, solver.momentum
+    log.info("round %s: %d images per step of %d%s", level_cfg.name, solver.batch_size, n,
+             "" if solver.all_in_one else f", m={m}")  # fmt: skip
+    progress.start(f"{level_cfg.name} (1/{level.downsample})", solver.iterations - solver.start)
+    solver.run(loss, seed, progress, on_checkpoint)
+    if solver.records:
+        last = solver.records[-1]
+        log.info("round %s: loss %.4e (rgb %.4e), %d rollbacks", level_cfg.name, last.loss, last.mse_rgb,
+                 solver.rollbacks)  # fmt: skip
+    return RoundResult(tuple(solver.records), solver.rollbacks)

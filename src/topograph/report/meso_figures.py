@@ -78,20 +78,19 @@ def height_figure(
     return _save(fig, path)
 
 
-def loss_figure(history: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Loss (and its RGB part) per iteration, rounds marked."""
+def loss_figure(levels: Sequence[str], loss: Sequence[float], mse_rgb: Sequence[float], path: Path) -> Path:
+    """Loss (and its RGB part) per iteration, rounds marked: ``levels`` the round name of every iteration."""
     fig = _figure(7.0, 3.5)
     ax = fig.add_subplot(1, 1, 1)
-    if history:
-        loss = np.array([r["loss"] for r in history])
-        rgb = np.array([r["mse_rgb"] for r in history])
+    if len(levels):
+        loss = np.asarray(loss, dtype=float)
         x = np.arange(len(loss))
         ax.semilogy(x, loss, label="total loss", linewidth=1)
-        ax.semilogy(x, rgb, label="MSE (RGB)", linewidth=1, alpha=0.7)
+        ax.semilogy(x, np.asarray(mse_rgb, dtype=float), label="MSE (RGB)", linewidth=1, alpha=0.7)
         level = None
-        for i, r in enumerate(history):
-            if r["level"] != level:
-                level = r["level"]
+        for i, name in enumerate(levels):
+            if name != level:
+                level = name
                 ax.axvline(i, color="grey", linewidth=0.6, linestyle=":")
                 ax.text(i, loss.max(), f" {level}", fontsize=7, va="top", rotation=90, color="grey")
         ax.legend(fontsize=8)

@@ -28,16 +28,21 @@ from pathlib import Path
 def _child(args: dict, queue: mp.Queue) -> None:
     from topograph.analysis.evaluate_meso_synthetic import evaluate_synthetic
     from topograph.config import from_yaml
-    from topograph.meso.config import MesoConfig, preset_config
+    from topograph.meso.config import MesoConfig, preset_config, replace_settings
     from topograph.meso.pipeline import run_meso
     from topograph.synth.meso import MesoSynthConfig, make_meso_truth
 
     truth = make_meso_truth(MesoSynthConfig(**args["synth"]))
     paths = sorted(Path(args["images"]).glob("*.jpg"))
     cfg = from_yaml(MesoConfig, args["config"]) if args["config"] else preset_config(args["preset"])
-    cfg.threads = args["threads"]
-    cfg.scale.magnification = float(truth.magnifications[0])
-    cfg.distortion.model = args["distortion"]
+    cfg = replace_settings(
+        cfg,
+        {
+            "threads": args["threads"],
+            "scale.magnification": float(truth.magnifications[0]),
+            "distortion.model": args["distortion"],
+        },
+    )
     t0 = time.perf_counter()
     rec, _ = run_meso(paths, args["out"], cfg)
     wall = time.perf_counter() - t0

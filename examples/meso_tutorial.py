@@ -41,7 +41,7 @@ import numpy as np
 
 from topograph.analysis.evaluate_meso_synthetic import evaluate_synthetic
 from topograph.config import apply_overrides
-from topograph.meso.config import PARAMETER_GROUPS, LevelConfig, MesoConfig
+from topograph.meso.config import PARAMETER_GROUPS, LevelConfig, MesoConfig, replace_settings
 from topograph.meso.data import check_inputs, load_images, resolve_intrinsics
 from topograph.meso.init_positions import estimate_initial_positions
 from topograph.meso.outputs import write_outputs
@@ -235,7 +235,7 @@ else:
     )  # no round after the heights: a fresh optimiser state restarts the CNN and lowers its heights
 cfg = replace(cfg, schedule=schedule)
 if QUICK:  # the flow step needs more than 4 photos of 160x120 (it refuses to refine on so few): start flat
-    cfg.heights.init = "zero"
+    cfg = replace_settings(cfg, {"heights.init": "zero"})
 print_table(
     [
         {"round": lv.name, "downsample": lv.downsample, "iterations": lv.iterations, "trains": ", ".join(lv.train)}

@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from topograph.meso.config import CheckConfig
+from topograph.meso.config import CheckConfig, replace_settings
 from topograph.meso.data import check_inputs
 from topograph.meso.types import ExifInfo, MesoImages
 
@@ -48,8 +48,7 @@ def _run(effects: dict):
     t = seq.truth
     exif = ExifInfo(focal_mm=t.focal_mm, pixel_pitch_um=t.pixel_pitch_mm * 1000.0)
     cfg = preset_config("fast")
-    cfg.threads = 1
-    cfg.scale.magnification = float(t.magnifications[0])
+    cfg = replace_settings(cfg, {"threads": 1, "scale.magnification": float(t.magnifications[0])})
     rec = reconstruct(MesoImages(seq.names, seq.images, (exif,) * len(seq.names)), cfg)
     return rec, evaluate_synthetic(rec, t, erode_px=3)
 

@@ -144,7 +144,7 @@ def test_tiny_network_inputs_are_padded_to_a_usable_bottleneck():
 def test_levelling_a_cnn_model_equals_levelling_its_explicit_maps():
     """The gauge fix (dominant plane -> h = 0) moves the cameras and rebases the CNN's heights exactly as
     it does for explicit height maps holding the same heights; the network weights stay as they are."""
-    from topograph.meso.config import MesoConfig
+    from topograph.meso.config import MesoConfig, replace_settings
     from topograph.meso.gauge import level_model
     from topograph.meso.reconstruct import build_model
 
@@ -152,14 +152,15 @@ def test_levelling_a_cnn_model_equals_levelling_its_explicit_maps():
     rng = np.random.default_rng(2)
     positions = rng.normal(0.0, 10.0, (n, 2))
     cfg = MesoConfig()
-    cfg.distortion.model = "none"
-    cfg.heights.cnn_filters, cfg.heights.cnn_downsample = (8, 8, 8), 2
+    cfg = replace_settings(
+        cfg, {"distortion.model": "none", "heights.cnn_filters": (8, 8, 8), "heights.cnn_downsample": 2}
+    )
     cnn_model = build_model(n, size, 120.0, positions, cfg)
     cnn = cnn_model.heights
     assert isinstance(cnn, HeightCNN)
     cnn.set_inputs(_images(n, size))
     torch.nn.init.normal_(cnn.net.head.weight, std=0.5)
-    cfg.heights.model, cfg.heights.downsample = "tv", 2
+    cfg = replace_settings(cfg, {"heights.model": "tv", "heights.downsample": 2})
     tv_model = build_model(n, size, 120.0, positions, cfg)
     with torch.no_grad():
         tv_model.pose.tilt.copy_(torch.as_tensor(rng.normal(0.0, 0.01, (n, 2)), dtype=torch.float32))

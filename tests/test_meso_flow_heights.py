@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from topograph.meso.config import FlowHeightConfig, MesoConfig
+from topograph.meso.config import FlowHeightConfig, MesoConfig, replace_settings
 from topograph.meso.flow.camera_refinement import refine_cameras
 from topograph.meso.flow.dense_matches import (
     FlowMatches,
@@ -30,7 +30,7 @@ SIZE = (320, 240)
 
 def make_model(positions: np.ndarray, seed: int = 0, perturb: float = 0.0):
     cfg = MesoConfig()
-    cfg.heights.model = "tv"
+    cfg = replace_settings(cfg, {"heights.model": "tv"})
     model = build_model(len(positions), SIZE, 400.0, positions, cfg)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -10,7 +10,7 @@ import torch
 
 from topograph.analysis.evaluate_meso import evaluate_regions
 from topograph.geometry.similarity import fit_similarity
-from topograph.meso.config import MesoConfig
+from topograph.meso.config import MesoConfig, replace_settings
 from topograph.meso.functional.distortion import (
     piecewise_linear_inverse_radius,
     piecewise_linear_magnification,
@@ -42,8 +42,8 @@ def model_at_truth(truth, projection="expansion"):
     n = truth.n_images
     unit = truth.gsd_mm * math.exp(np.mean(np.log(truth.heights_mm / truth.heights_mm[0])))
     cfg = MesoConfig()
-    cfg.model.projection = projection
-    cfg.heights.model = "tv"  # explicit maps (the CNN's levelling is tested in test_meso_cnn.py)
+    # explicit maps (the CNN's levelling is tested in test_meso_cnn.py)
+    cfg = replace_settings(cfg, {"model.projection": projection, "heights.model": "tv"})
     m = build_model(n, truth.image_size, truth.focal_px, truth.positions_mm / unit, cfg)
     with torch.no_grad():
         m.pose.log_scale.copy_(torch.tensor(np.log(truth.heights_mm / unit / truth.focal_px)))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from topograph.analysis.evaluate_meso_synthetic import evaluate_synthetic
-from topograph.meso.config import LevelConfig, MesoConfig
+from topograph.meso.config import LevelConfig, MesoConfig, replace_settings
 from topograph.meso.reconstruct import reconstruct
 from topograph.meso.types import ExifInfo, MesoImages
 from topograph.synth.meso import MesoSynthConfig, render_meso_sequence
@@ -37,10 +37,17 @@ def run(sequence, distortion: str):
     exif = ExifInfo(focal_mm=t.focal_mm, pixel_pitch_um=t.pixel_pitch_mm * 1000.0)
     images = MesoImages(sequence.names, sequence.images, (exif,) * len(sequence.names))
     cfg = MesoConfig(schedule=short_schedule())
-    cfg.heights.model = "tv"  # part 1's acceptance (TV height maps); the CNN path: test_meso_rounds.py
-    cfg.threads = 1  # same result as 2 threads; on a shared 2-core machine 1.5x faster (no spin-waiting)
-    cfg.scale.magnification = float(t.magnifications[0])
-    cfg.distortion.model = distortion
+    # part 1's acceptance (TV height maps); the CNN path: test_meso_rounds.py
+    # same result as 2 threads; on a shared 2-core machine 1.5x faster (no spin-waiting)
+    cfg = replace_settings(
+        cfg,
+        {
+            "heights.model": "tv",
+            "threads": 1,
+            "scale.magnification": float(t.magnifications[0]),
+            "distortion.model": distortion,
+        },
+    )
     rec = reconstruct(images, cfg)
     return rec, evaluate_synthetic(rec, t, erode_px=3)
 

@@ -16,7 +16,7 @@ from meso_toy import make_model, toy_scene
 from PIL import Image
 
 from topograph.errors import TopographError
-from topograph.meso.config import CheckConfig
+from topograph.meso.config import CheckConfig, replace_settings
 from topograph.meso.quality import (
     QualityReport,
     enforce,
@@ -168,11 +168,16 @@ def test_unrelated_photo_is_left_out_and_named(caplog):
     cfg = MesoConfig(
         schedule=(LevelConfig("shift", 2, 20, ("position",)), LevelConfig("camera", 1, 20, cam, lr_scale=0.3))
     )
-    cfg.distortion.model = "none"
-    cfg.heights.model = "tv"
-    cfg.threads = 1
-    cfg.min_level_size = 16
-    cfg.init.feature_size = 400
+    cfg = replace_settings(
+        cfg,
+        {
+            "distortion.model": "none",
+            "heights.model": "tv",
+            "threads": 1,
+            "min_level_size": 16,
+            "init.feature_size": 400,
+        },
+    )
     with caplog.at_level("WARNING", logger="topograph"):
         rec = reconstruct(images, cfg)
     assert rec.names == base.names

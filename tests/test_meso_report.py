@@ -12,7 +12,7 @@ import pytest
 from test_report import _CHROME_FLAGS, CHROMIUM  # noqa: I001 - the shared headless-Chromium settings
 
 from topograph.config import to_yaml
-from topograph.meso.config import LevelConfig, MesoConfig
+from topograph.meso.config import LevelConfig, MesoConfig, replace_settings
 from topograph.meso.pipeline import run_meso
 from topograph.synth.meso import MesoSynthConfig, render_meso_sequence, write_meso_dataset
 
@@ -27,11 +27,10 @@ def tiny_config() -> MesoConfig:
             LevelConfig("height", 1, 15, (*cam, "height")),
         )
     )
-    cfg.distortion.model = "none"
-    cfg.threads = 1
+    cfg = replace_settings(cfg, {"distortion.model": "none", "threads": 1})
     # 30 iterations without a camera round leave images ~1 px apart (registration NCC 0.2-0.4 at 160 px):
     # the gates would stop the run; here the files are under test, so the run writes them marked
-    cfg.checks.gates = "mark"
+    cfg = replace_settings(cfg, {"checks.gates": "mark"})
     return cfg
 
 
@@ -78,7 +77,8 @@ def test_failed_meso_run_leaves_no_output(dataset: Path, tmp_path: Path) -> None
 
     out = tmp_path / "run"
     cfg = tiny_config()
-    cfg.scale.scale_points = (1.0, 2.0)  # malformed: needs x1,y1,x2,y2
+    # malformed: needs x1,y1,x2,y2
+    cfg = replace_settings(cfg, {"scale.scale_points": (1.0, 2.0)})
     with pytest.raises(TopographError):
         run_meso(sorted(dataset.glob("*.jpg")), out, cfg)
     assert not out.exists()

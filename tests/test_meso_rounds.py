@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from topograph.cli import app
 from topograph.errors import TopographError
-from topograph.meso.config import LevelConfig, MesoConfig
+from topograph.meso.config import LevelConfig, MesoConfig, replace_settings
 from topograph.meso.models.cnn import HeightCNN
 from topograph.meso.models.heights import HeightMaps
 from topograph.meso.optimise.checkpoint import load_checkpoint
@@ -42,14 +42,9 @@ def toy_config(model: str, height_iterations: int = 100) -> MesoConfig:
             LevelConfig("height", 1, height_iterations, (*CAM, "height"), lr_scale=0.3),
         )
     )
-    cfg.distortion.model = "none"
-    cfg.threads = 1
-    cfg.min_level_size = 16
-    cfg.heights.model = model
-    cfg.heights.downsample = 2
-    cfg.heights.cnn_filters = (8, 8, 8, 8)
-    cfg.heights.cnn_downsample = 2
-    cfg.heights.cnn_lr = 2e-2  # x 0.3 in the height round
+    settings = {"distortion.model": "none", "threads": 1, "min_level_size": 16, "heights.model": model}
+    settings |= {"heights.downsample": 2, "heights.cnn_filters": (8, 8, 8, 8), "heights.cnn_downsample": 2}
+    cfg = replace_settings(cfg, settings | {"heights.cnn_lr": 2e-2})  # x 0.3 in the height round
     return cfg
 
 
@@ -89,14 +84,16 @@ class InterruptAfter(NullProgress):
 
 def resumable_config() -> MesoConfig:
     cfg = toy_config("cnn")
-    cfg.schedule = (
+    schedule = (
         LevelConfig("shift", 2, 10, ("position",), lr_scale=0.5),
         LevelConfig("camera", 1, 10, CAM, lr_scale=0.3),
         LevelConfig("height", 1, 30, (*CAM, "height"), lr_scale=0.3),
     )
-    cfg.heights.cnn_downsample = 4
-    cfg.robust.save_interval_s = 0.0  # a checkpoint file at every in-memory checkpoint
-    cfg.robust.checkpoint_every = 10
+    cfg = replace_settings(cfg, {"schedule": schedule})
+    # a checkpoint file at every in-memory checkpoint
+    cfg = replace_settings(
+        cfg, {"heights.cnn_downsample": 4, "robust.save_interval_s": 0.0, "robust.checkpoint_every": 10}
+    )
     return cfg
 
 
@@ -149,7 +146,9 @@ def test_injected_divergence_is_rolled_back_and_the_run_converges(scene, caplog)
     cfg = toy_config("tv", height_iterations=60)
     camera = cfg.schedule[1]
     # a learning rate 100x too large in the camera round: cameras jump ~30 units in the first step
-    cfg.schedule = (cfg.schedule[0], LevelConfig(camera.name, 1, 30, CAM, lr_scale=30.0), cfg.schedule[2])
+    cfg = replace_settings(
+        cfg, {"schedule": (cfg.schedule[0], LevelConfig(camera.name, 1, 30, CAM, lr_scale=30.0), cfg.schedule[2])}
+    )
     with caplog.at_level(logging.WARNING, logger="topograph"):
         rec = reconstruct(scene.images(), cfg)
     rollbacks = [r.getMessage() for r in caplog.records if "rolled back" in r.getMessage()]
@@ -188,7 +187,8 @@ def test_warm_up_keeps_a_continuation_round_from_kicking_the_cnn_heights(scene):
     results = {}
     for warmup in (0, 10):
         cfg = toy_config("cnn")
-        cfg.heights.init = "zero"  # the CNN trained from flat heights: the case where a kick costs most
+        # the CNN trained from flat heights: the case where a kick costs most
+        cfg = replace_settings(cfg, {"heights.init": "zero"})
         again = LevelConfig("again", 1, 20, (*CAM, "height"), lr_scale=0.3, warmup_iterations=warmup)
         cfg = dataclasses.replace(cfg, schedule=(*cfg.schedule, again))
         rec = reconstruct(scene.images(), cfg)

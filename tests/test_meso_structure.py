@@ -87,3 +87,21 @@ def test_the_engine_does_not_branch_on_model_classes_or_mode_strings():
         text = f.read_text(encoding="utf-8")
         assert "isinstance(model.heights" not in text and "isinstance(heights, HeightCNN)" not in text, f
         assert 'projection == "' not in text, f
+
+
+def test_meso_configs_are_frozen_and_replaced_by_dotted_keys():
+    import dataclasses
+
+    import pytest
+
+    from topograph.meso.config import MesoConfig, replace_settings
+
+    cfg = MesoConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.heights.model = "tv"  # type: ignore[misc]
+    new = replace_settings(cfg, {"heights.model": "tv", "heights.flow.passes": 3, "threads": 1})
+    assert (new.heights.model, new.heights.flow.passes, new.threads) == ("tv", 3, 1)
+    assert cfg.heights.model != "tv" and cfg.threads == 0  # the original is untouched
+    assert dataclasses.replace(new, heights=cfg.heights, threads=0) == cfg  # nothing else changed
+    with pytest.raises(TypeError):
+        replace_settings(cfg, {"heights.no_such_key": 1})

@@ -122,7 +122,7 @@ def test_quartz_outputs_open_right(quartz_dir: Path, tmp_path: Path) -> None:
 def test_meso_outputs_share_the_mosaic_frame_and_open_right(tmp_path: Path) -> None:
     import gwyfile
 
-    from topograph.meso.config import LevelConfig, MesoConfig
+    from topograph.meso.config import LevelConfig, MesoConfig, replace_settings
     from topograph.meso.pipeline import run_meso
     from topograph.synth.meso import MesoSynthConfig, render_meso_sequence, write_meso_dataset
 
@@ -135,12 +135,11 @@ def test_meso_outputs_share_the_mosaic_frame_and_open_right(tmp_path: Path) -> N
             LevelConfig("height", 1, 15, (*cam, "height")),
         )
     )
-    cfg.distortion.model = "none"
-    cfg.threads = 1
-    cfg.scale.magnification = 0.1  # any known scale: the files must then be in µm
+    # any known scale: the files must then be in µm
+    cfg = replace_settings(cfg, {"distortion.model": "none", "threads": 1, "scale.magnification": 0.1})
     # 30 iterations on six 160x120 photos: the file layer is under test, not the registration (whose gate
     # would stop this short run: NCC 0.23-0.33 on two photos in CI)
-    cfg.checks.gates = "off"
+    cfg = replace_settings(cfg, {"checks.gates": "off"})
     out = tmp_path / "run"
     rec, files = run_meso(sorted((folder / "images").glob("*.jpg")), out, cfg)
     summary = json.loads((out / "summary.json").read_text())

@@ -6,8 +6,9 @@ The coarse-to-fine schedule is data (:class:`LevelConfig` rows), not code. Param
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal, TypeVar
 
 from topograph.errors import TopographError
 
@@ -29,7 +30,7 @@ _CAMERA = ("position", "scale", "tilt", "angle", "gain", "bias", "focal", "disto
 _POSE = ("position", "scale", "tilt", "angle", "gain", "bias")
 
 
-@dataclass
+@dataclass(frozen=True)
 class LevelConfig:
     """One coarse-to-fine round."""
 
@@ -105,7 +106,7 @@ PRESETS = ("default", "fast")
 """Named starting configurations (``topograph meso --preset``)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class LearningRates:
     """Adam learning rates (roughly the largest step per iteration) of each parameter group."""
 
@@ -131,7 +132,7 @@ class LearningRates:
     """Camera-centric height maps, object units."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class DistortionConfig:
     """Radial undistortion model shared by all images."""
 
@@ -143,7 +144,7 @@ class DistortionConfig:
     optimise_centre: bool = True
 
 
-@dataclass
+@dataclass(frozen=True)
 class FlowHeightConfig:
     """Height initialisation from dense optical flow between registered images
     (:mod:`topograph.meso.flow.heights`)."""
@@ -177,7 +178,7 @@ class FlowHeightConfig:
     """Pixels no neighbour measured are filled by normalised Gaussian smoothing with this sigma, flow px."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class HeightConfig:
     """Camera-centric height maps: reparameterised by one untrained CNN (paper Sec. 3.3) or optimised
     directly with total-variation regularisation (``loss.tv_weight``)."""
@@ -209,7 +210,7 @@ class HeightConfig:
     """Adam learning rate of that fit."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class LossConfig:
     """Loss = MSE(RGB) + height_weight * MSE(height channel) + tv_weight * TV(height maps) (TV: ``tv`` heights only)."""
 
@@ -219,7 +220,7 @@ class LossConfig:
     """lambda_TV on the mean isotropic TV of the height maps (object units per map pixel)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class InitConfig:
     """Initial camera positions."""
 
@@ -240,7 +241,7 @@ class InitConfig:
     """Largest camera offset (fraction of the image's short side) for which ``auto`` starts at zero."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScaleConfig:
     """Intrinsics and absolute scale (paper Eqs. 7-8). ``None`` = read from EXIF or unknown."""
 
@@ -258,7 +259,7 @@ class ScaleConfig:
     """Index of the image whose magnification is known (and the reference view for Eq. 6)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class ModelConfig:
     """Forward-model options."""
 
@@ -270,7 +271,7 @@ class ModelConfig:
     """Fix the tilt gauge: make the robustly fitted dominant plane of the height map ``h = 0``."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class CheckConfig:
     """Input checks (warnings, never silent drops) and quality gates."""
 
@@ -292,7 +293,7 @@ class CheckConfig:
     """At least this share of the mosaic must have heights seen by two or more images."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class OutputConfig:
     """What to write."""
 
@@ -310,7 +311,7 @@ class OutputConfig:
     """The height-field mesh is decimated to at most this many vertices."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class BatchingConfig:
     """Batches across images with a running-average reconstruction (paper Sec. 3.4)."""
 
@@ -325,7 +326,7 @@ class BatchingConfig:
     batch holds every image (the reconstruction is then rebuilt each step, Eq. 9)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class RobustConfig:
     """Divergence detection, rollback and checkpoints."""
 
@@ -344,7 +345,7 @@ class RobustConfig:
     a checkpoint file is also written after every round."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class MesoConfig:
     """Everything the mesoscopic engine needs besides the images."""
 
@@ -443,8 +444,32 @@ def preset_config(name: str) -> MesoConfig:
     if name == "default":
         return MesoConfig()
     if name == "fast":
-        cfg = MesoConfig(schedule=fast_schedule())
-        cfg.heights.flow.refine_matches_per_pair = 1000  # the refinement's cost is linear in its matches
-        cfg.heights.flow.refine_max_matches = 50_000
-        return cfg
+        # the refinement's cost is linear in its matches
+        return replace_settings(
+            MesoConfig(schedule=fast_schedule()),
+            {"heights.flow.refine_matches_per_pair": 1000, "heights.flow.refine_max_matches": 50_000},
+        )
     raise TopographError(f"unknown preset '{name}'", f"use one of: {', '.join(PRESETS)}")
+
+
+C = TypeVar("C")
+
+
+def replace_settings(cfg: C, changes: Mapping[str, Any]) -> C:
+    """A copy of a (frozen, nested) config with dotted keys replaced, e.g.
+    ``replace_settings(cfg, {"heights.model": "tv", "threads": 1})``: nested :func:`dataclasses.replace`,
+    values kept as given (no coercion; :func:`validate_config` checks the result).
+
+    Raises:
+        TypeError: a key names no field.
+    """
+    out = cfg
+    for dotted, value in changes.items():
+        out = _replace_path(out, dotted.split("."), value)
+    return out
+
+
+def _replace_path(obj: Any, parts: list[str], value: Any) -> Any:
+    if len(parts) == 1:
+        return replace(obj, **{parts[0]: value})
+    return replace(obj, **{parts[0]: _replace_path(getattr(obj, parts[0]), parts[1:], value)})

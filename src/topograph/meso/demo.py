@@ -23,7 +23,7 @@ def run_demo(out: Path, size: int = 0, seed: int = 0, console: Any = None, quick
         ``{"rows": {label: text}, "report": path, "result": path, "data": path}``.
     """
     from topograph.analysis.evaluate_meso_synthetic import evaluate_synthetic
-    from topograph.meso.config import preset_config
+    from topograph.meso.config import preset_config, replace_settings
     from topograph.meso.pipeline import run_meso
     from topograph.report.html import write_report
     from topograph.synth.meso import MesoSynthConfig, render_meso_sequence, write_meso_dataset
@@ -44,11 +44,12 @@ def run_demo(out: Path, size: int = 0, seed: int = 0, console: Any = None, quick
     command = f"topograph demo meso --size {width}" + (" --quick" if quick else "")
     mcfg = preset_config("fast" if quick else "default")
     # the absolute scale a user gets from a ruler in the reference photo (Eqs. 7-8): here from the truth
-    mcfg.scale.magnification = float(phantom.truth.magnifications[0])
+    mcfg = replace_settings(mcfg, {"scale.magnification": float(phantom.truth.magnifications[0])})
     if quick:
-        mcfg.threads = 1  # small tensors: one thread is faster, and kind to a shared machine
+        # small tensors: one thread is faster, and kind to a shared machine
+        mcfg = replace_settings(mcfg, {"threads": 1})
         # 240-px photos give too few matches to refine the cameras (the refinement is refused anyway)
-        mcfg.heights.flow.refine_iterations = 0
+        mcfg = replace_settings(mcfg, {"heights.flow.refine_iterations": 0})
     command += f" (magnification {mcfg.scale.magnification:.5f})"
     rec, _files = run_meso(paths, out / "result", mcfg, command=command)
     elapsed = time.perf_counter() - t0

@@ -7,8 +7,10 @@ Public API:
 * :class:`MesoConfig` -- every setting (dataclasses, round-trips to YAML).
 * :func:`evaluate_regions` -- the paper's Table-1 accuracy/precision protocol.
 
-Layers (see ``design.md``): ``functional/`` (pure torch math) <- ``models/`` (parameter containers) <-
-``engine`` / ``optim/`` (loss, rounds) <- ``reconstruct`` / ``pipeline`` / ``outputs``.
+Layers (see ``docs/design-meso.md``): ``functional/`` (pure torch math) <- ``models/`` (parameter
+containers) <- ``flow/`` (dense matches, camera refinement, flow heights) <- ``optimise/`` (rounds, solver,
+loss, checkpoints) <- ``reconstruct`` (orchestration; ``quality``, ``gauge``, ``mosaic``) <- ``pipeline`` /
+``outputs``. Evaluation lives in :mod:`topograph.analysis.evaluate_meso`.
 """
 
 from __future__ import annotations

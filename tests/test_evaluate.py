@@ -15,10 +15,10 @@ from topograph.analysis.evaluate_sem import (
     evaluate_cloud,
     rotation_errors,
     tilt_errors,
-    weighted_similarity,
 )
 from topograph.errors import TopographError
 from topograph.geometry.affine import stage_rotation_matrix
+from topograph.geometry.similarity import weighted_similarity
 from topograph.synth.scene import bumpy_blob_points
 
 RADIUS = 50.0

@@ -593,7 +593,7 @@ if HAVE_QUARTZ:
 # the dense stage is switched off here to save time.
 
 # %%
-run_cfg = apply_overrides(SemConfig(), {"dense.enabled": not QUICK, "matching.ratio": 0.8})
+run_cfg = apply_overrides(SemConfig(), {"dense.enabled": not QUICK, "matching.sift.ratio": 0.8})
 run = run_sem([grain_dir], OUT / "grain_run", run_cfg, command="sem_tutorial.py")
 print(f"camera source {run.summary['camera_source']}, {run.summary['n_tracks']} tracks")
 print("timings [s]:", {k: round(v, 2) for k, v in run.timings_s.items()})

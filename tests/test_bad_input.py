@@ -175,7 +175,7 @@ CASES: dict[str, Case] = {
         lambda t, m: _sem(t, "--config", str(_yaml(t, 'dense:\n  enabled: "maybe"\n'))), "dense.enabled"
     ),
     "config float given a list": Case(
-        lambda t, m: _sem(t, "--config", str(_yaml(t, "matching:\n  ratio: [1, 2]\n"))), "matching.ratio"
+        lambda t, m: _sem(t, "--config", str(_yaml(t, "matching:\n  sift:\n    ratio: [1, 2]\n"))), "matching.sift.ratio"
     ),
     "config int given text": Case(
         lambda t, m: _sem(t, "--config", str(_yaml(t, "bundle:\n  max_nfev: lots\n"))), "bundle.max_nfev"

@@ -48,7 +48,7 @@ class Foreign:
 def test_fingerprint_follows_settings() -> None:
     cfg = SemConfig()
     assert fingerprint("s", cfg.matching) == fingerprint("s", SemConfig().matching)
-    assert fingerprint("s", cfg.matching) != fingerprint("s", replace(cfg.matching, ratio=0.7))
+    assert fingerprint("s", cfg.matching) != fingerprint("s", replace(cfg.matching, sift=replace(cfg.matching.sift, ratio=0.7)))
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_late_stage_option_change_skips_the_sparse_stages(
     assert second.dense is not None and len(second.dense.cloud) > 1000
 
     # an early-stage option changes: everything is recomputed (and the cache replaced)
-    early = replace(late, matching=replace(cfg.matching, ratio=0.75))
+    early = replace(late, matching=replace(cfg.matching, sift=replace(cfg.matching.sift, ratio=0.75)))
     third = sem_pipeline.run_sem([small_series], out, early)
     assert calls == ["match"] and third.cached_stages == []
     # --no-cache recomputes even when nothing changed

@@ -2,7 +2,7 @@
 
 * ``to_dict`` / ``to_yaml`` write plain types only (``yaml.safe_dump``; no python tags).
 * ``from_dict`` / ``from_yaml`` read with the safe loader and reject unknown keys, naming them.
-* ``apply_overrides`` sets dotted keys (``"matching.ratio=0.8"``), as the CLI does for its flags.
+* ``apply_overrides`` sets dotted keys (``"matching.sift.ratio=0.8"``), as the CLI does for its flags.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def yaml_error_line(exc: Exception) -> str:
 
 
 def apply_overrides(cfg: T, overrides: dict[str, Any]) -> T:
-    """Return a copy of ``cfg`` with dotted keys replaced (``{"matching.ratio": 0.8}``).
+    """Return a copy of ``cfg`` with dotted keys replaced (``{"matching.sift.ratio": 0.8}``).
 
     ``None`` values are skipped, so unset CLI options leave the config alone.
     """

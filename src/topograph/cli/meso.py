@@ -11,9 +11,11 @@ import typer
 from rich.table import Table
 
 from topograph.cli.console import err_console
+from topograph.cli.options import with_config_options
 from topograph.config import apply_overrides, from_yaml
 from topograph.errors import EXIT_QUALITY, TopographError
 from topograph.meso.paths import expand_images
+from topograph.options import MESO, parse_sets
 
 console = err_console
 
@@ -44,65 +46,9 @@ def check_scale_and_threads(cfg) -> None:  # noqa: ANN001 - MesoConfig, imported
         raise TopographError(f"--threads must be >= 0 (0 = all cores), got {cfg.threads}", "e.g. --threads 2")
 
 
-def parse_points(text: str | None) -> list[float] | None:
-    """``"x1,y1,x2,y2"`` -> four floats (clear error otherwise)."""
-    if text is None:
-        return None
-    try:
-        vals = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
-    except ValueError as exc:
-        raise TopographError(
-            f"--scale-points must be four numbers, got '{text}'", "e.g. --scale-points 10,20,400,20"
-        ) from exc
-    if len(vals) != 4:
-        raise TopographError(f"--scale-points needs four numbers x1,y1,x2,y2, got {len(vals)}", "e.g. 10,20,400,20")
-    return vals
-
-
-def parse_sets(items: list[str] | None) -> dict[str, str]:
-    """``["a.b=1", ...]`` -> ``{"a.b": "1"}``."""
-    out: dict[str, str] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise TopographError(f"--set needs KEY=VALUE, got '{item}'", "e.g. --set loss.tv_weight=1e-4")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
-
-
-def parse_regularizer(text: str | None) -> str | None:
-    """``--regularizer``: ``cnn`` or ``tv`` (case-insensitive)."""
-    if text is None:
-        return None
-    value = text.strip().lower()
-    if value not in ("cnn", "tv"):
-        raise TopographError(f"--regularizer must be cnn or tv, got '{text}'", "e.g. --regularizer tv")
-    return value
-
-
-def parse_cnn(text: str | None) -> list[int] | None:
-    """``--cnn 16,16,16,32,32`` -> filter counts of the CNN's down blocks (clear error otherwise)."""
-    if text is None:
-        return None
-    from topograph.meso.models.cnn import parse_filters
-
-    try:
-        return list(parse_filters(text))
-    except ValueError as exc:
-        raise TopographError(
-            f"--cnn needs positive integer filter counts, got '{text}'", "e.g. --cnn 16,16,16,32,32"
-        ) from exc
-
-
-def check_non_negative(value: float | None, flag: str, example: str) -> float | None:
-    """``value`` if it is None or >= 0, else a one-line error naming ``flag``."""
-    if value is not None and value < 0:
-        raise TopographError(f"{flag} must be >= 0, got {value:g}", f"e.g. {flag} {example}")
-    return value
-
-
 def register(app: typer.Typer, synth_app: typer.Typer) -> None:
     @app.command("meso")
+    @with_config_options(MESO)
     def meso_command(
         images: list[Path] = typer.Argument(..., help="Overlapping phone images in acquisition order, or a folder."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
@@ -112,48 +58,14 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         preset: str = typer.Option(
             "default", "--preset", help="default, or fast (fewer iterations: about half the time)."
         ),
-        focal_mm: float | None = typer.Option(None, "--focal-mm", help="Effective focal length in mm (default: EXIF)."),
-        pixel_pitch_um: float | None = typer.Option(
-            None, "--pixel-pitch-um", help="Sensor pixel pitch in µm (default: EXIF)."
-        ),
-        magnification: float | None = typer.Option(
-            None, "--magnification", help="Magnification of the reference image."
-        ),
-        scale_points: str | None = typer.Option(None, "--scale-points", help="x1,y1,x2,y2 in the reference image ..."),
-        scale_distance_mm: float | None = typer.Option(
-            None, "--scale-distance-mm", help="... and their distance in mm."
-        ),
-        reference_image: int | None = typer.Option(None, "--reference-image", help="Index of the reference image (0)."),
-        gsd_um: float | None = typer.Option(
-            None, "--gsd-um", help="Mosaic/height-map pixel in µm (needs the scale; default: native GSD)."
-        ),
-        regularizer: str | None = typer.Option(
-            None, "--regularizer", help="Height maps: cnn (default, untrained CNN prior) or tv (total variation)."
-        ),
-        cnn: str | None = typer.Option(
-            None, "--cnn", help="Filters of the CNN's down blocks, e.g. 16,16,16,32,32 (the default)."
-        ),
-        tv_weight: float | None = typer.Option(None, "--tv-weight", help="Total-variation weight (with tv; 2e-5)."),
-        batch_size: int | None = typer.Option(
-            None, "--batch-size", help="Images per step (0 = automatic from the memory budget; default)."
-        ),
         resume: bool = typer.Option(
             False, "--resume", help="Continue an interrupted run from OUT/checkpoint.pt (same images and options)."
         ),
-        distortion: str | None = typer.Option(None, "--distortion", help="piecewise (default), poly or none."),
-        init: str | None = typer.Option(
-            None,
-            "--init",
-            help="Initial positions: auto (default), zero, xcorr or features (SIFT: also rotated photos).",
-        ),
-        rectification: str | None = typer.Option(None, "--rectification", help="ortho (default) or reference (Eq. 6)."),
-        device: str | None = typer.Option(None, "--device", help="auto (default), cpu or cuda."),
-        threads: int | None = typer.Option(None, "--threads", help="CPU threads (0 = all cores)."),
-        seed: int | None = typer.Option(None, "--seed", help="Random seed."),
         sets: list[str] | None = typer.Option(
             None, "--set", help="Any config key: --set loss.tv_weight=1e-4 (repeatable)."
         ),
         no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar."),
+        config_overrides: dict | None = None,
     ) -> None:
         """Jointly register, stitch and rectify the images: orthomosaic, height map (µm), mesh, cameras."""
         from topograph.meso.config import MesoConfig, preset_config
@@ -162,29 +74,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         from topograph.progress import NoSteps, reporting
 
         cfg = from_yaml(MesoConfig, config) if config else preset_config(preset)
-        cfg = apply_overrides(
-            cfg,
-            {
-                "scale.focal_mm": focal_mm,
-                "scale.pixel_pitch_um": pixel_pitch_um,
-                "scale.magnification": magnification,
-                "scale.scale_points": parse_points(scale_points),
-                "scale.scale_distance_mm": scale_distance_mm,
-                "scale.reference_image": reference_image,
-                "output.gsd_um": check_non_negative(gsd_um, "--gsd-um", "20"),
-                "heights.model": parse_regularizer(regularizer),
-                "heights.cnn_filters": parse_cnn(cnn),
-                "loss.tv_weight": check_non_negative(tv_weight, "--tv-weight", "2e-5"),
-                "batching.batch_size": check_non_negative(batch_size, "--batch-size", "6"),
-                "distortion.model": distortion,
-                "init.method": init,
-                "model.rectification": rectification,
-                "device": device,
-                "threads": threads,
-                "seed": seed,
-                **parse_sets(sets),
-            },
-        )
+        cfg = apply_overrides(cfg, {**(config_overrides or {}), **parse_sets(sets)})
         check_scale_and_threads(cfg)
         paths = expand_images(images)
         if cfg.scale.reference_image >= len(paths):

@@ -175,7 +175,8 @@ CASES: dict[str, Case] = {
         lambda t, m: _sem(t, "--config", str(_yaml(t, 'dense:\n  enabled: "maybe"\n'))), "dense.enabled"
     ),
     "config float given a list": Case(
-        lambda t, m: _sem(t, "--config", str(_yaml(t, "matching:\n  sift:\n    ratio: [1, 2]\n"))), "matching.sift.ratio"
+        lambda t, m: _sem(t, "--config", str(_yaml(t, "matching:\n  sift:\n    ratio: [1, 2]\n"))),
+        "matching.sift.ratio",
     ),
     "config int given text": Case(
         lambda t, m: _sem(t, "--config", str(_yaml(t, "bundle:\n  max_nfev: lots\n"))), "bundle.max_nfev"

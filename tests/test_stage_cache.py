@@ -48,7 +48,9 @@ class Foreign:
 def test_fingerprint_follows_settings() -> None:
     cfg = SemConfig()
     assert fingerprint("s", cfg.matching) == fingerprint("s", SemConfig().matching)
-    assert fingerprint("s", cfg.matching) != fingerprint("s", replace(cfg.matching, sift=replace(cfg.matching.sift, ratio=0.7)))
+    assert fingerprint("s", cfg.matching) != fingerprint(
+        "s", replace(cfg.matching, sift=replace(cfg.matching.sift, ratio=0.7))
+    )
 
 
 @pytest.fixture(scope="module")

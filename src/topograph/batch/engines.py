@@ -207,16 +207,7 @@ class MesoEngine(TableEngine):
         from topograph.io.atomic import to_jsonable
         from topograph.meso.pipeline import run_meso
 
-        _rec, files = run_meso(list(inputs), out_dir, self.config(options), command=command)
-        summary = _read_summary(out_dir) or {"engine": "meso", "command": command, "files": sorted(files)}
-        return to_jsonable(summary)
-
-
-def _read_summary(out_dir: Path) -> dict[str, Any]:
-    import json
-
-    path = Path(out_dir) / "summary.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        return to_jsonable(run_meso(list(inputs), out_dir, self.config(options), command=command).summary)
 
 
 engines.register("sem")(SemEngine)

@@ -70,7 +70,6 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         """Jointly register, stitch and rectify the images: orthomosaic, height map (µm), mesh, cameras."""
         from topograph.meso.config import MesoConfig, preset_config
         from topograph.meso.pipeline import run_meso
-        from topograph.meso.progress import NullProgress, RichProgress
         from topograph.progress import NoSteps, reporting
 
         cfg = from_yaml(MesoConfig, config) if config else preset_config(preset)
@@ -82,16 +81,9 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
                 f"--reference-image {cfg.scale.reference_image} does not exist ({len(paths)} images)",
                 f"use 0 … {len(paths) - 1}",
             )
-        sink = NullProgress() if no_progress else RichProgress(console)
-        with reporting(NoSteps() if no_progress else sink):  # the flow-match steps on the same bars
-            rec, files = run_meso(
-                paths,
-                out,
-                cfg,
-                sink,
-                command=shlex.join(["topograph", *sys.argv[1:]]),
-                resume=resume,
-            )
+        with reporting(NoSteps() if no_progress else None):  # None: the CLI's display, rounds with their loss
+            run = run_meso(paths, out, cfg, command=shlex.join(["topograph", *sys.argv[1:]]), resume=resume)
+        rec = run.reconstruction
         table = Table(title="Cameras", title_justify="left")
         for col in ("#", "image", "x", "y", "height", "tilt °", "angle °"):
             table.add_column(col, justify="right")
@@ -115,11 +107,11 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             f"positions and heights in {unit}; mosaic {rec.height.shape[1]}x{rec.height.shape[0]} px"
             + (f" at {rec.pixel_size_mm * 1000:.1f} µm/px" if rec.pixel_size_mm else " (no absolute scale)")
         )
-        for w in rec.checks.warnings:
+        for w in run.warnings:
             console.print(f"[yellow]warning:[/] {w}")
-        if rec.quality.status == "failed":  # written because checks.gates=mark: usable for diagnosis only
+        if run.status == "failed":  # written because checks.gates=mark: usable for diagnosis only
             for gate in rec.quality.failed:
                 console.print(f"[bold red]failed:[/] {gate.line()}", highlight=False)
             console.print(f"[bold red]FAILED[/] (result written for diagnosis, marked failed) → {out}")
             raise typer.Exit(EXIT_QUALITY)
-        console.print(f"[green]done[/] in {rec.timings.get('total_s', 0.0):.1f} s → {out} ({len(files)} files)")
+        console.print(f"[green]done[/] in {run.timings_s.get('total', 0.0):.1f} s → {out} ({len(run.files)} files)")

@@ -108,7 +108,6 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         """Reconstruct a tilt series: cameras, sparse and dense clouds, height map, mesh and grain metrics."""
         from topograph.io.images import describe_series
         from topograph.io.sidecar import MetadataOverrides
-        from topograph.progress import stage as progress_stage
         from topograph.sem.pipeline import command_line, run_sem
 
         cfg = apply_overrides(load_sem_config(config), {**(config_overrides or {}), **parse_sets(sets)})
@@ -122,7 +121,6 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             overrides=overrides,
             sidecar=sidecar,
             command=command_line(),
-            on_stage=progress_stage,  # stage name, elapsed time, and a bar with ETA for counted work
             # Show what was parsed before the long work starts.
             on_loaded=lambda series: print_series_table(describe_series(series)),
             use_cache=not no_cache,

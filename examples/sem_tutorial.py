@@ -45,9 +45,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from topograph.analysis.evaluate_sem import Alignment, evaluate_sem_truth, tilt_errors
-from topograph.analysis.render import render_cloud_views
 from topograph.config import apply_overrides
 from topograph.io.images import describe_series, load_sem_series, series_warnings
+from topograph.report.render import render_cloud_views
 from topograph.sem.config import SemConfig
 from topograph.sem.dense import run_dense
 from topograph.sem.pipeline import run_sem, series_pixel_size_um, series_tilt_axis_deg

@@ -94,3 +94,17 @@ def test_matcher_settings_are_nested_per_matcher() -> None:
     plugin = MatchingConfig(matcher="my_plugin", options={"threshold": 0.5})
     assert plugin.matcher_options() == {"threshold": 0.5}
     assert apply_overrides(SemConfig(), {"matching.sift.ratio": "0.7"}).matching.sift.ratio == 0.7
+
+
+def test_config_file_values_are_checked_as_their_flags() -> None:
+    from topograph.meso.config import MesoConfig
+
+    cfg = MesoConfig()
+    MESO.check_values(cfg)  # the defaults pass
+    bad = dataclasses.replace(cfg, scale=dataclasses.replace(cfg.scale, focal_mm=-1.0))
+    with pytest.raises(TopographError, match=r"--focal-mm \(scale.focal_mm\) must be a positive number"):
+        MESO.check_values(bad)
+    with pytest.raises(TopographError, match=r"--threads \(threads\) must be >= 0"):
+        MESO.check_values(dataclasses.replace(cfg, threads=-2))
+    with pytest.raises(TopographError, match="matching.options' must be a mapping"):
+        apply_overrides(SemConfig(), {"matching.options": "fast"})

@@ -56,6 +56,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise TopographError(f"config key '{key}' must be a mapping", "see `topograph config show`")
         return from_dict(tp, value, prefix=f"{key}.")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TopographError(
+                f"config key '{key}' must be a mapping, got {value!r}", f"write {key}: {{name: value}}"
+            )
+        return dict(value)
     if origin in (tuple, list):
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]

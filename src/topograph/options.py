@@ -86,6 +86,18 @@ class EngineOptions:
             out[opt.key] = opt.check(value, name) if opt.check is not None else value
         return out
 
+    def check_values(self, cfg: Any) -> None:
+        """Apply each option's check to the value ``cfg`` holds, so a value from ``--config`` or ``--set`` fails
+        before the run as the flag would (the message names the flag and the key)."""
+        for opt in self.options:
+            if opt.check is None or opt.switch is not None:
+                continue
+            value: Any = cfg
+            for part in opt.key.split("."):
+                value = getattr(value, part)
+            if value is not None:
+                opt.check(value, f"{opt.flag} ({opt.key})")
+
     def batch_options(self) -> tuple[str, ...]:
         return tuple(opt.name for opt in self.options)
 

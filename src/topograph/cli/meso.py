@@ -20,30 +20,16 @@ from topograph.options import MESO, parse_sets
 console = err_console
 
 
-def check_scale_and_threads(cfg) -> None:  # noqa: ANN001 - MesoConfig, imported lazily
-    """Values that would fail only after minutes of compute (or never): checked before the run starts."""
-    sc = cfg.scale
-    for key, value, example in (
-        ("--focal-mm (scale.focal_mm)", sc.focal_mm, "--focal-mm 4.2"),
-        ("--pixel-pitch-um (scale.pixel_pitch_um)", sc.pixel_pitch_um, "--pixel-pitch-um 1.4"),
-        ("--magnification (scale.magnification)", sc.magnification, "--magnification 0.07"),
-        ("--scale-distance-mm (scale.scale_distance_mm)", sc.scale_distance_mm, "--scale-distance-mm 10"),
-    ):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise TopographError(f"{key} must be a positive number, got {value:g}", f"e.g. {example}")
-    if sc.scale_points is not None and len(sc.scale_points) == 4:
-        x1, y1, x2, y2 = sc.scale_points
-        if not all(math.isfinite(v) for v in sc.scale_points):
-            raise TopographError(f"--scale-points must be finite, got {list(sc.scale_points)}", "e.g. 10,20,400,20")
+def check_scale_points(cfg) -> None:  # noqa: ANN001 - MesoConfig, imported lazily
+    """Two scale points less than a pixel apart would fail only after minutes of compute: checked first."""
+    sp = cfg.scale.scale_points
+    if sp is not None and len(sp) == 4:
+        x1, y1, x2, y2 = sp
         if math.hypot(x2 - x1, y2 - y1) < 1.0:
             raise TopographError(
                 f"the two scale points ({x1:g}, {y1:g}) and ({x2:g}, {y2:g}) are less than 1 px apart",
                 "give two distinct points a known distance apart, e.g. --scale-points 10,20,400,20",
             )
-    if sc.reference_image < 0:
-        raise TopographError(f"--reference-image must be >= 0, got {sc.reference_image}", "e.g. --reference-image 0")
-    if cfg.threads < 0:
-        raise TopographError(f"--threads must be >= 0 (0 = all cores), got {cfg.threads}", "e.g. --threads 2")
 
 
 def register(app: typer.Typer, synth_app: typer.Typer) -> None:
@@ -74,7 +60,8 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
 
         cfg = from_yaml(MesoConfig, config) if config else preset_config(preset)
         cfg = apply_overrides(cfg, {**(config_overrides or {}), **parse_sets(sets)})
-        check_scale_and_threads(cfg)
+        MESO.check_values(cfg)  # values from --config / --set, checked as their flags are
+        check_scale_points(cfg)
         paths = expand_images(images)
         if cfg.scale.reference_image >= len(paths):
             raise TopographError(

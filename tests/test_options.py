@@ -50,10 +50,13 @@ def test_overrides_map_flags_to_keys_with_checks() -> None:
         MESO.overrides({"focal_mm": -4.0})
     with pytest.raises(TopographError, match="option 'focal_mm'"):
         MESO.overrides({"focal_mm": "zero"}, label=lambda o: f"option '{o.name}'")
-    assert parse_sets(["dense.enabled=false", "matching.sift.ratio=0.7"]) == {
-        "dense.enabled": False,
-        "matching.sift.ratio": 0.7,
-    }
+    sets = parse_sets(["dense.enabled=false", "matching.sift.ratio=0.7", "dense.closure=mirrored"])
+    cfg = apply_overrides(SemConfig(), sets)  # text typed by each field
+    assert cfg.dense.enabled is False and cfg.matching.sift.ratio == 0.7 and cfg.dense.closure == "mirrored"
+    from topograph.meso.config import MesoConfig
+
+    # a word YAML would read as a boolean stays the word the field expects
+    assert apply_overrides(MesoConfig(), parse_sets(["checks.gates=off"])).checks.gates == "off"
     with pytest.raises(TopographError, match="KEY=VALUE"):
         parse_sets(["dense.enabled"])
 

@@ -113,14 +113,15 @@ def scalar_type(tp: Any) -> type:
     return str
 
 
-def parse_sets(items: Iterable[str] | None, flag: str = "--set") -> dict[str, Any]:
-    """``["a.b=1", ...]`` → ``{"a.b": 1}`` (each value read as YAML: ``false`` → False, ``0.7`` → 0.7)."""
-    out: dict[str, Any] = {}
+def parse_sets(items: Iterable[str] | None, flag: str = "--set") -> dict[str, str]:
+    """``["a.b=1", ...]`` → ``{"a.b": "1"}``. The values stay text: the configuration types each one by its
+    field (so ``checks.gates=off`` stays the word ``off``, which YAML would read as False)."""
+    out: dict[str, str] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise TopographError(f"{flag} needs KEY=VALUE, got '{item}'", "e.g. --set dense.enabled=false")
-        out[key.strip()] = parse_scalar(value.strip())
+        out[key.strip()] = value.strip()
     return out
 
 

@@ -69,7 +69,8 @@ def parse_overrides(value: Any, where: str) -> dict[str, Any]:
         return {}
     if isinstance(value, str):
         try:
-            return parse_sets([v.strip() for v in value.split(";") if v.strip()], "set")
+            items = parse_sets([v.strip() for v in value.split(";") if v.strip()], "set")
+            return {k: parse_scalar(v) for k, v in items.items()}
         except TopographError as exc:
             raise TopographError(
                 f"{where}: cannot read the override '{value}'", "write set as key=value;key=value"

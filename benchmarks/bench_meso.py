@@ -44,7 +44,7 @@ def _child(args: dict, queue: mp.Queue) -> None:
         },
     )
     t0 = time.perf_counter()
-    rec, _ = run_meso(paths, args["out"], cfg)
+    rec = run_meso(paths, args["out"], cfg).reconstruction
     wall = time.perf_counter() - t0
     ev = evaluate_synthetic(rec, truth, erode_px=args["erode"])
     queue.put({"wall_s": wall, "timings": rec.timings, **ev.to_dict()})

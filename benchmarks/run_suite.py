@@ -169,7 +169,8 @@ def _topograph_meso(data: Path, out: Path) -> dict[str, Any]:
     if truth_json.is_file():
         magnification = json.loads(truth_json.read_text()).get("magnification_image0")
     cfg = MesoConfig(scale=ScaleConfig(magnification=magnification))
-    rec, files = run_meso(images, out, cfg)
+    run = run_meso(images, out, cfg)
+    rec, files = run.reconstruction, run.files
     return {
         "timings_s": rec.timings,
         "height_unit": rec.scale.height_unit,

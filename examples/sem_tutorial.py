@@ -45,9 +45,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from topograph.analysis.evaluate_sem import Alignment, evaluate_sem_truth, tilt_errors
-from topograph.analysis.render import render_cloud_views
 from topograph.config import apply_overrides
 from topograph.io.images import describe_series, load_sem_series, series_warnings
+from topograph.report.render import render_cloud_views
 from topograph.sem.config import SemConfig
 from topograph.sem.dense import run_dense
 from topograph.sem.pipeline import run_sem, series_pixel_size_um, series_tilt_axis_deg
@@ -593,7 +593,7 @@ if HAVE_QUARTZ:
 # the dense stage is switched off here to save time.
 
 # %%
-run_cfg = apply_overrides(SemConfig(), {"dense.enabled": not QUICK, "matching.ratio": 0.8})
+run_cfg = apply_overrides(SemConfig(), {"dense.enabled": not QUICK, "matching.sift.ratio": 0.8})
 run = run_sem([grain_dir], OUT / "grain_run", run_cfg, command="sem_tutorial.py")
 print(f"camera source {run.summary['camera_source']}, {run.summary['n_tracks']} tracks")
 print("timings [s]:", {k: round(v, 2) for k, v in run.timings_s.items()})

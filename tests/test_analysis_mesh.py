@@ -18,8 +18,8 @@ from topograph.analysis.mesh import (
     split_nonmanifold_vertices,
     write_mesh,
 )
-from topograph.analysis.render import height_map_png, nice_length, render_cloud_views
 from topograph.errors import TopographError
+from topograph.report.render import height_map_png, nice_length, render_cloud_views
 
 R = 1.0
 HEMISPHERE = 2.0 / 3.0 * np.pi * R**3

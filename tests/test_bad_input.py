@@ -175,7 +175,8 @@ CASES: dict[str, Case] = {
         lambda t, m: _sem(t, "--config", str(_yaml(t, 'dense:\n  enabled: "maybe"\n'))), "dense.enabled"
     ),
     "config float given a list": Case(
-        lambda t, m: _sem(t, "--config", str(_yaml(t, "matching:\n  ratio: [1, 2]\n"))), "matching.ratio"
+        lambda t, m: _sem(t, "--config", str(_yaml(t, "matching:\n  sift:\n    ratio: [1, 2]\n"))),
+        "matching.sift.ratio",
     ),
     "config int given text": Case(
         lambda t, m: _sem(t, "--config", str(_yaml(t, "bundle:\n  max_nfev: lots\n"))), "bundle.max_nfev"
@@ -367,8 +368,8 @@ def test_disk_full_while_writing_keeps_the_old_run(tmp_path: Path, monkeypatch: 
     before = _content(out)
     real = pipeline.write_outputs
 
-    def full_disk(run, cfg, folder, command):  # noqa: ANN001, ANN202
-        real(run, cfg, folder, command)
+    def full_disk(run, folder):  # noqa: ANN001, ANN202
+        real(run, folder)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder / "dense.ply"))
 
     monkeypatch.setattr(pipeline, "write_outputs", full_disk)

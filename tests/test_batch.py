@@ -52,7 +52,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
     px2 = round(truth[GOOD[2]].pixel_size_um, 6)
     # three datasets run the dense stage (grain metrics), two and the corrupt one stop after the sparse stage
     rows = [
-        "name,path,engine,tilts_deg,pixel_size_um,set.matching.ratio,set.dense.enabled",
+        "name,path,engine,tilts_deg,pixel_size_um,set.matching.sift.ratio,set.dense.enabled",
         f"{GOOD[0]},{GOOD[0]},sem,,,,",
         f"{GOOD[1]},{GOOD[1]},sem,0;5;10,,,false",
         f"{GOOD[2]},{GOOD[2]},sem,,{px2},,",
@@ -256,14 +256,14 @@ def test_lost_worker_is_recorded_with_its_fingerprint(tmp_path: Path) -> None:
 def test_yaml_manifest_defaults_and_errors(data: dict, tmp_path: Path) -> None:
     root = data["root"]
     (tmp_path / "m.yaml").write_text(
-        "defaults:\n  engine: sem\n  set: {dense.enabled: false, matching.ratio: 0.7}\n"
+        "defaults:\n  engine: sem\n  set: {dense.enabled: false, matching.sift.ratio: 0.7}\n"
         f"datasets:\n  - path: {root / GOOD[0]}\n  - name: second\n    path: {root / GOOD[1]}\n"
-        "    set: {matching.ratio: 0.75}\n    tilts_deg: [0, 5, 10]\n"
+        "    set: {matching.sift.ratio: 0.75}\n    tilts_deg: [0, 5, 10]\n"
     )
     specs = read_manifest(tmp_path / "m.yaml", {"set": {"bundle.max_nfev": 50}})
     assert [s.name for s in specs] == [GOOD[0], "second"]
-    assert specs[0].options["set"] == {"dense.enabled": False, "matching.ratio": 0.7, "bundle.max_nfev": 50}
-    assert specs[1].options["set"]["matching.ratio"] == 0.75 and specs[1].options["tilts_deg"] == [0.0, 5.0, 10.0]
+    assert specs[0].options["set"] == {"dense.enabled": False, "matching.sift.ratio": 0.7, "bundle.max_nfev": 50}
+    assert specs[1].options["set"]["matching.sift.ratio"] == 0.75 and specs[1].options["tilts_deg"] == [0.0, 5.0, 10.0]
 
     def bad(entries: list[dict], match: str) -> None:
         with pytest.raises(TopographError, match=match):

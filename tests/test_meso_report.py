@@ -48,7 +48,9 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_meso_run_writes_summary_inputs_and_report(dataset: Path, tmp_path: Path) -> None:
     paths = sorted(dataset.glob("*.jpg"))
     out = tmp_path / "run"
-    rec, files = run_meso(paths, out, tiny_config(), command="topograph meso data -o run")
+    run = run_meso(paths, out, tiny_config(), command="topograph meso data -o run")
+    rec, files = run.reconstruction, run.files
+    assert run.summary["status"] == run.status and run.command == "topograph meso data -o run"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["engine"] == "meso" and summary["command"] == "topograph meso data -o run"
     assert summary["images"] == [p.name for p in paths]

@@ -141,7 +141,7 @@ def test_meso_outputs_share_the_mosaic_frame_and_open_right(tmp_path: Path) -> N
     # would stop this short run: NCC 0.23-0.33 on two photos in CI)
     cfg = replace_settings(cfg, {"checks.gates": "off"})
     out = tmp_path / "run"
-    rec, files = run_meso(sorted((folder / "images").glob("*.jpg")), out, cfg)
+    rec = run_meso(sorted((folder / "images").glob("*.jpg")), out, cfg).reconstruction
     summary = json.loads((out / "summary.json").read_text())
     assert summary["unit"] == "um" and summary["height_unit"] == "um" and summary["frame"].startswith("mosaic frame")
     px = summary["pixel_size_um"]

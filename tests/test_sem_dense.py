@@ -9,11 +9,11 @@ import pytest
 import trimesh
 from plyfile import PlyData
 
-from topograph.analysis.render import render_cloud_views, splat_orthographic, view_basis
 from topograph.errors import TopographError
 from topograph.geometry.affine import camera_from_stage
 from topograph.geometry.dense_triangulation import NormalEquations, epipolar_distance_px
 from topograph.io.exports import write_mesh_ply, write_stl
+from topograph.report.render import render_cloud_views, splat_orthographic, view_basis
 from topograph.sem.dense import grain_mesh_step, remove_grid_outliers
 
 

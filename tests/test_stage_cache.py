@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import topograph.sem.pipeline as sem_pipeline
-from topograph.io.stage_cache import StageCache, fingerprint
+from topograph.io.stage_cache import StageCache
 from topograph.sem.config import SemConfig
 from topograph.synth.sem import GrainSpec, render_sem_series, save_sem_dataset
 from topograph.types import AffineCamera, PointCloud
@@ -47,8 +47,15 @@ class Foreign:
 
 def test_fingerprint_follows_settings() -> None:
     cfg = SemConfig()
-    assert fingerprint("s", cfg.matching) == fingerprint("s", SemConfig().matching)
-    assert fingerprint("s", cfg.matching) != fingerprint("s", replace(cfg.matching, ratio=0.7))
+    key = StageCache.key
+    assert key("s", cfg.matching) == key("s", SemConfig().matching)
+    assert key("s", cfg.matching) != key("s", replace(cfg.matching, sift=replace(cfg.matching.sift, ratio=0.7)))
+    assert key("s", cfg.matching) != key("t", cfg.matching)
+    # arrays enter by content: equal values agree, one changed pixel or dtype does not
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert key("s", a) == key("s", a.copy())
+    assert key("s", a) != key("s", a.astype(np.float64)) and key("s", a) != key("s", a + np.eye(3, 4, dtype=np.float32))
+    assert key("s", "1") != key("s", 1)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +70,7 @@ def test_late_stage_option_change_skips_the_sparse_stages(
     out = tmp_path / "run"
     cfg = SemConfig()
     first = sem_pipeline.run_sem([small_series], out, cfg)
-    assert first.cached_stages == [] and (out / "cache" / "sparse.npz").is_file()
+    assert first.cached_stages == () and (out / "cache" / "sparse.npz").is_file()
     assert {"match", "cameras", "bundle"} <= set(first.timings_s)
 
     calls: list[str] = []
@@ -77,16 +84,16 @@ def test_late_stage_option_change_skips_the_sparse_stages(
     # a dense-stage option changes: matching, cameras and bundle adjustment are not recomputed
     late = replace(cfg, dense=replace(cfg.dense, outlier_std_ratio=2.5))
     second = sem_pipeline.run_sem([small_series], out, late)
-    assert calls == [] and second.cached_stages == ["sparse"]
+    assert calls == [] and second.cached_stages == ("sparse",)
     assert "match" not in second.timings_s and second.summary["cached_stages"] == ["sparse"]
     np.testing.assert_allclose(second.reconstruction.tilts_deg, first.reconstruction.tilts_deg, atol=0)
     np.testing.assert_array_equal(second.reconstruction.points.xyz, first.reconstruction.points.xyz)
     assert second.dense is not None and len(second.dense.cloud) > 1000
 
     # an early-stage option changes: everything is recomputed (and the cache replaced)
-    early = replace(late, matching=replace(cfg.matching, ratio=0.75))
+    early = replace(late, matching=replace(cfg.matching, sift=replace(cfg.matching.sift, ratio=0.75)))
     third = sem_pipeline.run_sem([small_series], out, early)
-    assert calls == ["match"] and third.cached_stages == []
+    assert calls == ["match"] and third.cached_stages == ()
     # --no-cache recomputes even when nothing changed
     fourth = sem_pipeline.run_sem([small_series], out, early, use_cache=False)
-    assert calls == ["match", "match"] and fourth.cached_stages == []
+    assert calls == ["match", "match"] and fourth.cached_stages == ()

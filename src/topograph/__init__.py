@@ -7,7 +7,11 @@ The Python API::
     print(run.summary["reprojection_rms_px_after"])
 
     from topograph import run_meso, MesoConfig      # needs the `meso` extra (PyTorch)
-    rec, files = run_meso(photos, "out/", MesoConfig())
+    run = run_meso(photos, "out/", MesoConfig())
+    print(run.summary["status"], run.files["height_tif"])
+
+Both return a frozen run record (:class:`topograph.run_record.RunRecord`: ``status``, ``warnings``,
+``timings_s``, ``summary`` ...) with the engine's typed results.
 
 Names are imported on first use (PEP 562), so ``import topograph`` is cheap and the SEM engine never
 imports PyTorch; asking for a meso name without PyTorch installed raises
@@ -35,6 +39,7 @@ _LAZY: dict[str, tuple[str, bool]] = {
     "MetadataOverrides": ("topograph.io.sidecar", False),
     "MesoConfig": ("topograph.meso.config", False),
     "run_meso": ("topograph.meso.pipeline", True),
+    "MesoRun": ("topograph.meso.pipeline", True),
     "MesoReconstruction": ("topograph.meso.reconstruct", True),
     "write_report": ("topograph.report.html", False),
 }
@@ -44,6 +49,7 @@ _ENTRY_POINTS = {"run_sem", "run_meso"}
 __all__ = [
     "MesoConfig",
     "MesoReconstruction",
+    "MesoRun",
     "MetadataOverrides",
     "OptionalDependencyError",
     "QualityError",
@@ -59,7 +65,7 @@ __all__ = [
 if TYPE_CHECKING:  # for type checkers and IDEs only; at run time the names load lazily
     from topograph.io.sidecar import MetadataOverrides
     from topograph.meso.config import MesoConfig
-    from topograph.meso.pipeline import run_meso
+    from topograph.meso.pipeline import MesoRun, run_meso
     from topograph.meso.reconstruct import MesoReconstruction
     from topograph.report.html import write_report
     from topograph.sem.config import SemConfig

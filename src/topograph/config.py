@@ -2,7 +2,7 @@
 
 * ``to_dict`` / ``to_yaml`` write plain types only (``yaml.safe_dump``; no python tags).
 * ``from_dict`` / ``from_yaml`` read with the safe loader and reject unknown keys, naming them.
-* ``apply_overrides`` sets dotted keys (``"matching.ratio=0.8"``), as the CLI does for its flags.
+* ``apply_overrides`` sets dotted keys (``"matching.sift.ratio=0.8"``), as the CLI does for its flags.
 """
 
 from __future__ import annotations
@@ -56,6 +56,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise TopographError(f"config key '{key}' must be a mapping", "see `topograph config show`")
         return from_dict(tp, value, prefix=f"{key}.")
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise TopographError(
+                f"config key '{key}' must be a mapping, got {value!r}", f"write {key}: {{name: value}}"
+            )
+        return dict(value)
     if origin in (tuple, list):
         if isinstance(value, str):
             value = [v for v in value.split(",") if v.strip()]
@@ -146,7 +152,7 @@ def yaml_error_line(exc: Exception) -> str:
 
 
 def apply_overrides(cfg: T, overrides: dict[str, Any]) -> T:
-    """Return a copy of ``cfg`` with dotted keys replaced (``{"matching.ratio": 0.8}``).
+    """Return a copy of ``cfg`` with dotted keys replaced (``{"matching.sift.ratio": 0.8}``).
 
     ``None`` values are skipped, so unset CLI options leave the config alone.
     """

@@ -1,16 +1,19 @@
 """Progress of long steps, shown by whoever runs the engines (the CLI's bar with ETA) or by nobody.
 
-The engines mark their long loops with :func:`steps` (``for pair in steps(pairs, "dense matching")``).
-Nothing is shown unless a caller installed a reporter with :func:`reporting` — the CLI does, with
-:class:`RichSteps` (stage name, bar, done/total, elapsed time and ETA on stderr). The reporter lives in a
-context variable, so library callers, tests and Dask workers see no output and pay nothing.
+One protocol for both engines, :class:`StepReporter`: stages (open-ended work) and counted steps (a loop
+with a known length, optionally with the current loss of an optimisation). The engines mark their long
+loops with :func:`steps` (``for pair in steps(pairs, "dense matching")``) and their stages with
+:func:`stage`. Nothing is shown unless a caller installed a reporter with :func:`reporting` (or passed
+``progress=`` to ``run_sem`` / ``run_meso``) — the CLI does, with :class:`RichSteps` (stage name, bar,
+done/total, loss, elapsed time and ETA on stderr). The reporter lives in a context variable, so library
+callers, tests and Dask workers see no output and pay nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 from typing import Any, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -25,8 +28,8 @@ class StepReporter(Protocol):
     def begin(self, description: str, total: int) -> None:
         """Counted work of ``total`` steps starts."""
 
-    def step(self) -> None:
-        """One step of the counted work is done."""
+    def step(self, loss: float | None = None) -> None:
+        """One step of the counted work is done (``loss``: the optimised value after it, if any)."""
 
     def end(self) -> None:
         """The counted work is over."""
@@ -36,8 +39,11 @@ _REPORTER: contextvars.ContextVar[StepReporter | None] = contextvars.ContextVar(
 
 
 @contextlib.contextmanager
-def reporting(reporter: StepReporter) -> Iterator[StepReporter]:
-    """Send the progress of the engines run inside this block to ``reporter``."""
+def reporting(reporter: StepReporter | None) -> Iterator[StepReporter | None]:
+    """Send the progress of the engines run inside this block to ``reporter`` (None: keep the active one)."""
+    if reporter is None:
+        yield current()
+        return
     token = _REPORTER.set(reporter)
     try:
         yield reporter
@@ -74,6 +80,51 @@ def steps(items: Iterable[T], description: str, total: int | None = None) -> Ite
         reporter.end()
 
 
+class RoundSteps:
+    """The active reporter seen through the round interface of the meso optimiser (``start`` a round of
+    ``total`` iterations, ``update`` with each iteration's loss, ``stop`` after the last round)."""
+
+    def __init__(self, reporter: StepReporter | None = None) -> None:
+        self.reporter = reporter if reporter is not None else current()
+        self._open = False
+
+    def start(self, name: str, total: int) -> None:
+        if self.reporter is None:
+            return
+        self.stop()
+        self.reporter.begin(name, total)
+        self._open = True
+
+    def update(self, loss: float) -> None:
+        if self.reporter is not None and self._open:
+            self.reporter.step(loss)
+
+    def stop(self) -> None:
+        if self.reporter is not None and self._open:
+            self.reporter.end()
+            self._open = False
+
+
+class StageLine:
+    """A reporter that shows only the name of the current stage, through ``show`` (e.g. a rich status line's
+    ``update``)."""
+
+    def __init__(self, show: Callable[[str], object]) -> None:
+        self.show = show
+
+    def stage(self, name: str) -> None:
+        self.show(f"[bold]{name}[/]")
+
+    def begin(self, description: str, total: int) -> None:
+        return None
+
+    def step(self, loss: float | None = None) -> None:
+        return None
+
+    def end(self) -> None:
+        return None
+
+
 class NoSteps:
     """A reporter that shows nothing (e.g. ``--no-progress`` inside the CLI's display)."""
 
@@ -83,7 +134,7 @@ class NoSteps:
     def begin(self, description: str, total: int) -> None:
         return None
 
-    def step(self) -> None:
+    def step(self, loss: float | None = None) -> None:
         return None
 
     def end(self) -> None:
@@ -112,6 +163,7 @@ class RichSteps:
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
+            TextColumn("{task.fields[loss]}"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
@@ -147,17 +199,18 @@ class RichSteps:
     def stage(self, name: str) -> None:
         self.start()
         self._close_stage()
-        self._stage = self.progress.add_task(name, total=None)
+        self._stage = self.progress.add_task(name, total=None, loss="")
 
     def begin(self, description: str, total: int) -> None:
         self.start()
         self._done = 0
-        self._task = self.progress.add_task(f"  {description}", total=total or None)
+        self._task = self.progress.add_task(f"  {description}", total=total or None, loss="")
 
-    def step(self) -> None:
+    def step(self, loss: float | None = None) -> None:
         if self._task is not None:
             self._done += 1
-            self.progress.advance(self._task)
+            shown = f"loss {loss:.3e}" if loss is not None and loss == loss else ""  # NaN: none
+            self.progress.update(self._task, advance=1, loss=shown)
 
     def end(self) -> None:
         if self._task is not None:

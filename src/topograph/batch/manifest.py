@@ -7,7 +7,7 @@ Manifest as CSV (one dataset per row; empty cells = not given; lists separated b
     g02,grains/g02,sem,,,
     desk,phone/desk,meso,,,
 
-Columns ``set.<dotted key>`` (e.g. ``set.matching.ratio``) are configuration overrides too.
+Columns ``set.<dotted key>`` (e.g. ``set.matching.sift.ratio``) are configuration overrides too.
 
 Manifest as YAML (``defaults`` apply to every dataset; a dataset's own values win)::
 

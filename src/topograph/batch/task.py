@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
 import io
 import json
 import logging
@@ -35,6 +34,7 @@ from typing import Any, Literal
 from topograph import __version__
 from topograph.batch.manifest import DatasetSpec
 from topograph.errors import TopographError
+from topograph.fingerprint import FileContent, digest
 from topograph.io.atomic import to_jsonable, write_json, write_text
 
 log = logging.getLogger("topograph")
@@ -44,7 +44,6 @@ LOG_FILE = "batch.log"
 SUMMARY_FILE = "summary.json"
 Mode = Literal["normal", "retry_failed", "force"]
 """``normal``: run new and changed datasets; ``retry_failed``: also re-run failed ones; ``force``: run all."""
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -107,35 +106,22 @@ def input_files(inputs: tuple[str, ...] | list[str]) -> list[Path]:
     return files
 
 
-def _hash_file(h: Any, path: Path) -> None:
-    with path.open("rb") as fh:
-        while chunk := fh.read(_HASH_CHUNK):
-            h.update(chunk)
-
-
 def dataset_fingerprint(spec: DatasetSpec) -> str:
-    """``sha256(version, engine, options with files by content, (name, size, bytes) of every input file)``.
+    """:func:`topograph.fingerprint.digest` of the version, the engine, the options (files named by them
+    by content) and the (name, size, content) of every input file.
 
     File names enter without their folder, so moving a dataset keeps its fingerprint.
     """
     from topograph.batch.engines import get_engine
 
     engine = get_engine(spec.engine)
-    h = hashlib.sha256()
     file_keys = {str(p) for p in engine.option_files(spec.options)}
-    options = {}
-    for key, value in sorted(spec.options.items()):
-        if isinstance(value, str) and value in file_keys:
-            fh = hashlib.sha256()
-            _hash_file(fh, Path(value))
-            value = f"file-sha256:{fh.hexdigest()}"
-        options[key] = value
-    head = {"topograph_version": __version__, "engine": spec.engine, "options": to_jsonable(options)}
-    h.update(json.dumps(head, sort_keys=True).encode("utf-8"))
-    for f in input_files(spec.inputs):
-        h.update(f"\n{f.name}\n{f.stat().st_size}\n".encode())
-        _hash_file(h, f)
-    return h.hexdigest()
+    options = {
+        key: FileContent(Path(value)) if isinstance(value, str) and value in file_keys else to_jsonable(value)
+        for key, value in sorted(spec.options.items())
+    }
+    files = [(f.name, f.stat().st_size, FileContent(f)) for f in input_files(spec.inputs)]
+    return digest(__version__, spec.engine, options, files)
 
 
 def read_status(out_dir: str | Path) -> dict[str, Any] | None:

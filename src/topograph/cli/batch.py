@@ -29,13 +29,12 @@ def batch_defaults(
     overrides: dict[str, Any] = {}
     for item in sets:
         overrides.update(parse_overrides(item, "--set"))
-    if sparse_only:
-        overrides["dense.enabled"] = False
     defaults: dict[str, Any] = {
         "config": str(config.resolve()) if config else None,
         "tilts_deg": tilts,
         "tilt_axis_deg": tilt_axis_deg,
         "pixel_size_um": pixel_size_um,
+        "sparse_only": True if sparse_only else None,  # an option of the SEM table (topograph.options)
         "set": overrides or None,
     }
     return {k: v for k, v in defaults.items() if v is not None}

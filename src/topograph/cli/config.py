@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import typer
@@ -10,15 +9,7 @@ import typer
 from topograph.config import to_commented_yaml
 from topograph.errors import TopographError
 from topograph.io.atomic import write_text
-
-ENGINE_CONFIGS = {"sem": ("topograph.sem.config", "SemConfig"), "meso": ("topograph.meso.config", "MesoConfig")}
-
-
-def default_config(engine: str) -> object:
-    if engine not in ENGINE_CONFIGS:
-        raise TopographError(f"unknown engine '{engine}'", f"choose one of: {', '.join(ENGINE_CONFIGS)}")
-    module, name = ENGINE_CONFIGS[engine]
-    return getattr(importlib.import_module(module), name)()
+from topograph.options import default_config
 
 
 def register(app: typer.Typer, synth_app: typer.Typer) -> None:

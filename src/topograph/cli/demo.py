@@ -17,6 +17,7 @@ console = Console(stderr=True)
 def demo_sem(out: Path, size: int, seed: int) -> dict:
     """Render a grain tilt series (FEI-style TIFFs), run the full SEM pipeline, evaluate the dense cloud."""
     from topograph.analysis.evaluate_sem import evaluate_cloud
+    from topograph.progress import StageLine
     from topograph.sem.pipeline import run_sem
     from topograph.synth.sem import GrainSpec, load_sem_truth, render_sem_series, save_sem_dataset
 
@@ -28,7 +29,7 @@ def demo_sem(out: Path, size: int, seed: int) -> dict:
             [data],
             out / "result",
             command=f"topograph sem {data} -o {out / 'result'}",
-            on_stage=lambda name: status.update(f"[bold]{name}[/]"),
+            progress=StageLine(status.update),
         )
     truth = load_sem_truth(data)
     with console.status("evaluating against the ground truth"):

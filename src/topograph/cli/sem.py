@@ -8,8 +8,10 @@ import typer
 from rich.table import Table
 
 from topograph.cli.console import err_console
+from topograph.cli.options import with_config_options
 from topograph.config import apply_overrides, from_yaml
 from topograph.errors import EXIT_QUALITY, TopographError
+from topograph.options import SEM, parse_sets
 from topograph.sem.config import SemConfig
 
 console = err_console
@@ -82,6 +84,7 @@ def print_camera_table(run) -> None:  # noqa: ANN001 - SemRun, imported lazily
 
 def register(app: typer.Typer, synth_app: typer.Typer) -> None:
     @app.command("sem")
+    @with_config_options(SEM)
     def sem_command(
         images: list[Path] = typer.Argument(..., help="SEM images (TIFF/PNG/JPEG) or one folder."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
@@ -96,50 +99,18 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         ),
         pixel_size_um: float | None = typer.Option(None, "--pixel-size-um", help="Pixel size in µm (output in µm)."),
         sidecar: Path | None = typer.Option(None, "--sidecar", help="YAML/JSON file with tilts / pixel size."),
-        crop: int | None = typer.Option(None, "--crop", help="Rows to remove at the bottom (data bar)."),
-        matcher: str | None = typer.Option(None, "--matcher", help="Sparse matcher: sift (default), dense, roma."),
-        roma_weights: Path | None = typer.Option(None, "--roma-weights", help="Local RoMa weights file."),
-        roma_dinov2_weights: Path | None = typer.Option(None, "--roma-dinov2-weights", help="Local DINOv2 weights."),
-        cameras: str | None = typer.Option(
-            None,
-            "--cameras",
-            help="auto (default: images decide the geometry, metadata the magnitudes), metadata, or images.",
-        ),
-        relief: str | None = typer.Option(
-            None,
-            "--relief",
-            help="Depth sign: auto (default), metadata (tilt sense), protrude, or recess (specimens that are holes).",
-        ),
-        flip_relief: bool = typer.Option(
-            False, "--flip-relief", help="Take the other depth-reversal branch (relief and tilt signs together)."
-        ),
-        no_dense: bool = typer.Option(False, "--sparse-only", help="Stop after the sparse reconstruction."),
-        mask: Path | None = typer.Option(None, "--mask", help="Grain mask image for the reference view."),
+        sets: list[str] | None = typer.Option(None, "--set", help="Any config key: --set dense.stride=2 (repeatable)."),
         no_cache: bool = typer.Option(
             False, "--no-cache", help="Recompute every stage (default: reuse OUT/cache when inputs and settings match)."
         ),
+        config_overrides: dict | None = None,
     ) -> None:
         """Reconstruct a tilt series: cameras, sparse and dense clouds, height map, mesh and grain metrics."""
         from topograph.io.images import describe_series
         from topograph.io.sidecar import MetadataOverrides
-        from topograph.progress import stage as progress_stage
         from topograph.sem.pipeline import command_line, run_sem
 
-        cfg = load_sem_config(config)
-        cfg = apply_overrides(
-            cfg,
-            {
-                "load.crop_rows": crop,
-                "matching.matcher": matcher,
-                "matching.roma_weights": str(roma_weights) if roma_weights else None,
-                "matching.roma_dinov2_weights": str(roma_dinov2_weights) if roma_dinov2_weights else None,
-                "cameras.source": cameras,
-                "cameras.relief": relief,
-                "cameras.flip_relief": True if flip_relief else None,
-                "dense.enabled": False if no_dense else None,
-                "dense.mask": str(mask) if mask else None,
-            },
-        )
+        cfg = apply_overrides(load_sem_config(config), {**(config_overrides or {}), **parse_sets(sets)})
         overrides = MetadataOverrides(
             tilts_deg=parse_float_list(tilts, "--tilts"), tilt_axis_deg=tilt_axis_deg, pixel_size_um=pixel_size_um
         )
@@ -150,7 +121,6 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
             overrides=overrides,
             sidecar=sidecar,
             command=command_line(),
-            on_stage=progress_stage,  # stage name, elapsed time, and a bar with ETA for counted work
             # Show what was parsed before the long work starts.
             on_loaded=lambda series: print_series_table(describe_series(series)),
             use_cache=not no_cache,

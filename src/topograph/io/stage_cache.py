@@ -1,9 +1,9 @@
 """Stage results cached in a run folder, keyed by a fingerprint of the inputs and settings.
 
 A run saves the result of an expensive stage as ``OUT/cache/<stage>.npz`` together with the fingerprint
-of everything that stage depends on (input file contents, the options of this and every earlier stage,
-the topograph version). Re-running into the same folder with the same fingerprint loads the result
-instead of recomputing it, so changing a late-stage option (say a dense-stage threshold) skips the
+(:meth:`StageCache.key`) of everything that stage depends on (input file contents, the options of this
+and every earlier stage, the topograph version). Re-running into the same folder with the same fingerprint
+loads the result instead of recomputing it, so changing a late-stage option (say a dense-stage threshold) skips the
 early stages. A different fingerprint, a damaged file or an unknown format simply means a cache miss.
 
 The files hold only arrays and JSON (``numpy.load(..., allow_pickle=False)``): nothing in a run folder
@@ -13,18 +13,16 @@ can execute code when it is read back. Only frozen dataclasses defined in ``topo
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 import json
 import logging
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from topograph import __version__
-from topograph.config import to_dict
+from topograph.fingerprint import digest
 from topograph.io.atomic import atomic_path
 
 log = logging.getLogger("topograph")
@@ -32,38 +30,6 @@ log = logging.getLogger("topograph")
 CACHE_DIR = "cache"
 FORMAT = 1
 """Bumped whenever the encoding below changes: older files then miss."""
-
-
-def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file's content (hex)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def fingerprint(*parts: Any) -> str:
-    """SHA-256 (hex, 16 chars) of JSON-encodable parts; dataclass configs are encoded by :func:`to_dict`."""
-
-    def norm(obj: Any) -> Any:
-        if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-            return to_dict(obj)
-        if isinstance(obj, Path):
-            return str(obj)
-        if isinstance(obj, (list, tuple)):
-            return [norm(v) for v in obj]
-        if isinstance(obj, dict):
-            return {str(k): norm(v) for k, v in obj.items()}
-        return obj
-
-    text = json.dumps([__version__, FORMAT, *[norm(p) for p in parts]], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def inputs_fingerprint(paths: Iterable[str | Path]) -> list[tuple[str, str]]:
-    """(file name, content digest) of every input file, in order."""
-    return [(Path(p).name, file_digest(p)) for p in paths]
 
 
 # --- encoding of dataclass trees into arrays + JSON -------------------------------------------------------
@@ -142,6 +108,12 @@ class StageCache:
         self.hits: list[str] = []
         self.misses: list[str] = []
         self.pending: dict[str, tuple[str, Any]] = {}
+
+    @staticmethod
+    def key(stage: str, *parts: Any) -> str:
+        """Fingerprint of ``stage`` computed from ``parts`` (its inputs and settings), this topograph version
+        and the cache format: 16 hex characters of :func:`topograph.fingerprint.digest`."""
+        return digest(__version__, FORMAT, stage, *parts)[:16]
 
     def path(self, stage: str) -> Path | None:
         return None if self.folder is None else self.folder / f"{stage}.npz"

@@ -51,7 +51,7 @@ def run_demo(out: Path, size: int = 0, seed: int = 0, console: Any = None, quick
         # 240-px photos give too few matches to refine the cameras (the refinement is refused anyway)
         mcfg = replace_settings(mcfg, {"heights.flow.refine_iterations": 0})
     command += f" (magnification {mcfg.scale.magnification:.5f})"
-    rec, _files = run_meso(paths, out / "result", mcfg, command=command)
+    rec = run_meso(paths, out / "result", mcfg, command=command).reconstruction
     elapsed = time.perf_counter() - t0
     ev = evaluate_synthetic(rec, phantom.truth)
     summary = ev.to_dict()

@@ -6,8 +6,12 @@ Every field maps onto a CLI option of ``topograph sem`` or a key of a ``--config
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Literal
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from topograph.matching.dense import DenseConfig as MatcherDenseConfig
+from topograph.matching.roma import RomaConfig
+from topograph.matching.sift import SiftConfig
 
 
 @dataclass(frozen=True)
@@ -20,12 +24,28 @@ class LoadConfig:
     """Match every image's grey-level histogram to the first one (charging / brightness drift)."""
 
 
+def _sem_sift() -> SiftConfig:
+    return SiftConfig(ratio=0.8, max_image_side=800)
+
+
 @dataclass(frozen=True)
 class MatchingConfig:
+    """The sparse matcher and the outlier rejection after it. Each built-in matcher has its own section
+    (``sift``, ``dense``, ``roma``: the fields of its config class); the section named by ``matcher`` is
+    the one used. A plugin matcher takes its settings from ``options``."""
+
     matcher: str = "sift"
     """Sparse matcher for the cameras: sift, dense, roma or a plugin name."""
-    ratio: float = 0.8
-    """Lowe ratio test threshold (sift)."""
+    sift: SiftConfig = field(default_factory=_sem_sift)
+    """Settings of the sift matcher. ``max_image_side``: SIFT detection runs on a copy whose longer side is
+    at most this, px (0: full resolution); the track positions are then refined at full resolution, and
+    RANSAC's threshold grows with the downscale."""
+    dense: MatcherDenseConfig = field(default_factory=MatcherDenseConfig)
+    """Settings of the dense (optical flow) matcher."""
+    roma: RomaConfig = field(default_factory=RomaConfig)
+    """Settings of the roma matcher (``weights`` and ``dinov2_weights``: local paths; nothing is downloaded)."""
+    options: dict[str, str | int | float | bool] = field(default_factory=dict)
+    """Settings of a plugin matcher (the fields of its configuration)."""
     ransac_threshold_px: float = 1.0
     """Inlier threshold of RANSAC on the affine epipolar constraint, pixels."""
     min_inliers: int = 20
@@ -34,9 +54,6 @@ class MatchingConfig:
     """Match each view with its next ``pair_window`` views in tilt order (file order without tilt metadata)
     and the first with the last (the widest baseline): 2n − 2 pairs instead of all n(n − 1)/2, so the cost
     per added view is constant; 0 matches every pair."""
-    detect_max_side: int = 800
-    """SIFT detection runs on a copy whose longer side is at most this, px (0: full resolution); the track
-    positions are then refined at full resolution, and RANSAC's threshold grows with the downscale."""
     refine_tracks: bool = True
     """Refine track positions to sub-pixel accuracy by Lucas–Kanade patch alignment."""
     track_refinement: Literal["lk", "affine"] = "lk"
@@ -44,11 +61,18 @@ class MatchingConfig:
     windows — ~2.5x more precise positions (a sparse cloud of ~0.16 % of the grain size instead of ~0.5 %
     on rendered grains), ~5x slower, and its slight bias on grain flanks moves factorization tilts by
     ~0.05° (the dense cloud does not gain)."""
-    roma_weights: str | None = None
-    """Local path to RoMa weights (roma matcher only; nothing is downloaded)."""
-    roma_dinov2_weights: str | None = None
-    """Local path to the DINOv2 backbone weights RoMa needs (roma matcher only)."""
     seed: int = 0
+
+    def matcher_options(self) -> dict[str, Any]:
+        """Keyword options of the configured matcher: its own section, or ``options`` for a plugin."""
+        section = getattr(self, self.matcher, None) if self.matcher in _MATCHER_SECTIONS else None
+        if section is None:
+            return dict(self.options)
+        return {f.name: getattr(section, f.name) for f in fields(section)}
+
+
+_MATCHER_SECTIONS = ("sift", "dense", "roma")
+"""Fields of :class:`MatchingConfig` that are the settings of the built-in matcher of that name."""
 
 
 @dataclass(frozen=True)

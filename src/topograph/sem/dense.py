@@ -141,9 +141,9 @@ class DenseResult:
         import trimesh
 
         from topograph import __version__
-        from topograph.analysis.render import height_map_png, render_cloud_views
         from topograph.io.atomic import write_json
         from topograph.io.exports import write_height_map, write_mesh, write_ply, write_png
+        from topograph.report.render import height_map_png, render_cloud_views
 
         unit_text = "micrometres" if self.unit == "um" else "pixel units of view 0 (no pixel size known)"
         shown_unit = "µm" if self.unit == "um" else "px"

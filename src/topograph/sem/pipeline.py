@@ -7,29 +7,29 @@ functions of :mod:`topograph.sem.sparse` and :mod:`topograph.sem.dense`.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
+import functools
 import logging
 import sys
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from topograph import __version__
 from topograph.config import to_yaml
 from topograph.errors import TopographError
+from topograph.fingerprint import digest
 from topograph.geometry.factorization import TiltUncertainty, relative_tilts, tilt_uncertainty
 from topograph.hints import phrase
 from topograph.io.atomic import write_json, write_text
 from topograph.io.exports import write_ply
 from topograph.io.images import describe_series, load_sem_series, series_warnings
 from topograph.io.sidecar import MetadataOverrides
-from topograph.io.stage_cache import StageCache, fingerprint
+from topograph.io.stage_cache import StageCache
 from topograph.io.staging import output_transaction
+from topograph.progress import StepReporter, reporting, stage
 from topograph.sem.cameras import camera_model_failure, relative_tilts_about
 from topograph.sem.config import SemConfig
 from topograph.sem.relief import ReliefCheck, check_relief
@@ -43,14 +43,33 @@ from topograph.sem.sparse import (
     refine_tracks,
     series_tracks,
 )
+from topograph.timing import Timings
 from topograph.types import ImageSet, Reconstruction
+
+if TYPE_CHECKING:
+    from topograph.sem.dense import DenseResult
 
 log = logging.getLogger("topograph")
 
 
-@dataclass
+@dataclass(frozen=True)
+class SparseResult:
+    """What the sparse stages produce (and the run folder's cache keeps): matches, cameras, the adjusted
+    reconstruction and the uncertainty of factorization tilts."""
+
+    matches: SparseMatches
+    cameras: CameraEstimate
+    reconstruction: Reconstruction
+    tilt_uncertainty: TiltUncertainty | None
+
+
+@dataclass(frozen=True)
 class SemRun:
-    """Everything a run produced (in memory); the files are in ``out_dir``."""
+    """Everything an SEM run produced, built once when the computation is done; the files are in ``out_dir``.
+
+    The fields every engine's run record has (:class:`topograph.run_record.RunRecord`): ``engine``,
+    ``out_dir``, ``command``, ``config``, ``status``, ``warnings``, ``timings_s`` and ``summary``.
+    """
 
     images: ImageSet
     matches: SparseMatches
@@ -59,23 +78,32 @@ class SemRun:
     pixel_size_um: float | None
     unit: str
     out_dir: Path | None
-    timings_s: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    dense: Any = None
-    summary: dict[str, Any] = field(default_factory=dict)
-    tilt_uncertainty: TiltUncertainty | None = None
+    config: SemConfig
+    command: str | None
+    timings_s: Mapping[str, float]
+    """Seconds per stage (``load``, ``match``, ``cameras``, ``bundle``, ``dense``) and ``total``."""
+    warnings: tuple[str, ...]
+    dense: DenseResult | None
+    """Dense cloud, height map, meshes and grain metrics (None with ``dense.enabled: false``)."""
+    tilt_uncertainty: TiltUncertainty | None
     """Statistical and systematic uncertainty of factorization tilts (None for metadata cameras)."""
-    relief: ReliefCheck | None = None
+    relief: ReliefCheck
     """Height resolution of the series and the parallax of the specimen's relief."""
-    cached_stages: list[str] = field(default_factory=list)
+    cached_stages: tuple[str, ...]
     """Stages whose result came from the run folder's cache instead of being recomputed."""
-    camera_failure: str | None = None
+    camera_failure: str | None
     """Why the camera model failed (bundle adjustment above ``bundle.max_rms_px`` or rising), None when fine."""
+    engine: Literal["sem"] = "sem"
 
     @property
-    def status(self) -> str:
+    def status(self) -> Literal["ok", "failed"]:
         """ "ok", or "failed" when the camera model failed (the CLI then exits with status 4)."""
         return "failed" if self.camera_failure else "ok"
+
+    @functools.cached_property
+    def summary(self) -> dict[str, object]:
+        """Machine-readable summary of the run (also written as summary.json)."""
+        return build_summary(self)
 
 
 def series_pixel_size_um(images: ImageSet) -> float | None:
@@ -91,142 +119,120 @@ def series_tilt_axis_deg(images: ImageSet) -> float | None:
     return float(axes[0]) if axes else None
 
 
-StageHook = Callable[[str], None]
-
-
 def series_fingerprint(images: ImageSet) -> str:
     """Digest of the loaded series: pixels after cropping and histogram matching, plus the metadata used.
 
     Hashing what was loaded (not the files) covers the load options, the sidecar and the CLI overrides.
     """
-    h = hashlib.sha256()
-    for im in images.images:
-        h.update(im.name.encode())
-        h.update(str((im.pixels.shape, im.pixels.dtype.str)).encode())
-        h.update(np.ascontiguousarray(im.pixels).data)
-        meta = {k: v for k, v in dataclasses.asdict(im.metadata).items() if k not in ("source", "original")}
-        h.update(json.dumps(meta, sort_keys=True, default=str).encode())
-    return h.hexdigest()
+    return digest(
+        [
+            (im.name, im.pixels, {k: v for k, v in dataclasses.asdict(im.metadata).items() if k not in _NOT_HASHED})
+            for im in images.images
+        ]
+    )
+
+
+_NOT_HASHED = ("source", "original")
+"""Metadata that does not change the computation (where a value came from, the raw tags)."""
 
 
 def run_sem(
     inputs: str | Path | Sequence[str | Path],
     out_dir: str | Path | None,
     cfg: SemConfig | None = None,
+    *,
+    command: str | None = None,
+    progress: StepReporter | None = None,
     overrides: MetadataOverrides | None = None,
     sidecar: str | Path | None = None,
-    command: str | None = None,
-    on_stage: StageHook | None = None,
     on_loaded: Callable[[ImageSet], None] | None = None,
     use_cache: bool = True,
-) -> SemRun:
-    """Reconstruct a tilt series; ``out_dir`` is checked and locked before any compute and replaced as a
-    whole when the run succeeds (:func:`topograph.io.staging.output_transaction`).
-
-    The arguments are those of :func:`_run_sem`.
-    """
-    if isinstance(inputs, (str, Path)):
-        inputs = [inputs]  # one path, not a sequence of its characters
-    args = (inputs, out_dir, cfg, overrides, sidecar, command, on_stage, on_loaded, use_cache)
-    if out_dir is None:
-        return _run_sem(*args, stage_dir=None)
-    with output_transaction(out_dir, [*inputs, *([sidecar] if sidecar else [])]) as stage_dir:
-        run = _run_sem(*args, stage_dir=stage_dir)
-    log.info("results written to %s (report: %s)", out_dir, Path(out_dir) / "report.html")
-    return run
-
-
-def _run_sem(
-    inputs: Sequence[str | Path],
-    out_dir: str | Path | None,
-    cfg: SemConfig | None = None,
-    overrides: MetadataOverrides | None = None,
-    sidecar: str | Path | None = None,
-    command: str | None = None,
-    on_stage: StageHook | None = None,
-    on_loaded: Callable[[ImageSet], None] | None = None,
-    use_cache: bool = True,
-    stage_dir: Path | None = None,
 ) -> SemRun:
     """Reconstruct a tilt series.
+
+    ``out_dir`` is checked and locked before any compute and replaced as a whole when the run succeeds
+    (:func:`topograph.io.staging.output_transaction`).
 
     Args:
         inputs: image files, or one folder (a single path is taken as a one-item list).
         out_dir: output folder (written only when the run succeeds), or None to keep results in memory.
         cfg: configuration (defaults when None).
+        command: the command line, saved for reproducibility.
+        progress: receives the stages and counted steps (default: the reporter installed with
+            :func:`topograph.progress.reporting`, if any).
         overrides: tilts / tilt axis / pixel size given on the command line (they win over file tags).
         sidecar: YAML/JSON file with metadata for the series.
-        command: the command line, saved for reproducibility.
-        on_stage: called with the name of each stage as it starts (progress display).
         on_loaded: called with the loaded series before matching (to show the parsed metadata).
         use_cache: reuse the sparse stages (matching, cameras, bundle adjustment) cached in ``out_dir/cache``
             by an earlier run with the same images and the same settings of those stages.
-        stage_dir: the staging folder the files are written into (None: keep the results in memory).
 
     Returns:
         The :class:`SemRun` with cameras, sparse cloud, quality figures and (when enabled) the dense results.
     """
     if isinstance(inputs, (str, Path)):
-        inputs = [inputs]
+        inputs = [inputs]  # one path, not a sequence of its characters
     cfg = cfg or SemConfig()
-    stage = on_stage or (lambda name: None)
-    timings: dict[str, float] = {}
-    t_all = time.perf_counter()
+    args = SemInputs(list(inputs), cfg, command, overrides, Path(sidecar) if sidecar else None, on_loaded, use_cache)
+    with reporting(progress):
+        if out_dir is None:
+            return _run_sem(args, None, None)
+        with output_transaction(out_dir, [*inputs, *([sidecar] if sidecar else [])]) as stage_dir:
+            run = _run_sem(args, Path(out_dir), stage_dir)
+    log.info("results written to %s (report: %s)", out_dir, Path(out_dir) / "report.html")
+    return run
+
+
+@dataclass(frozen=True)
+class SemInputs:
+    """The arguments of one :func:`run_sem` call."""
+
+    inputs: list[str | Path]
+    cfg: SemConfig
+    command: str | None
+    overrides: MetadataOverrides | None
+    sidecar: Path | None
+    on_loaded: Callable[[ImageSet], None] | None
+    use_cache: bool
+
+
+def _run_sem(args: SemInputs, out_dir: Path | None, stage_dir: Path | None) -> SemRun:
+    """Compute the run and, with ``stage_dir``, write its files there (see :func:`run_sem`)."""
+    cfg = args.cfg
+    timings = Timings()
 
     stage("load")
-    t0 = time.perf_counter()
-    images = load_sem_series(
-        inputs,
-        overrides=overrides,
-        sidecar=Path(sidecar) if sidecar else None,
-        crop_rows=cfg.load.crop_rows,
-        auto_crop=cfg.load.auto_crop,
-        histogram_match=cfg.load.histogram_match,
-        min_images=2,
-    )
-    if on_loaded is not None:
-        on_loaded(images)
-    warnings = series_warnings(images)
-    for w in warnings:
-        log.warning(w)
-    pixel_size = series_pixel_size_um(images)
-    unit = "um" if pixel_size is not None else "px"
-    if pixel_size is None:
-        log.warning("no pixel size known: the cloud is in pixel units (give --pixel-size-um for µm)")
-    timings["load"] = time.perf_counter() - t0
+    with timings.timed("load"):
+        images = load_sem_series(
+            args.inputs,
+            overrides=args.overrides,
+            sidecar=args.sidecar,
+            crop_rows=cfg.load.crop_rows,
+            auto_crop=cfg.load.auto_crop,
+            histogram_match=cfg.load.histogram_match,
+            min_images=2,
+        )
+        if args.on_loaded is not None:
+            args.on_loaded(images)
+        warnings = series_warnings(images)
+        for w in warnings:
+            log.warning(w)
+        pixel_size = series_pixel_size_um(images)
+        unit = "um" if pixel_size is not None else "px"
+        if pixel_size is None:
+            log.warning("no pixel size known: the cloud is in pixel units (give --pixel-size-um for µm)")
 
-    store = StageCache(out_dir, enabled=use_cache)
-    sparse_fp = fingerprint("sparse", series_fingerprint(images), cfg.matching, cfg.cameras, cfg.bundle)
-    cached = store.load("sparse", sparse_fp)
-    if cached is not None:
-        matches, cams, recon, tilt_error = cached
-        for note in cams.notes:
+    store = StageCache(out_dir, enabled=args.use_cache)
+    sparse_key = store.key("sparse", series_fingerprint(images), cfg.matching, cfg.cameras, cfg.bundle)
+    sparse = store.load("sparse", sparse_key)
+    if isinstance(sparse, SparseResult):
+        for note in sparse.cameras.notes:
             log.info(note)
-        for w in cams.warnings:
+        for w in sparse.cameras.warnings:
             log.warning(w)
     else:
-        stage("match")
-        t0 = time.perf_counter()
-        matches = match_series(images, cfg.matching)
-        tracks = series_tracks(images, matches)
-        if cfg.matching.refine_tracks:
-            tracks = refine_tracks(images, tracks, cfg.matching.track_refinement, max(1.0, matches.detection_downscale))
-        timings["match"] = time.perf_counter() - t0
-
-        stage("cameras")
-        t0 = time.perf_counter()
-        cams = estimate_cameras(images, tracks, matches, cfg.cameras, series_tilt_axis_deg(images), pixel_size)
-        for note in cams.notes:
-            log.info(note)
-        timings["cameras"] = time.perf_counter() - t0
-
-        stage("bundle")
-        t0 = time.perf_counter()
-        recon = refine(cams.cameras, tracks, cfg.bundle, unit, cams.source, cams.notes)
-        cams, recon = tilts_about_estimated_axis(cams, recon)
-        timings["bundle"] = time.perf_counter() - t0
-        tilt_error = factorization_tilt_uncertainty(recon, cfg)
-        store.save("sparse", sparse_fp, (matches, cams, recon, tilt_error))
+        sparse = sparse_stages(images, cfg, pixel_size, unit, timings)
+        store.save("sparse", sparse_key, sparse)
+    cams, recon, tilt_error = sparse.cameras, sparse.reconstruction, sparse.tilt_uncertainty
     warnings.extend(cams.warnings)
     failure = camera_model_failure(recon.rms_px_before, recon.rms_px_after, cfg.bundle.max_rms_px)
     if failure is not None:
@@ -248,38 +254,72 @@ def _run_sem(
                 "take the tilts with that uncertainty, or give the stage tilts with --tilts"
             )
             log.warning(warnings[-1])
-
     warnings = [phrase(w) for w in warnings]  # arguments, not --flags, for Python callers
-    run = SemRun(images, matches, cams, recon, pixel_size, unit, Path(out_dir) if out_dir else None, timings, warnings)
-    run.cached_stages = store.hits
-    run.tilt_uncertainty = tilt_error
-    run.relief = relief
-    run.camera_failure = failure
 
+    dense = None
     if cfg.dense.enabled:
         from topograph.sem.dense import run_dense
 
         stage("dense")
-        t0 = time.perf_counter()
-        run.dense = run_dense(images, recon, cfg.dense, pixel_size)
-        timings["dense"] = time.perf_counter() - t0
+        with timings.timed("dense"):
+            dense = run_dense(images, recon, cfg.dense, pixel_size)
         if not cfg.dense.mask:
             from topograph.analysis.grain_mask import implausible_mask
 
-            finite = np.isfinite(run.dense.points_grid).all(axis=2)
-            if (refusal := implausible_mask(run.dense.grain_mask, finite)) is not None:
-                run.warnings.append(refusal)
+            finite = np.isfinite(dense.points_grid).all(axis=2)
+            if (refusal := implausible_mask(dense.grain_mask, finite)) is not None:
+                warnings.append(refusal)
 
-    timings["total"] = time.perf_counter() - t_all
-    run.summary = build_summary(run, cfg, command)
+    run = SemRun(
+        images=images,
+        matches=sparse.matches,
+        cameras=cams,
+        reconstruction=recon,
+        pixel_size_um=pixel_size,
+        unit=unit,
+        out_dir=out_dir,
+        config=cfg,
+        command=args.command,
+        timings_s=timings.frozen(),
+        warnings=tuple(warnings),
+        dense=dense,
+        tilt_uncertainty=tilt_error,
+        relief=relief,
+        cached_stages=tuple(store.hits),
+        camera_failure=failure,
+    )
     if stage_dir is not None:
         from topograph.report.html import write_report
 
         stage("write")
-        write_outputs(run, cfg, stage_dir, command)
+        write_outputs(run, stage_dir)
         store.write(stage_dir)
         write_report(stage_dir)  # inside the transaction: OUT never lacks its report
     return run
+
+
+def sparse_stages(
+    images: ImageSet, cfg: SemConfig, pixel_size_um: float | None, unit: str, timings: Timings
+) -> SparseResult:
+    """Match → tracks → cameras → triangulation and bundle adjustment → tilt uncertainty."""
+    stage("match")
+    with timings.timed("match"):
+        matches = match_series(images, cfg.matching)
+        tracks = series_tracks(images, matches)
+        if cfg.matching.refine_tracks:
+            tracks = refine_tracks(images, tracks, cfg.matching.track_refinement, max(1.0, matches.detection_downscale))
+
+    stage("cameras")
+    with timings.timed("cameras"):
+        cams = estimate_cameras(images, tracks, matches, cfg.cameras, series_tilt_axis_deg(images), pixel_size_um)
+        for note in cams.notes:
+            log.info(note)
+
+    stage("bundle")
+    with timings.timed("bundle"):
+        recon = refine(cams.cameras, tracks, cfg.bundle, unit, cams.source, cams.notes)
+        cams, recon = tilts_about_estimated_axis(cams, recon)
+    return SparseResult(matches, cams, recon, factorization_tilt_uncertainty(recon, cfg))
 
 
 def tilts_about_estimated_axis(cams: CameraEstimate, recon: Reconstruction) -> tuple[CameraEstimate, Reconstruction]:
@@ -318,26 +358,26 @@ def _log_cameras(images: ImageSet, recon: Reconstruction) -> None:
         )
 
 
-def build_summary(run: SemRun, cfg: SemConfig, command: str | None) -> dict[str, Any]:
+def build_summary(run: SemRun) -> dict[str, object]:
     """Machine-readable summary of a run (also written as summary.json)."""
     recon = run.reconstruction
     full = recon.tracks.visible.all(axis=0)
-    summary: dict[str, Any] = {
+    summary: dict[str, object] = {
         "topograph_version": __version__,
         "engine": "sem",
         "status": run.status,
         "camera_model_failure": run.camera_failure,
-        "command": command,
+        "command": run.command,
         "images": [im.name for im in run.images.images],
         "unit": run.unit,
         "pixel_size_um": run.pixel_size_um,
         "camera_source": recon.camera_source,
         "tilt_axis_deg": run.cameras.tilt_axis_deg,
         "frame": "right-handed; X along image x, Y along image up, Z toward the detector (docs/conventions.md)",
-        "camera_checks": run.cameras.summary() if hasattr(run.cameras, "summary") else None,
+        "camera_checks": run.cameras.summary(),
         "relative_tilts_deg": recon.tilts_deg,
         "relative_tilts_uncertainty_deg": _uncertainty_summary(run.tilt_uncertainty),
-        "height_resolution": run.relief.summary(run.pixel_size_um) if run.relief is not None else None,
+        "height_resolution": run.relief.summary(run.pixel_size_um),
         "scales": [c.scale for c in recon.cameras],
         "n_tracks": recon.tracks.n_tracks,
         "n_tracks_all_views": int(full.sum()),
@@ -345,12 +385,12 @@ def build_summary(run: SemRun, cfg: SemConfig, command: str | None) -> dict[str,
         "reprojection_rms_px_after": recon.rms_px_after,
         "match_counts": run.matches.counts,
         "notes": list(recon.notes),
-        "warnings": run.warnings,
-        "timings_s": run.timings_s,
+        "warnings": list(run.warnings),
+        "timings_s": dict(run.timings_s),
         "cached_stages": list(run.cached_stages),
     }
     summary["frame"] = output_frame(run)
-    if run.dense is not None and hasattr(run.dense, "summary"):
+    if run.dense is not None:
         summary["dense"] = run.dense.summary()
     return summary
 
@@ -363,7 +403,7 @@ SPARSE_FRAME = (
 
 def output_frame(run: SemRun) -> str:
     """The frame every 3-D file of the run is written in (docs/outputs.md)."""
-    if run.dense is not None and hasattr(run.dense, "to_output_frame"):
+    if run.dense is not None:
         from topograph.sem.dense import FRAME
 
         return FRAME
@@ -383,7 +423,7 @@ def _uncertainty_summary(u: TiltUncertainty | None) -> dict[str, Any] | None:
     }
 
 
-def write_outputs(run: SemRun, cfg: SemConfig, out: Path, command: str | None) -> None:
+def write_outputs(run: SemRun, out: Path) -> None:
     """Write every artefact of a run into ``out`` (a staging folder)."""
     from topograph.geometry.triangulation import reprojection_residuals
     from topograph.report.match_figures import draw_match_count_matrix, draw_matches
@@ -392,7 +432,7 @@ def write_outputs(run: SemRun, cfg: SemConfig, out: Path, command: str | None) -
 
     recon = run.reconstruction
     unit_text = "micrometres" if run.unit == "um" else "pixel units of view 0 (no pixel size known)"
-    to_output = getattr(run.dense, "to_output_frame", None)  # the dense stage's substrate frame, if any
+    to_output = run.dense.to_output_frame if run.dense is not None else None  # the substrate frame, if any
     sparse = recon.points
     if to_output is not None:
         sparse = dataclasses.replace(sparse, xyz=to_output(sparse.xyz), normals=None)
@@ -415,7 +455,7 @@ def write_outputs(run: SemRun, cfg: SemConfig, out: Path, command: str | None) -
         "tilt_axis_deg": run.cameras.tilt_axis_deg,
         "frame": "cameras map reconstruction-frame points X; output files are in the frame below",
         "output_frame": output_frame(run),
-        "reconstruction_to_output": run.dense.output_transform() if to_output is not None else np.eye(4),
+        "reconstruction_to_output": run.dense.output_transform() if run.dense is not None else np.eye(4),
         "notes": list(recon.notes),
         "views": [
             {
@@ -449,7 +489,7 @@ def write_outputs(run: SemRun, cfg: SemConfig, out: Path, command: str | None) -
     write_text(out / "match_counts.csv", "\n".join(rows) + "\n")
     write_json(out / "series.json", describe_series(run.images))
     write_thumbnails([im.pixels for im in run.images.images], names, out / "thumbnails")
-    write_text(out / "config.yaml", to_yaml(cfg))
+    write_text(out / "config.yaml", to_yaml(run.config))
     if run.dense is not None:
         run.dense.write(out, run)
     write_json(out / "summary.json", run.summary)

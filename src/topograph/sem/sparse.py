@@ -83,16 +83,10 @@ def detection_downscale(images: ImageSet, max_side: int) -> float:
 def match_series(images: ImageSet, cfg: MatchingConfig) -> SparseMatches:
     """Match the view pairs of :func:`series_pairs`, reject outliers by RANSAC on the affine epipolar
     constraint."""
-    options: dict[str, object] = {}
-    scale = 1.0
-    if cfg.matcher == "sift":
-        options["ratio"] = cfg.ratio
-        options["max_image_side"] = cfg.detect_max_side
-        scale = detection_downscale(images, cfg.detect_max_side)
-    if cfg.matcher == "roma":
-        options["weights"] = cfg.roma_weights
-        options["dinov2_weights"] = cfg.roma_dinov2_weights
+    options = cfg.matcher_options()
     matcher = create_matcher(cfg.matcher, **options)
+    # A matcher that detects on a reduced copy (max_image_side) gives keypoints that much coarser.
+    scale = detection_downscale(images, int(options.get("max_image_side") or 0))
     n = len(images)
     pairs: list[PairMatches] = []
     axes: list[float] = []

@@ -124,8 +124,7 @@ def test_same_seed_same_heights_and_resume_ends_where_the_uninterrupted_run_ends
     np.testing.assert_array_equal(first.height, again.height)
 
     # a checkpoint of another run is refused: other settings, other images, or none at all
-    other = resumable_config()
-    other.heights.cnn_lr *= 2
+    other = replace_settings(cfg, {"heights.cnn_lr": 2 * cfg.heights.cnn_lr})
     with pytest.raises(TopographError, match="another run"):
         reconstruct(images, other, checkpoint=ckpt, resume=True)
     flipped = toy_scene(3, 2, relief=plateau_relief(RELIEF, 14.0, 2.0), seed=1).images()

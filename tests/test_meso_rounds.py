@@ -124,8 +124,7 @@ def test_same_seed_same_heights_and_resume_ends_where_the_uninterrupted_run_ends
     np.testing.assert_array_equal(first.height, again.height)
 
     # a checkpoint of another run is refused: other settings, other images, or none at all
-    other = resumable_config()
-    other.heights.cnn_lr *= 2
+    other = replace_settings(cfg, {"heights.cnn_lr": 2 * cfg.heights.cnn_lr})
     with pytest.raises(TopographError, match="another run"):
         reconstruct(images, other, checkpoint=ckpt, resume=True)
     flipped = toy_scene(3, 2, relief=plateau_relief(RELIEF, 14.0, 2.0), seed=1).images()
@@ -134,8 +133,7 @@ def test_same_seed_same_heights_and_resume_ends_where_the_uninterrupted_run_ends
     with pytest.raises(TopographError, match="no checkpoint"):
         reconstruct(images, cfg, checkpoint=tmp_path / "missing.pt", resume=True)
     # settings that do not change the computation do not make it another run
-    relaxed = resumable_config()
-    relaxed.threads, relaxed.robust.save_interval_s, relaxed.output.min_views = 2, 30.0, 3
+    relaxed = replace_settings(cfg, {"threads": 2, "robust.save_interval_s": 30.0, "output.min_views": 3})
     assert config_fingerprint(images.names, images.pixels, relaxed) == config_fingerprint(
         images.names, images.pixels, cfg
     )

@@ -115,6 +115,9 @@ class DenseConfig:
     600-px rendered grains a factor 2 raises the RMS error from 0.22 to 0.29 % of the diameter); 2: a
     quarter of the first pass's time and memory; 0 (automatic): 1 up to 2 megapixels, 2 above, where the
     grain spans enough pixels for the flow's error to stay small against it."""
+    flow_check_downscale: int = 1
+    """With a full-resolution first flow pass: its backward flow, used only for the forward–backward
+    check, runs on images downscaled by this factor (1: full resolution)."""
     flow_first_pass_patch_stride: int = 2
     """DIS patch stride of the first flow pass, px (the second pass uses ``flow_patch_stride``)."""
     flow_tile_px: int = 832

@@ -295,10 +295,10 @@ def fuse_dense(
     observations per pixel (the reference view included) and per-view visibility masks (H, W) bool.
 
     Observations: the reference pixel itself, its flow match in every other view (forward–backward
-    consistent and within ``epipolar_threshold_px`` of its epipolar line) and, with ``chain_pairs``, the
-    match carried on through pairs without the reference view. One least-squares point per pixel
-    (:class:`NormalEquations`); observations whose reprojection error exceeds the epipolar threshold are
-    dropped once and the point is solved again.
+    consistent and within ``epipolar_threshold_px`` of its epipolar line) and, with ``chain_pairs`` (series
+    of at most ``chain_pairs_max_views`` views), the match carried on through pairs without the reference
+    view. One least-squares point per pixel (:class:`NormalEquations`); observations whose reprojection
+    error exceeds the epipolar threshold are dropped once and the point is solved again.
     """
     h, w = images[ref].shape
     n = h * w
@@ -323,8 +323,9 @@ def fuse_dense(
         del res
         direct[f] = acc.add_view(cams[f], xy, mask)
         slot_view.append(f)
-    if cfg.chain_pairs:
-        for a, b in steps(_chain_pairs(recon, ref, len(images)), "dense matching (chained view pairs)"):
+    chains = chained_pairs(recon.tilts_deg, ref, cfg)
+    if chains:
+        for a, b in steps(chains, "dense matching (chained view pairs)"):
             xy_b, keep = _chained_observation(
                 images,
                 acc,
@@ -396,9 +397,14 @@ def _on_epipolar_line(
     return mask
 
 
-def _chain_pairs(recon: Reconstruction, ref: int, n_views: int) -> list[tuple[int, int]]:
-    """Pairs without the reference view: all of them with three views, else neighbours in tilt order."""
-    order = [int(v) for v in np.argsort(recon.tilts_deg) if int(v) != ref]
+def chained_pairs(tilts_deg: Any, ref: int, cfg: DenseConfig) -> list[tuple[int, int]]:
+    """View pairs without the reference view whose flows add chained observations: none unless
+    ``cfg.chain_pairs`` and the series has at most ``cfg.chain_pairs_max_views`` views (0: any); then all
+    of them with three views, else neighbours in tilt order."""
+    n_views = len(tilts_deg)
+    if not cfg.chain_pairs or 0 < cfg.chain_pairs_max_views < n_views:
+        return []
+    order = [int(v) for v in np.argsort(tilts_deg) if int(v) != ref]
     if n_views <= 3:
         return [(a, b) for i, a in enumerate(order) for b in order[i + 1 :]]
     return list(zip(order[:-1], order[1:], strict=True))

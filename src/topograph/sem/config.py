@@ -121,7 +121,8 @@ class DenseConfig:
     grain spans enough pixels for the flow's error to stay small against it."""
     flow_check_downscale: int = 1
     """With a full-resolution first flow pass: its backward flow, used only for the forward–backward
-    check, runs on images downscaled by this factor (1: full resolution)."""
+    check, runs on images downscaled by this factor. 1: full resolution; 2: ~1.2 CPU-s less per flow at
+    1.44 MP, but the RMS error on a rendered 1-MP grain rises from 0.161 to 0.166 % of the diameter."""
     flow_first_pass_patch_stride: int = 2
     """DIS patch stride of the first flow pass, px (the second pass uses ``flow_patch_stride``)."""
     flow_tile_px: int = 832

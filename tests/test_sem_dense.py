@@ -125,3 +125,16 @@ def test_splat_keeps_the_point_nearest_the_viewer(tmp_path) -> None:
     import matplotlib.image as mpimg
 
     assert mpimg.imread(out).shape[1] > 1.5 * mpimg.imread(out).shape[0]
+
+
+def test_chained_pairs_only_for_short_series() -> None:
+    """3 views: the one pair without the reference; 5 or 7 views: direct flows only (as accurate, fewer
+    flows); with no length limit: neighbours in tilt order."""
+    from topograph.sem.config import DenseConfig
+    from topograph.sem.dense import chained_pairs
+
+    assert chained_pairs([0.0, 5.0, 10.0], 1, DenseConfig()) == [(0, 2)]
+    assert chained_pairs([-10.0, -5.0, 0.0, 5.0, 10.0], 2, DenseConfig()) == []
+    assert chained_pairs([0.0, 5.0, 10.0], 1, DenseConfig(chain_pairs=False)) == []
+    unlimited = DenseConfig(chain_pairs_max_views=0)
+    assert chained_pairs([10.0, -10.0, 0.0, 5.0, -5.0], 2, unlimited) == [(1, 4), (4, 3), (3, 0)]

@@ -416,18 +416,25 @@ def separate_pinched_vertices(vertices: np.ndarray, faces: np.ndarray, fraction:
     if len(pinched) == 0:
         return v
     floor = 64.0 * float(np.spacing(np.float32(np.abs(v).max())))
-    tri = v[f]  # (F, 3, 3)
+    # (face, pinched vertex) incidences, each face once per vertex, gathered in one pass over the faces
+    is_pinched = np.zeros(len(v), dtype=bool)
+    is_pinched[pinched] = True
+    face_idx, corner = np.nonzero(is_pinched[f])
+    pairs = np.unique(np.stack([f[face_idx, corner], face_idx], axis=1), axis=0)
+    if len(pairs) == 0:
+        return v
+    vid, around = pairs[:, 0], pairs[:, 1]
+    tri = v[f[around]]  # (K, 3, 3) the faces around each pinched vertex
     centroid = tri.mean(axis=1)
-    edge = np.linalg.norm(tri - np.roll(tri, 1, axis=1), axis=2).mean(axis=1)  # (F,)
-    for vid in pinched:
-        around = np.nonzero((f == vid).any(axis=1))[0]
-        if len(around) == 0:
-            continue
-        target = centroid[around].mean(axis=0)
-        direction = target - v[vid]
-        norm = np.linalg.norm(direction)
-        if norm > 0:
-            v[vid] += direction / norm * max(fraction * float(edge[around].mean()), floor)
+    edge = np.linalg.norm(tri - np.roll(tri, 1, axis=1), axis=2).mean(axis=1)  # (K,)
+    ids, start, count = np.unique(vid, return_index=True, return_counts=True)
+    target = np.add.reduceat(centroid, start, axis=0) / count[:, None]
+    mean_edge = np.add.reduceat(edge, start) / count
+    direction = target - v[ids]
+    norm = np.linalg.norm(direction, axis=1)
+    move = norm > 0
+    step = np.maximum(fraction * mean_edge[move], floor)
+    v[ids[move]] += direction[move] / norm[move, None] * step[:, None]
     return v
 
 

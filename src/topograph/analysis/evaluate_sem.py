@@ -35,6 +35,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from topograph.errors import TopographError
+from topograph.geometry.affine import rotation_about_axis
 
 if TYPE_CHECKING:
     from topograph.synth.sem import SemTruth
@@ -261,8 +262,6 @@ def _icp_point_to_plane(
     only guard the scale here (weight ``reverse_weight``): on a curved surface their point-to-plane residuals
     carry a bias of order curvature × (cloud spacing)².
     """
-    from topograph.geometry.affine import rotation_about_axis
-
     xm = x @ MIRROR.T if st.mirrored else x
     c = target.points.mean(axis=0)
     radius = float(np.sqrt(((target.points - c) ** 2).sum(axis=1).mean()))
@@ -341,7 +340,36 @@ def _initial_states(
             for cube in _cube_rotations():
                 r = axes_t @ cube @ frames[mirrored].T
                 states.append(_IcpState(r, s0, ct - s0 * r @ (m @ cs), mirrored))
+            # A flat specimen field (a grain on its substrate) has no in-plane principal axes: the PCA starts
+            # are turned about the normal by an arbitrary angle, and a round grain lets ICP settle there. Its
+            # own frame (the substrate's normal) is turned in steps of AZIMUTH_STEP_DEG about that normal.
+            n_s = frames[mirrored][:, 2]
+            n_t = axes_t[:, 2]
+            for up in (1.0, -1.0):
+                base = _rotation_between(n_s, up * n_t)
+                for phi in np.arange(0.0, 360.0, AZIMUTH_STEP_DEG):
+                    r = rotation_about_axis(n_t, np.deg2rad(phi)) @ base
+                    states.append(_IcpState(r, s0, ct - s0 * r @ (m @ cs), mirrored))
     return states
+
+
+AZIMUTH_STEP_DEG = 20.0
+"""Step of the starting orientations about the substrate normal (:func:`_initial_states`)."""
+
+
+def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Smallest proper rotation taking unit vector ``a`` onto unit vector ``b`` (Rodrigues; a half turn about
+    an axis normal to ``a`` when they are opposite)."""
+    a = a / np.linalg.norm(a)
+    b = b / np.linalg.norm(b)
+    v = np.cross(a, b)
+    c = float(a @ b)
+    if np.linalg.norm(v) < 1e-12:
+        if c > 0:
+            return np.eye(3)
+        perp = np.cross(a, [1.0, 0.0, 0.0] if abs(a[0]) < 0.9 else [0.0, 1.0, 0.0])
+        return rotation_about_axis(perp / np.linalg.norm(perp), np.pi)
+    return rotation_about_axis(v / np.linalg.norm(v), float(np.arctan2(np.linalg.norm(v), c)))
 
 
 def align_cloud(

@@ -71,11 +71,19 @@ class SemRun:
     """Stages whose result came from the run folder's cache instead of being recomputed."""
     camera_failure: str | None = None
     """Why the camera model failed (bundle adjustment above ``bundle.max_rms_px`` or rising), None when fine."""
+    relief_failure: str | None = None
+    """Why the relief's sign cannot be trusted (no grain above the substrate after a contested, weak or
+    undecided depth branch), None when fine."""
+
+    @property
+    def failure(self) -> str | None:
+        """The reason the result must not be used, or None."""
+        return self.camera_failure or self.relief_failure
 
     @property
     def status(self) -> str:
-        """ "ok", or "failed" when the camera model failed (the CLI then exits with status 4)."""
-        return "failed" if self.camera_failure else "ok"
+        """ "ok", or "failed" when the camera model or the relief sign failed (the CLI then exits with status 4)."""
+        return "failed" if self.failure else "ok"
 
 
 def series_pixel_size_um(images: ImageSet) -> float | None:
@@ -269,6 +277,15 @@ def _run_sem(
             finite = np.isfinite(run.dense.points_grid).all(axis=2)
             if (refusal := implausible_mask(run.dense.grain_mask, finite)) is not None:
                 run.warnings.append(refusal)
+                branch = getattr(cams, "branch", None)
+                if branch is not None and not branch.trusted:
+                    run.relief_failure = (
+                        f"untrusted relief: no grain stands above the substrate and the depth branch was "
+                        f"{branch.confidence} ({branch.rule}) — the result may be upside down; choose the relief "
+                        "with --relief protrude|recess or --flip-relief, or give --tilts with --tilt-axis-deg"
+                    )
+                    run.warnings.append(run.relief_failure)
+                    log.warning(run.relief_failure)
 
     timings["total"] = time.perf_counter() - t_all
     run.summary = build_summary(run, cfg, command)
@@ -327,6 +344,7 @@ def build_summary(run: SemRun, cfg: SemConfig, command: str | None) -> dict[str,
         "engine": "sem",
         "status": run.status,
         "camera_model_failure": run.camera_failure,
+        "relief_failure": run.relief_failure,
         "command": command,
         "images": [im.name for im in run.images.images],
         "unit": run.unit,

@@ -218,7 +218,10 @@ def _run_sem(
         matches = match_series(images, cfg.matching)
         tracks = series_tracks(images, matches)
         if cfg.matching.refine_tracks:
-            tracks = refine_tracks(images, tracks, cfg.matching.track_refinement, max(1.0, matches.detection_downscale))
+            method = cfg.matching.track_refinement
+            if method == "auto":  # tilts measured from the tracks need the precise positions
+                method = "affine" if any(t is None for t in images.tilts_deg) else "lk"
+            tracks = refine_tracks(images, tracks, method, max(1.0, matches.detection_downscale))
         timings["match"] = time.perf_counter() - t0
 
         stage("cameras")

@@ -8,14 +8,15 @@ before issue 16), or without metadata. Every case must come out not mirrored, th
 tilt axis of the images and the relative tilts; a contradiction between metadata and images must be named
 in one warning. The evaluation aligns with a *proper* similarity (a mirror image is a failure).
 
-Small renders here (a couple of minutes in all); the full-size matrix with the accuracy targets of the issue
-(RMS ≤ 0.2 % of D, coverage ≥ 95 %, axis within 0.5°, tilts within 0.1°) is
-``benchmarks/bench_sem_conventions.py`` (docs/benchmarks.md).
+Sparse runs at the issue's tolerances for the cameras (tilt axis within 0.5°, relative tilts within 0.1°):
+320 px renders with metadata in the default tier, 800 px renders without metadata (the tilts then come
+from the tracks' foreshortening) in the slow tier. The dense accuracy targets (RMS ≤ 0.2 % of D, coverage
+≥ 95 %) at full size are ``benchmarks/bench_sem_conventions.py`` (docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -128,11 +129,10 @@ MATRIX = {  # the default tier runs the FAST ones below; the rest are marked slo
 }
 
 
-FAST = (
+FAST = (  # the no-metadata cases need 800 px renders (tilts from the tracks' foreshortening): slow tier
     "axis 0, documented",
     "axis 0, opposite sense",
     "axis 30, drift, opposite",
-    "axis 135, tilting the other way, no metadata",
     "rotated 90 after capture, documented",
 )
 
@@ -226,3 +226,26 @@ def test_real_grains_without_metadata_protrude(name: str, shared_data: Path) -> 
     assert run.status == "ok", run.camera_failure
     assert _centre_minus_border_height(run) > 0, run.cameras.branch
     assert run.cameras.branch.protrusion_vote is not None  # the relief decided, not the tilt-order fallback
+
+
+@pytest.mark.slow
+def test_untrusted_branch_without_a_grain_fails_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A depth branch taken on a weak witness that leaves no grain above the substrate (the result is
+    probably upside down) must not end "ok": status failed (exit 4), relief_failure in summary.json."""
+    import topograph.sem.cameras as cameras_module
+
+    real = cameras_module.choose_branch
+
+    def weak_and_wrong(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - wraps the real rule
+        b = real(*args, **kwargs)
+        return replace(b, mirrored=not b.mirrored, confidence="weak")
+
+    monkeypatch.setattr(cameras_module, "choose_branch", weak_and_wrong)
+    case = Case(0.0, (0.0, 5.0, 10.0), "documented", size=360)
+    path = render_case(case, tmp_path)
+    truth = load_sem_truth(path)
+    run = run_sem([path], None, SemConfig(), overrides=metadata_overrides(case, truth.pixel_size_um))
+    assert run.camera_failure is None
+    assert run.status == "failed" and "untrusted relief" in run.relief_failure
+    assert run.summary["status"] == "failed" and run.summary["relief_failure"] == run.relief_failure
+    assert run.summary["camera_checks"]["depth_branch"]["trusted"] is False

@@ -52,6 +52,10 @@ TILT_FLOOR_DEG = 0.3
 """Smallest relative-tilt disagreement called a contradiction."""
 TILT_FLOOR_FRACTION = 0.05
 """… or this fraction of the metadata's tilt difference (scan deformation moves the image tilts by a few %)."""
+META_AXIS_SD_DEG = 0.1
+"""Precision credited to a tilt-axis direction given by the user (command line, sidecar): when it agrees with
+the images and the images' own estimate is less precise (few complete tracks: a low-contrast series), the
+given direction is used."""
 N_SIGMA = 4.0
 """Disagreements beyond this many standard deviations of the image estimate are contradictions."""
 PROTRUSION_MIN = 0.1
@@ -616,6 +620,13 @@ def estimate_cameras(
     axis_dir = img.tilt_axis_deg
     if meta.tilt_axis_deg is not None and np.cos(np.deg2rad(axis_dir - meta.tilt_axis_deg)) < 0:
         axis_dir += 180.0
+    sd_img = img.tilt_axis_sd_deg if np.isfinite(img.tilt_axis_sd_deg) else np.inf
+    if checks.get("axis_agrees") and meta.axis_source in ("cli", "sidecar") and sd_img > META_AXIS_SD_DEG:
+        axis_dir = float(meta.tilt_axis_deg)  # the more precise of two agreeing estimates
+        notes.append(
+            f"tilt axis {axis_dir:.2f}° as given ({meta.axis_source}): it agrees with the images, whose estimate "
+            f"is less precise (± {sd_img:.2f}°)"
+        )
     if source == "metadata":
         axis_used = meta.tilt_axis_deg if meta.tilt_axis_deg is not None else axis_dir
         use_meta = True

@@ -610,7 +610,8 @@ def evaluate_cloud(
         visible_truth_points: the part of the truth the cameras could see (completeness and ICP reverse pairs).
         completeness_tol_fraction: completeness tolerance as a fraction of the specimen size.
         allow_mirror: also fit the mirror image of the cloud, to report whether the cloud is mirrored
-            (``mirrored``: the mirror fit's median distance is below ``mirror_ratio`` × the proper fit's).
+            (``mirrored``: the mirror fit's median distance is below ``mirror_ratio`` × the proper fit's, over
+            the points of the first of ``point_groups`` when given, the specimen, else over all points).
             The figures are always those of the proper alignment.
         alignment: skip ICP and use this alignment.
         point_groups: named selectors of aligned points ((K, 3) truth frame → (K,) bool); each group gets
@@ -652,7 +653,13 @@ def evaluate_cloud(
         mal = align_cloud(flipped, truth, mode, False, reverse_points=rev, seed=seed, max_truth_points=max_truth_points)
         mdist = distances(mal, flipped)
         mirror_fit = {k: v for k, v in _distance_stats(mdist, size).items() if k != "n"}
-        mirrored = bool(np.median(mdist) < mirror_ratio * np.median(dist))
+        # Chirality shows on the specimen, not on the substrate around it: with point groups the first
+        # group's points decide (a cloud that is mostly substrate has both medians at the substrate noise).
+        sel, msel = _first_group(point_groups, aligned), _first_group(point_groups, mal.apply(flipped))
+        if sel is not None and msel is not None:
+            mirrored = bool(np.median(mdist[msel]) < mirror_ratio * np.median(dist[sel]))
+        else:
+            mirrored = bool(np.median(mdist) < mirror_ratio * np.median(dist))
     upside_down = bool(alignment.rotation[2, 2] < 0)
     tol = completeness_tol_fraction * size
     d_cov, _ = cKDTree(aligned).query(visible, distance_upper_bound=tol)
@@ -675,6 +682,16 @@ def evaluate_cloud(
         "orientation_ok": not mirrored and not upside_down,
         "mirror_fit": mirror_fit,
     }
+
+
+def _first_group(
+    point_groups: Mapping[str, Callable[[np.ndarray], np.ndarray]] | None, aligned: np.ndarray
+) -> np.ndarray | None:
+    """Selection of the first point group among aligned points, or None (no groups, or fewer than 20 points)."""
+    if not point_groups:
+        return None
+    keep = np.asarray(next(iter(point_groups.values()))(aligned), dtype=bool).reshape(-1)
+    return keep if keep.sum() >= 20 else None
 
 
 def _distance_stats(dist: np.ndarray, size: float) -> dict[str, Any]:

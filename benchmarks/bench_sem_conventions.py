@@ -106,7 +106,11 @@ def run_case(name: str, case: Case, render_kw: dict, size: int, cfg: SemConfig, 
         alignment=Alignment(np.array(al["rotation"]), al["scale"], np.array(al["translation"]), False),
     )["completeness"]
     warned = sorted(
-        {w.split(" ")[0] for w in run.warnings if "tilt_axis_deg" in w or "tilt_deg" in w or "tilt sense" in w}
+        {
+            "tilt sense" if w.startswith("tilt sense") else w.split(" ")[0]
+            for w in run.warnings
+            if w.startswith(("tilt_axis_deg", "tilt_deg", "tilt sense", "depth branch"))
+        }
     )
     return {
         "mirrored": res["mirrored"],

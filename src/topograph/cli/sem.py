@@ -129,6 +129,6 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         if run.cached_stages:
             console.print(f"reused from {out / 'cache'}: {', '.join(run.cached_stages)} (use --no-cache to recompute)")
         if run.status == "failed":
-            console.print(f"[red]failed camera model[/]: {run.camera_failure} (outputs for inspection in {out})")
+            console.print(f"[red]failed[/]: {run.failure} (outputs for inspection in {out})")
             raise typer.Exit(EXIT_QUALITY)
         console.print(f"[green]done[/] in {run.timings_s['total']:.1f} s → {out}")

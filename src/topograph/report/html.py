@@ -678,7 +678,8 @@ def header_html(run: RunArtifacts, built: str) -> str:
     failed = ""
     if s.get("status") == "failed":  # the run's quality gates failed: say so before anything else
         title = f"FAILED: {title}"
-        lines = (s.get("quality_gates") or {}).get("failed") or []
+        sem_reasons = [x for x in (s.get("camera_model_failure"), s.get("relief_failure")) if x]
+        lines = (s.get("quality_gates") or {}).get("failed") or sem_reasons
         failed = '<div class="problems"><b>This run failed its quality gates; do not use its result.</b><ul>'
         failed += "".join(f"<li>{_esc(x)}</li>" for x in lines) + "</ul></div>"
     return f'<header><h1>{_esc(title)} — {_esc(run.run_dir.name)}</h1>{failed}<div class="facts">{items}</div></header>'

@@ -56,8 +56,10 @@ class MatchingConfig:
     per added view is constant; 0 matches every pair."""
     refine_tracks: bool = True
     """Refine track positions to sub-pixel accuracy by Lucas–Kanade patch alignment."""
-    track_refinement: Literal["lk", "affine"] = "lk"
-    """lk: translation-only pyramidal LK (fast); affine: affine warp + gain/bias on float images with adaptive
+    track_refinement: Literal["auto", "lk", "affine"] = "auto"
+    """auto: affine when a view has no tilt metadata (the cameras, tilts included, then come from the tracks,
+    and LK positions leave the tilts ± 0.15° noisy: issue 16 asks 0.1°), lk otherwise; lk: translation-only
+    pyramidal LK (fast); affine: affine warp + gain/bias on float images with adaptive
     windows — ~2.5x more precise positions (a sparse cloud of ~0.16 % of the grain size instead of ~0.5 %
     on rendered grains), ~5x slower, and its slight bias on grain flanks moves factorization tilts by
     ~0.05° (the dense cloud does not gain)."""

@@ -93,12 +93,20 @@ class SemRun:
     """Stages whose result came from the run folder's cache instead of being recomputed."""
     camera_failure: str | None
     """Why the camera model failed (bundle adjustment above ``bundle.max_rms_px`` or rising), None when fine."""
+    relief_failure: str | None
+    """Why the relief's sign cannot be trusted (no grain above the substrate after a contested, weak or
+    undecided depth branch), None when fine."""
     engine: Literal["sem"] = "sem"
 
     @property
+    def failure(self) -> str | None:
+        """The reason the result must not be used, or None."""
+        return self.camera_failure or self.relief_failure
+
+    @property
     def status(self) -> Literal["ok", "failed"]:
-        """ "ok", or "failed" when the camera model failed (the CLI then exits with status 4)."""
-        return "failed" if self.camera_failure else "ok"
+        """ "ok", or "failed" when the camera model or the relief sign failed (the CLI then exits with status 4)."""
+        return "failed" if self.failure else "ok"
 
     @functools.cached_property
     def summary(self) -> dict[str, object]:
@@ -257,6 +265,7 @@ def _run_sem(args: SemInputs, out_dir: Path | None, stage_dir: Path | None) -> S
     warnings = [phrase(w) for w in warnings]  # arguments, not --flags, for Python callers
 
     dense = None
+    relief_failure: str | None = None
     if cfg.dense.enabled:
         from topograph.sem.dense import run_dense
 
@@ -269,6 +278,15 @@ def _run_sem(args: SemInputs, out_dir: Path | None, stage_dir: Path | None) -> S
             finite = np.isfinite(dense.points_grid).all(axis=2)
             if (refusal := implausible_mask(dense.grain_mask, finite)) is not None:
                 warnings.append(refusal)
+                branch = cams.branch
+                if branch is not None and not branch.trusted:
+                    relief_failure = (
+                        f"untrusted relief: no grain stands above the substrate and the depth branch was "
+                        f"{branch.confidence} ({branch.rule}) — the result may be upside down; choose the "
+                        "relief with --relief protrude|recess or --flip-relief, or give --tilts with --tilt-axis-deg"
+                    )
+                    warnings.append(relief_failure)
+                    log.warning(relief_failure)
 
     run = SemRun(
         images=images,
@@ -287,6 +305,7 @@ def _run_sem(args: SemInputs, out_dir: Path | None, stage_dir: Path | None) -> S
         relief=relief,
         cached_stages=tuple(store.hits),
         camera_failure=failure,
+        relief_failure=relief_failure,
     )
     if stage_dir is not None:
         from topograph.report.html import write_report
@@ -307,7 +326,10 @@ def sparse_stages(
         matches = match_series(images, cfg.matching)
         tracks = series_tracks(images, matches)
         if cfg.matching.refine_tracks:
-            tracks = refine_tracks(images, tracks, cfg.matching.track_refinement, max(1.0, matches.detection_downscale))
+            method = cfg.matching.track_refinement
+            if method == "auto":  # tilts measured from the tracks need the precise positions
+                method = "affine" if any(t is None for t in images.tilts_deg) else "lk"
+            tracks = refine_tracks(images, tracks, method, max(1.0, matches.detection_downscale))
 
     stage("cameras")
     with timings.timed("cameras"):
@@ -367,6 +389,7 @@ def build_summary(run: SemRun) -> dict[str, object]:
         "engine": "sem",
         "status": run.status,
         "camera_model_failure": run.camera_failure,
+        "relief_failure": run.relief_failure,
         "command": run.command,
         "images": [im.name for im in run.images.images],
         "unit": run.unit,

@@ -169,7 +169,6 @@ def test_steps_report_to_the_active_reporter_only() -> None:
 
     from rich.console import Console
 
-    from topograph.meso.progress import RichProgress
     from topograph.progress import RichSteps, reporting, stage, steps
 
     class Record:
@@ -207,10 +206,14 @@ def test_steps_report_to_the_active_reporter_only() -> None:
         list(steps(range(4), "dense"))
     shown.stop()
     assert "dense" in tty.getvalue() and "4/4" in tty.getvalue()
-    # the meso progress display takes counted steps on its own bars
+    # the meso rounds reach the same display as counted work with the loss of each iteration
     meso = io.StringIO()
-    sink = RichProgress(Console(file=meso, force_terminal=True, width=120))
-    with reporting(sink):
-        list(steps(range(5), "flow matches (images)"))
-    sink.stop()
-    assert "flow matches" in meso.getvalue() and "5/5" in meso.getvalue()
+    rounds = RichSteps(Console(file=meso, force_terminal=True, width=120))
+    with reporting(rounds):
+        stage("optimisation")
+        rounds.begin("shift (1/4)", 3)
+        for loss in (0.5, 0.25, 0.125):
+            rounds.step(loss)
+        rounds.end()
+    rounds.stop()
+    assert "shift (1/4)" in meso.getvalue() and "3/3" in meso.getvalue() and "loss 1.250e-01" in meso.getvalue()

@@ -22,8 +22,8 @@ from topograph.meso.models.cnn import HeightCNN
 from topograph.meso.models.heights import HeightMaps
 from topograph.meso.optimise.checkpoint import load_checkpoint
 from topograph.meso.optimise.rounds import config_fingerprint
-from topograph.meso.progress import NullProgress
 from topograph.meso.reconstruct import reconstruct
+from topograph.progress import NoSteps
 
 CAM = ("position", "scale", "tilt", "angle", "gain", "bias")
 RELIEF = 6.0
@@ -67,15 +67,15 @@ class Interrupt(Exception):
     pass
 
 
-class InterruptAfter(NullProgress):
-    """A progress sink that raises after ``n`` iterations (a crash in the middle of a round); steps without
-    a loss (NaN: the flow step's per-image progress) are not iterations."""
+class InterruptAfter(NoSteps):
+    """A progress reporter that raises after ``n`` iterations (a crash in the middle of a round); steps
+    without a loss (the flow step's per-image progress) are not iterations."""
 
     def __init__(self, n: int) -> None:
         self.n = n
 
-    def update(self, loss: float) -> None:
-        if loss != loss:
+    def step(self, loss: float | None = None) -> None:
+        if loss is None or loss != loss:
             return
         self.n -= 1
         if self.n == 0:

@@ -26,9 +26,9 @@ from topograph.meso.mosaic import render_mosaic
 from topograph.meso.optimise.checkpoint import load_checkpoint
 from topograph.meso.optimise.history import History
 from topograph.meso.optimise.rounds import config_fingerprint, run_rounds
-from topograph.meso.progress import NullProgress, ProgressSink
 from topograph.meso.quality import QualityReport, enforce, height_gate, registration_gate, registration_scores
 from topograph.meso.types import CameraEstimate, InputChecks, Intrinsics, MesoImages
+from topograph.progress import StepReporter, reporting
 from topograph.types import HeightMap
 
 log = logging.getLogger("topograph")
@@ -389,7 +389,7 @@ def finish(
 def reconstruct(
     images: MesoImages,
     cfg: MesoConfig | None = None,
-    progress: ProgressSink | None = None,
+    progress: StepReporter | None = None,
     checkpoint: str | Path | None = None,
     resume: bool = False,
 ) -> MesoReconstruction:
@@ -398,7 +398,8 @@ def reconstruct(
     Args:
         images: the ordered images (at least 2, one size).
         cfg: configuration (defaults when None).
-        progress: progress sink (e.g. :class:`topograph.meso.progress.RichProgress`).
+        progress: receives the rounds (one counted step per iteration, with its loss) and the flow step's
+            counted work (default: the reporter installed with :func:`topograph.progress.reporting`).
         checkpoint: file for resumable checkpoints (written atomically after every round and inside rounds
             every ``robust.save_interval_s``); None = no file.
         resume: continue the interrupted run saved in ``checkpoint`` (same images and settings); it ends
@@ -423,7 +424,6 @@ def reconstruct(
     device = select_device(cfg.device)
     torch.set_num_threads(cfg.threads if cfg.threads > 0 else max(1, os.cpu_count() or 1))
     torch.manual_seed(cfg.seed)
-    progress = progress or NullProgress()
     fingerprint = config_fingerprint(images.names, images.pixels, cfg)
     if resume:  # refuse a foreign checkpoint before the (slower) checks and initialisation
         load_checkpoint(checkpoint, fingerprint)
@@ -433,13 +433,11 @@ def reconstruct(
     quality = QualityReport()
     blurry = checks.sharpness < cfg.checks.sharpness_ratio
     weights = np.where(blurry, cfg.checks.blurry_weight, 1.0) if blurry.any() else None
-    try:
+    with reporting(progress):
         rounds = run_rounds(
-            model, images.pixels, cfg, round_levels(cfg, images.size), progress, device=device,
+            model, images.pixels, cfg, round_levels(cfg, images.size), device=device,
             checkpoint=checkpoint, resume=resume, fingerprint=fingerprint, quality=quality, image_weights=weights,
         )  # fmt: skip
-    finally:
-        progress.stop()
     model = rounds.model
     timings.update(rounds.timings)
     model.eval()

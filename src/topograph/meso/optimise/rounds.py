@@ -28,8 +28,8 @@ from topograph.meso.optimise.batching import BatchedLevel, make_batched_level
 from topograph.meso.optimise.checkpoint import Checkpoint, RoundState, load_checkpoint, run_fingerprint, save_checkpoint
 from topograph.meso.optimise.history import History, IterationRecord
 from topograph.meso.optimise.solver import solve_round
-from topograph.meso.progress import NullProgress, ProgressSink
 from topograph.meso.quality import QualityReport, enforce, match_gate, refinement_gate
+from topograph.progress import StepReporter
 
 log = logging.getLogger("topograph")
 
@@ -100,7 +100,7 @@ def run_rounds(
     pixels: np.ndarray,
     cfg: MesoConfig,
     levels: Sequence[LevelConfig],
-    progress: ProgressSink | None = None,
+    progress: StepReporter | None = None,
     device: torch.device | str = "cpu",
     checkpoint: str | Path | None = None,
     resume: bool = False,
@@ -115,7 +115,7 @@ def run_rounds(
         pixels: (N, H, W, 3) uint8 images.
         cfg: configuration (learning rates, loss, batching, robustness, seed).
         levels: the rounds to run (``cfg.schedule``, possibly with adjusted downsampling factors).
-        progress: progress sink.
+        progress: receives the rounds' iterations with their loss (default: the active reporter).
         device: compute device.
         checkpoint: file for resumable checkpoints (None = no files).
         resume: continue from ``checkpoint``.
@@ -130,7 +130,6 @@ def run_rounds(
     Raises:
         TopographError: ``resume`` without a usable checkpoint of this run.
     """
-    progress = progress or NullProgress()
     start_round, round_state, history = 0, None, History()
     if resume:
         if checkpoint is None:

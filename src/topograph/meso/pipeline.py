@@ -8,6 +8,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal
 
 from topograph.io.staging import output_transaction
@@ -17,7 +18,6 @@ from topograph.meso.outputs import write_inputs, write_outputs
 from topograph.meso.paths import expand_images
 from topograph.meso.reconstruct import MesoReconstruction, reconstruct
 from topograph.progress import StepReporter, reporting
-from topograph.timing import seconds_key
 
 log = logging.getLogger("topograph")
 
@@ -100,7 +100,7 @@ def run_meso(
         out_dir=out,
         config=rec.config,
         command=command,
-        timings_s={seconds_key(k): v for k, v in rec.timings.items()},
+        timings_s=MappingProxyType(rec.timings),
         warnings=tuple(rec.checks.warnings),
         status="failed" if rec.quality.status == "failed" else "ok",
     )

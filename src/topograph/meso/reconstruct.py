@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -12,7 +11,8 @@ import numpy as np
 import torch
 
 from topograph.errors import TopographError
-from topograph.meso.config import LevelConfig, MesoConfig, validate_config
+from topograph.fingerprint import digest
+from topograph.meso.config import LevelConfig, MesoConfig, computational_settings, validate_config
 from topograph.meso.data import check_inputs, resolve_intrinsics
 from topograph.meso.functional.scale import camera_heights_mm, magnification_from_points
 from topograph.meso.functional.splat import GridSpec
@@ -25,10 +25,11 @@ from topograph.meso.models.heights import HeightMaps, HeightModel
 from topograph.meso.mosaic import render_mosaic
 from topograph.meso.optimise.checkpoint import load_checkpoint
 from topograph.meso.optimise.history import History
-from topograph.meso.optimise.rounds import config_fingerprint, run_rounds
+from topograph.meso.optimise.rounds import run_rounds
 from topograph.meso.quality import QualityReport, enforce, height_gate, registration_gate, registration_scores
 from topograph.meso.types import CameraEstimate, InputChecks, Intrinsics, MesoImages
 from topograph.progress import StepReporter, reporting
+from topograph.timing import Timings
 from topograph.types import HeightMap
 
 log = logging.getLogger("topograph")
@@ -74,6 +75,8 @@ class MesoReconstruction:
     history: History
     config: MesoConfig
     timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per stage (``checks_init``, ``height_init``, ``round_<name>``, ``mosaic``) and ``total``
+    (:mod:`topograph.timing`)."""
     image_size: tuple[int, int] = (0, 0)
     """``(width, height)`` of the input images."""
     quality: QualityReport = field(default_factory=QualityReport)
@@ -420,15 +423,16 @@ def reconstruct(
         raise TopographError(f"the mesoscopic engine needs at least 2 images, got {len(images)}", "add images")
     if resume and checkpoint is None:
         raise TopographError("resuming needs a checkpoint file", "give the output folder of the earlier run")
-    t0 = time.perf_counter()
-    device = select_device(cfg.device)
-    torch.set_num_threads(cfg.threads if cfg.threads > 0 else max(1, os.cpu_count() or 1))
-    torch.manual_seed(cfg.seed)
-    fingerprint = config_fingerprint(images.names, images.pixels, cfg)
-    if resume:  # refuse a foreign checkpoint before the (slower) checks and initialisation
-        load_checkpoint(checkpoint, fingerprint)
-    images, checks, intrinsics, init, cfg = check_and_initialise(images, cfg)
-    timings = {"checks_init_s": time.perf_counter() - t0}
+    timings = Timings()
+    with timings.timed("checks_init"):
+        device = select_device(cfg.device)
+        torch.set_num_threads(cfg.threads if cfg.threads > 0 else max(1, os.cpu_count() or 1))
+        torch.manual_seed(cfg.seed)
+        # what a checkpoint must belong to: image names and shape, a pixel subsample, the computational settings
+        fingerprint = digest(images.names, images.pixels.shape, images.pixels[:, ::7, ::7], computational_settings(cfg))
+        if resume:  # refuse a foreign checkpoint before the (slower) checks and initialisation
+            load_checkpoint(checkpoint, fingerprint)
+        images, checks, intrinsics, init, cfg = check_and_initialise(images, cfg)
     model = start_model(images, intrinsics, init, cfg).to(device)
     quality = QualityReport()
     blurry = checks.sharpness < cfg.checks.sharpness_ratio
@@ -439,12 +443,12 @@ def reconstruct(
             checkpoint=checkpoint, resume=resume, fingerprint=fingerprint, quality=quality, image_weights=weights,
         )  # fmt: skip
     model = rounds.model
-    timings.update(rounds.timings)
+    for stage, seconds in rounds.timings.items():
+        timings.add(stage, seconds)
     model.eval()
-    t = time.perf_counter()
-    mosaic = finish(model, images, intrinsics, cfg, quality, device, weights)
-    timings["mosaic_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - t0
+    with timings.timed("mosaic"):
+        mosaic = finish(model, images, intrinsics, cfg, quality, device, weights)
+    timings_s = dict(timings.frozen())
     model = model.cpu()
     return MesoReconstruction(
         names=images.names,
@@ -460,7 +464,7 @@ def reconstruct(
         model=model,
         history=rounds.history,
         config=cfg,
-        timings=timings,
+        timings=timings_s,
         image_size=images.size,
         quality=quality,
     )

@@ -26,7 +26,7 @@ from topograph.meso.mosaic import render_mosaic
 from topograph.meso.optimise.checkpoint import load_checkpoint
 from topograph.meso.optimise.history import History
 from topograph.meso.optimise.rounds import run_rounds
-from topograph.meso.quality import QualityReport, enforce, height_gate, registration_gate, registration_scores
+from topograph.meso.quality import Gate, QualityReport, enforce, height_gate, registration_gate, registration_scores
 from topograph.meso.types import CameraEstimate, InputChecks, Intrinsics, MesoImages
 from topograph.progress import StepReporter, reporting
 from topograph.timing import Timings
@@ -305,18 +305,18 @@ def drop_unlinked(
 
 
 def check_registration(
-    model: MesoModel, images: MesoImages, cfg: MesoConfig, quality: QualityReport, device: torch.device
-) -> None:
-    """Per-image registration scores (leave-one-out NCC with the mosaic) and the registration gate."""
+    model: MesoModel, images: MesoImages, cfg: MesoConfig, device: torch.device
+) -> tuple[Gate, np.ndarray, np.ndarray]:
+    """Per-image registration scores (leave-one-out NCC with the mosaic) and the registration gate
+    (:func:`~topograph.meso.quality.enforce`): ``(gate, ncc, overlap)``."""
     ncc, overlap = registration_scores(model, images.pixels, device=device)
-    quality.registration_ncc, quality.registration_overlap = ncc, overlap
     log.info(
         "registration (NCC with the mosaic of the other images): median %.2f, worst %.2f (%s)",
         float(np.nanmedian(ncc)) if np.isfinite(ncc).any() else float("nan"),
         float(np.nanmin(ncc)) if np.isfinite(ncc).any() else float("nan"),
         images.names[int(np.nanargmin(ncc))] if np.isfinite(ncc).any() else "-",
     )
-    enforce(registration_gate(images.names, ncc, overlap, cfg.checks), quality, cfg.checks)
+    return enforce(registration_gate(images.names, ncc, overlap, cfg.checks), cfg.checks), ncc, overlap
 
 
 def check_and_initialise(
@@ -351,13 +351,15 @@ def start_model(images: MesoImages, intrinsics: Intrinsics, init: InitialPositio
 @dataclass(frozen=True)
 class Mosaic:
     """The rendered outputs of :func:`finish`: ``ortho`` (H, W, 3), ``height`` (H, W) in
-    ``scale.height_unit``, splat ``weight`` (H, W), their ``grid`` and the absolute ``scale``."""
+    ``scale.height_unit``, splat ``weight`` (H, W), their ``grid``, the absolute ``scale`` and
+    ``height_coverage``, the share of the seen mosaic with a height (observed by two or more images)."""
 
     ortho: np.ndarray
     height: np.ndarray
     weight: np.ndarray
     grid: GridSpec
     scale: ScaleResult
+    height_coverage: float
 
 
 def finish(
@@ -365,13 +367,11 @@ def finish(
     images: MesoImages,
     intrinsics: Intrinsics,
     cfg: MesoConfig,
-    quality: QualityReport,
     device: torch.device,
     weights: np.ndarray | None,
 ) -> Mosaic:
-    """After the rounds: registration gate, levelling to the dominant plane (the gauge), absolute scale,
-    the full-resolution mosaic and the height-coverage gate."""
-    check_registration(model, images, cfg, quality, device)
+    """After the rounds and the registration gate: levelling to the dominant plane (the gauge), absolute
+    scale and the full-resolution mosaic."""
     if cfg.model.level_plane:
         coarse = 4.0 * cfg.output.downsample
         _, h_units, _, g = render_mosaic(model, images.pixels, coarse, None, device)
@@ -385,8 +385,7 @@ def finish(
     )
     seen = weight > 0.25 * grid.cell**2
     coverage = float(np.isfinite(height)[seen].mean()) if seen.any() else 0.0
-    enforce(height_gate(coverage, cfg.checks), quality, cfg.checks)
-    return Mosaic(ortho, height, weight, grid, scale)
+    return Mosaic(ortho, height, weight, grid, scale, coverage)
 
 
 def reconstruct(
@@ -434,20 +433,22 @@ def reconstruct(
             load_checkpoint(checkpoint, fingerprint)
         images, checks, intrinsics, init, cfg = check_and_initialise(images, cfg)
     model = start_model(images, intrinsics, init, cfg).to(device)
-    quality = QualityReport()
     blurry = checks.sharpness < cfg.checks.sharpness_ratio
     weights = np.where(blurry, cfg.checks.blurry_weight, 1.0) if blurry.any() else None
     with reporting(progress):
         rounds = run_rounds(
             model, images.pixels, cfg, round_levels(cfg, images.size), device=device,
-            checkpoint=checkpoint, resume=resume, fingerprint=fingerprint, quality=quality, image_weights=weights,
+            checkpoint=checkpoint, resume=resume, fingerprint=fingerprint, image_weights=weights,
         )  # fmt: skip
     model = rounds.model
     for stage, seconds in rounds.timings.items():
         timings.add(stage, seconds)
     model.eval()
     with timings.timed("mosaic"):
-        mosaic = finish(model, images, intrinsics, cfg, quality, device, weights)
+        registration, ncc, overlap = check_registration(model, images, cfg, device)
+        mosaic = finish(model, images, intrinsics, cfg, device, weights)
+        coverage = enforce(height_gate(mosaic.height_coverage, cfg.checks), cfg.checks)
+    quality = QualityReport((*rounds.gates, registration, coverage), ncc, overlap)
     timings_s = dict(timings.frozen())
     model = model.cpu()
     return MesoReconstruction(

@@ -25,7 +25,7 @@ from topograph.meso.optimise.batching import BatchedLevel, make_batched_level
 from topograph.meso.optimise.checkpoint import Checkpoint, RoundState, load_checkpoint, save_checkpoint
 from topograph.meso.optimise.history import History, IterationRecord
 from topograph.meso.optimise.solver import solve_round
-from topograph.meso.quality import QualityReport, enforce, match_gate, refinement_gate
+from topograph.meso.quality import Gate, enforce, match_gate, refinement_gate
 from topograph.progress import StepReporter
 from topograph.timing import Timings
 
@@ -58,18 +58,22 @@ class RoundsResult:
     model: MesoModel
     history: History
     timings: Mapping[str, float]
+    gates: tuple[Gate, ...] = ()
+    """The flow step's dense-matching and refinement gates (none when this call did not run it)."""
 
 
-def _flow_step(model: MesoModel, pixels: np.ndarray, cfg: MesoConfig, quality: QualityReport | None) -> None:
+def _flow_step(model: MesoModel, pixels: np.ndarray, cfg: MesoConfig) -> tuple[Gate, Gate]:
     """The flow step before the first height round (:mod:`topograph.meso.flow`): heights measured from dense
-    matches start the height model; its match and refinement gates are added to ``quality``."""
+    matches start the height model. Returns its dense-matching and refinement gates (:func:`enforce`)."""
     measured = measure_heights(model, pixels, cfg.heights.flow, cfg.seed)
     measured = clip_measured_heights(measured, model, cfg.robust.max_height_fraction)
     misfit = initialise_heights(model, measured, cfg.heights.fit_iterations, cfg.heights.fit_lr)
-    if quality is not None:
-        enforce(match_gate(measured.coverage, measured.n_matches, cfg.checks), quality, cfg.checks)
-        enforce(refinement_gate(measured.refinement), quality, cfg.checks)
+    gates = (
+        enforce(match_gate(measured.coverage, measured.n_matches, cfg.checks), cfg.checks),
+        enforce(refinement_gate(measured.refinement), cfg.checks),
+    )
     log.info("heights started from the flow measurement (fit misfit %.3g units)", misfit)
+    return gates
 
 
 def run_rounds(
@@ -82,7 +86,6 @@ def run_rounds(
     checkpoint: str | Path | None = None,
     resume: bool = False,
     fingerprint: str = "",
-    quality: QualityReport | None = None,
     image_weights: np.ndarray | None = None,
 ) -> RoundsResult:
     """Optimise ``model`` over ``levels`` with :func:`topograph.meso.optimise.solver.solve_round`, with checkpoints.
@@ -98,12 +101,11 @@ def run_rounds(
         resume: continue from ``checkpoint``.
         fingerprint: identifies the run (:func:`topograph.fingerprint.digest`); a checkpoint of another run is
             refused.
-        quality: the run's quality gates; the dense-matching and refinement gates of the flow step are added
-            (and stop the run when ``cfg.checks.gates == "stop"``).
         image_weights: (N,) weight of each image in the running reconstruction (None = 1).
 
     Returns:
-        The model, the history and the timings.
+        The model, the history, the timings and the flow step's gates (a failed one stops the run when
+        ``cfg.checks.gates == "stop"``).
 
     Raises:
         TopographError: ``resume`` without a usable checkpoint of this run.
@@ -122,6 +124,7 @@ def run_rounds(
         log.info("resuming from %s (%s)", checkpoint, where)
     lr = effective_learning_rates(cfg, model)
     timings = Timings()
+    gates: tuple[Gate, ...] = ()
     cache: dict[int, BatchedLevel] = {}
     first_height_round = next((r for r, lvl in enumerate(levels) if "height" in lvl.train), None)
     for r, level in enumerate(levels):
@@ -130,7 +133,7 @@ def run_rounds(
         resumed_inside = r == start_round and round_state is not None
         if r == first_height_round and cfg.heights.init == "flow" and not resumed_inside:
             with timings.timed("height_init"):
-                _flow_step(model, pixels, cfg, quality)
+                gates = _flow_step(model, pixels, cfg)
         if level.downsample not in cache:
             cache.clear()
             cache[level.downsample] = make_batched_level(pixels, level.downsample, device)
@@ -152,4 +155,4 @@ def run_rounds(
         if checkpoint is not None:
             save_checkpoint(checkpoint, Checkpoint(model.state_dict(), r + 1, None, history.to_dicts(), fingerprint))
     cache.clear()
-    return RoundsResult(model, history, timings.frozen(total=False))
+    return RoundsResult(model, history, timings.frozen(total=False), gates)

@@ -112,6 +112,26 @@ def test_import_topograph_and_configs_do_not_import_torch() -> None:
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
 
 
+def test_cli_start_up_and_the_configs_do_not_import_opencv() -> None:
+    # --version / --help stay fast: the matcher settings the SEM config holds come without OpenCV
+    code = (
+        "import sys\n"
+        "import topograph.cli, topograph.sem.config, topograph.meso.config, topograph.matching.config\n"
+        "from topograph.matching import SiftConfig\n"
+        "print(sorted(m for m in ('cv2', 'torch') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+    for args in (["--version"], ["sem", "--help"], ["meso", "--help"]):
+        run = "import sys\nfrom topograph.cli import run\ncode = run(sys.argv[1:])\nprint('cv2' in sys.modules)"
+        proc = subprocess.run([sys.executable, "-c", run, *args], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and proc.stdout.strip().endswith("False"), (args, proc.stdout, proc.stderr)
+    # the matchers still register when asked for by name
+    from topograph.matching import create_matcher
+
+    assert type(create_matcher("sift")).__name__ == "SiftMatcher"
+
+
 def test_messages_name_python_arguments_in_python_api_calls(tmp_path: Path) -> None:
     import cv2
     import numpy as np

@@ -112,6 +112,26 @@ def test_import_topograph_and_configs_do_not_import_torch() -> None:
     assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr
 
 
+def test_cli_start_up_and_the_configs_do_not_import_opencv() -> None:
+    # --version / --help stay fast: the matcher settings the SEM config holds come without OpenCV
+    code = (
+        "import sys\n"
+        "import topograph.cli, topograph.sem.config, topograph.meso.config, topograph.matching.config\n"
+        "from topograph.matching import SiftConfig\n"
+        "print(sorted(m for m in ('cv2', 'torch') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+    for args in (["--version"], ["sem", "--help"], ["meso", "--help"]):
+        run = "import sys\nfrom topograph.cli import run\ncode = run(sys.argv[1:])\nprint('cv2' in sys.modules)"
+        proc = subprocess.run([sys.executable, "-c", run, *args], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and proc.stdout.strip().endswith("False"), (args, proc.stdout, proc.stderr)
+    # the matchers still register when asked for by name
+    from topograph.matching import create_matcher
+
+    assert type(create_matcher("sift")).__name__ == "SiftMatcher"
+
+
 def test_messages_name_python_arguments_in_python_api_calls(tmp_path: Path) -> None:
     import cv2
     import numpy as np
@@ -169,7 +189,6 @@ def test_steps_report_to_the_active_reporter_only() -> None:
 
     from rich.console import Console
 
-    from topograph.meso.progress import RichProgress
     from topograph.progress import RichSteps, reporting, stage, steps
 
     class Record:
@@ -207,10 +226,14 @@ def test_steps_report_to_the_active_reporter_only() -> None:
         list(steps(range(4), "dense"))
     shown.stop()
     assert "dense" in tty.getvalue() and "4/4" in tty.getvalue()
-    # the meso progress display takes counted steps on its own bars
+    # the meso rounds reach the same display as counted work with the loss of each iteration
     meso = io.StringIO()
-    sink = RichProgress(Console(file=meso, force_terminal=True, width=120))
-    with reporting(sink):
-        list(steps(range(5), "flow matches (images)"))
-    sink.stop()
-    assert "flow matches" in meso.getvalue() and "5/5" in meso.getvalue()
+    rounds = RichSteps(Console(file=meso, force_terminal=True, width=120))
+    with reporting(rounds):
+        stage("optimisation")
+        rounds.begin("shift (1/4)", 3)
+        for loss in (0.5, 0.25, 0.125):
+            rounds.step(loss)
+        rounds.end()
+    rounds.stop()
+    assert "shift (1/4)" in meso.getvalue() and "3/3" in meso.getvalue() and "loss 1.250e-01" in meso.getvalue()

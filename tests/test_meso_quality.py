@@ -53,10 +53,9 @@ def test_a_misplaced_image_is_named(scene):
     names = tuple(f"im{k}" for k in range(len(ncc)))
     gate = registration_gate(names, ncc, overlap, CheckConfig())
     assert not gate.passed and "im4" in gate.detail
-    report = QualityReport()
     with pytest.raises(TopographError, match="registration failed"):
-        enforce(gate, report, CheckConfig())
-    enforce(gate, report, CheckConfig(gates="mark"))  # recorded, not raised
+        enforce(gate, CheckConfig())
+    report = QualityReport((enforce(gate, CheckConfig(gates="mark")),))  # recorded, not raised
     assert report.status == "failed" and "im4" in report.to_dict(names)["failed"][0]
 
 
@@ -65,16 +64,14 @@ def test_flow_and_height_gates():
     assert not match_gate(0.01, 2000, cfg).passed
     assert match_gate(0.8, 10**6, cfg).passed
     assert not refinement_gate("nan").passed and not refinement_gate("nan").blocking
-    report = QualityReport()
-    enforce(refinement_gate("nan"), report, cfg)  # warned and recorded; the registration gate decides
+    report = QualityReport((enforce(refinement_gate("nan"), cfg),))  # warned and recorded; registration decides
     assert report.status == "ok" and report.to_dict(())["gates"][0]["passed"] is False
     assert refinement_gate("degenerate").passed and refinement_gate("ok").passed
     assert not height_gate(0.05, cfg).passed and height_gate(0.9, cfg).passed
 
 
 def test_gates_off_only_records():
-    report = QualityReport()
-    enforce(match_gate(0.0, 0, CheckConfig(gates="off")), report, CheckConfig(gates="off"))
+    report = QualityReport((enforce(match_gate(0.0, 0, CheckConfig(gates="off")), CheckConfig(gates="off")),))
     assert report.status == "failed"
 
 

@@ -11,9 +11,10 @@ from meso_toy import make_model, one_thread, toy_scene
 
 import topograph.meso.optimise.loss as loss_module
 from topograph.errors import TopographError
+from topograph.fingerprint import digest
 from topograph.meso.config import LearningRates, LevelConfig, LossConfig
 from topograph.meso.optimise.batching import make_batched_level
-from topograph.meso.optimise.checkpoint import Checkpoint, load_checkpoint, run_fingerprint, save_checkpoint
+from topograph.meso.optimise.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from topograph.meso.optimise.history import History
 from topograph.meso.optimise.solver import BatchingConfig, RobustConfig, solve_round
 
@@ -96,7 +97,7 @@ def test_resume_from_checkpoint_ends_where_the_uninterrupted_run_ends(tmp_path):
 
     # interrupted run: saves checkpoints, "crashes" after the one at iteration 50
     path = tmp_path / "checkpoint.pt"
-    fp = run_fingerprint(("a", "b"), scene.pixels.shape, {"seed": 3})
+    fp = digest(("a", "b"), scene.pixels.shape, {"seed": 3})
     first = _model(scene)
 
     class Interrupt(Exception):
@@ -123,6 +124,6 @@ def test_resume_from_checkpoint_ends_where_the_uninterrupted_run_ends(tmp_path):
     assert [h.loss for h in history] == [h.loss for h in full_history]
 
     with pytest.raises(TopographError, match="another run"):
-        load_checkpoint(path, run_fingerprint(("a", "c"), scene.pixels.shape, {"seed": 3}))
+        load_checkpoint(path, digest(("a", "c"), scene.pixels.shape, {"seed": 3}))
     with pytest.raises(TopographError, match="no checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")

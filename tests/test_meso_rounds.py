@@ -17,13 +17,12 @@ from typer.testing import CliRunner
 
 from topograph.cli import app
 from topograph.errors import TopographError
-from topograph.meso.config import LevelConfig, MesoConfig, replace_settings
+from topograph.meso.config import LevelConfig, MesoConfig, computational_settings, replace_settings
 from topograph.meso.models.cnn import HeightCNN
 from topograph.meso.models.heights import HeightMaps
 from topograph.meso.optimise.checkpoint import load_checkpoint
-from topograph.meso.optimise.rounds import config_fingerprint
-from topograph.meso.progress import NullProgress
 from topograph.meso.reconstruct import reconstruct
+from topograph.progress import NoSteps
 
 CAM = ("position", "scale", "tilt", "angle", "gain", "bias")
 RELIEF = 6.0
@@ -67,15 +66,15 @@ class Interrupt(Exception):
     pass
 
 
-class InterruptAfter(NullProgress):
-    """A progress sink that raises after ``n`` iterations (a crash in the middle of a round); steps without
-    a loss (NaN: the flow step's per-image progress) are not iterations."""
+class InterruptAfter(NoSteps):
+    """A progress reporter that raises after ``n`` iterations (a crash in the middle of a round); steps
+    without a loss (the flow step's per-image progress) are not iterations."""
 
     def __init__(self, n: int) -> None:
         self.n = n
 
-    def update(self, loss: float) -> None:
-        if loss != loss:
+    def step(self, loss: float | None = None) -> None:
+        if loss is None or loss != loss:
             return
         self.n -= 1
         if self.n == 0:
@@ -134,9 +133,8 @@ def test_same_seed_same_heights_and_resume_ends_where_the_uninterrupted_run_ends
         reconstruct(images, cfg, checkpoint=tmp_path / "missing.pt", resume=True)
     # settings that do not change the computation do not make it another run
     relaxed = replace_settings(cfg, {"threads": 2, "robust.save_interval_s": 30.0, "output.min_views": 3})
-    assert config_fingerprint(images.names, images.pixels, relaxed) == config_fingerprint(
-        images.names, images.pixels, cfg
-    )
+    assert computational_settings(relaxed) == computational_settings(cfg)
+    assert computational_settings(other) != computational_settings(cfg)
 
 
 @pytest.mark.slow

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from topograph.fingerprint import FileContent, digest, file_digest
-from topograph.progress import RoundSteps, reporting, stage, steps
+from topograph.progress import reporting, stage, steps
 from topograph.run_record import RunRecord
 from topograph.sem.config import SemConfig
 from topograph.sem.pipeline import SemRun, run_sem
-from topograph.timing import Timings, seconds_key
+from topograph.timing import Timings
 
 
 class Record:
@@ -68,36 +68,38 @@ def test_timings_add_up_and_freeze() -> None:
     assert frozen["load"] >= 0.02 and frozen["dense"] == 0.5 and frozen["total"] >= frozen["load"]
     with pytest.raises(TypeError):
         frozen["load"] = 0.0  # type: ignore[index]
-    assert seconds_key("round_shift_s") == "round_shift" and seconds_key("total") == "total"
 
 
-def test_round_steps_speak_the_one_progress_protocol() -> None:
+def test_the_meso_rounds_speak_the_one_progress_protocol() -> None:
+    from meso_toy import make_model, toy_scene
+
+    from topograph.meso.config import LearningRates, LevelConfig, LossConfig
+    from topograph.meso.optimise.batching import make_batched_level
+    from topograph.meso.optimise.solver import BatchingConfig, RobustConfig, solve_round
+
+    scene = toy_scene()
+    model = make_model(len(scene.positions), scene.size, scene.focal_px, scene.positions + 1.0)
+    level = make_batched_level(scene.pixels, 1)
+    round_cfg = LevelConfig("shift", 1, 4, ("position",), lr_scale=0.3)
     rec = Record()
     with reporting(rec):
-        rounds = RoundSteps()  # the active reporter, seen as the optimiser's rounds
         stage("init")
-        rounds.start("shift", 2)
-        rounds.update(0.5)
-        rounds.update(0.25)
-        rounds.start("camera", 1)
-        rounds.update(0.125)
-        rounds.stop()
-        rounds.stop()  # a second stop is a no-op
+        result = solve_round(
+            model, level, round_cfg, 0, LearningRates(), LossConfig(), BatchingConfig(), RobustConfig()
+        )
         assert list(steps(["a"], "flow")) == ["a"]
+    losses = [r.loss for r in result.records]
+    assert len(losses) == 4 and all(np.isfinite(losses))
+    # the round is counted work of one step per iteration, each with that iteration's loss
     assert rec.events == [
         ("stage", "init"),
-        ("begin", "shift", 2),
-        ("step", 0.5),
-        ("step", 0.25),
-        ("end",),
-        ("begin", "camera", 1),
-        ("step", 0.125),
+        ("begin", "shift (1/1)", 4),
+        *[("step", loss) for loss in losses],
         ("end",),
         ("begin", "flow", 1),
         ("step", None),
         ("end",),
     ]
-    RoundSteps().start("nobody listens", 3)  # without a reporter: nothing happens
 
 
 def test_both_engines_take_the_same_kinds_of_arguments() -> None:

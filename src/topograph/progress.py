@@ -80,31 +80,6 @@ def steps(items: Iterable[T], description: str, total: int | None = None) -> Ite
         reporter.end()
 
 
-class RoundSteps:
-    """The active reporter seen through the round interface of the meso optimiser (``start`` a round of
-    ``total`` iterations, ``update`` with each iteration's loss, ``stop`` after the last round)."""
-
-    def __init__(self, reporter: StepReporter | None = None) -> None:
-        self.reporter = reporter if reporter is not None else current()
-        self._open = False
-
-    def start(self, name: str, total: int) -> None:
-        if self.reporter is None:
-            return
-        self.stop()
-        self.reporter.begin(name, total)
-        self._open = True
-
-    def update(self, loss: float) -> None:
-        if self.reporter is not None and self._open:
-            self.reporter.step(loss)
-
-    def stop(self) -> None:
-        if self.reporter is not None and self._open:
-            self.reporter.end()
-            self._open = False
-
-
 class StageLine:
     """A reporter that shows only the name of the current stage, through ``show`` (e.g. a rich status line's
     ``update``)."""

@@ -38,8 +38,3 @@ class Timings:
         if total:
             out["total"] = time.perf_counter() - self._start
         return MappingProxyType(out)
-
-
-def seconds_key(key: str) -> str:
-    """A legacy key with a unit suffix (``round_shift_s``) in the convention (``round_shift``)."""
-    return key[:-2] if key.endswith("_s") else key

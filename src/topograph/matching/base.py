@@ -4,9 +4,11 @@ A matcher turns two images of one specimen into raw correspondences (:class:`~to
 outlier rejection (RANSAC on the affine epipolar constraint) happens afterwards in the pipeline, so every
 matcher hands downstream stages the same container whatever algorithm produced it.
 
-Built-in matchers (``sift``, ``dense``, ``roma``) register themselves when :mod:`topograph.matching` is
-imported; third-party packages add ``[project.entry-points."topograph.matchers"] name = "pkg.mod:Factory"``
-where ``Factory(**options)`` returns an object satisfying :class:`Matcher`.
+Built-in matchers (``sift``, ``dense``, ``roma``) register themselves when their modules are imported
+(:func:`topograph.matching.register_builtins`, done by :func:`create_matcher` and by any name taken from
+:mod:`topograph.matching`); third-party packages add
+``[project.entry-points."topograph.matchers"] name = "pkg.mod:Factory"`` where ``Factory(**options)``
+returns an object satisfying :class:`Matcher`.
 """
 
 from __future__ import annotations
@@ -67,8 +69,9 @@ def create_matcher(name: str, **options: Any) -> Matcher:
     Raises:
         TopographError: Unknown name (the message lists the known ones) or an unknown/invalid option.
     """
-    import topograph.matching  # noqa: F401  (registers the built-in matchers)
+    from topograph.matching import register_builtins
 
+    register_builtins()
     return matchers.create(name, **options)
 
 

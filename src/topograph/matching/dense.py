@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from typing import Any, Literal, NamedTuple
+from dataclasses import replace
+from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
 
 from topograph.matching.base import check_image, config_from_options, matchers, to_uint8
+from topograph.matching.config import DenseConfig
 from topograph.matching.sift import SiftConfig, SiftMatcher
 from topograph.types import Matches
 
@@ -34,84 +35,6 @@ _DIS_PRESETS = {
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
     "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
 }
-
-
-@dataclass(frozen=True)
-class DenseConfig:
-    """Settings of the ``dense`` matcher."""
-
-    method: Literal["dis", "farneback"] = "dis"
-    """Flow algorithm: OpenCV DIS (Dense Inverse Search) or Farnebäck polynomial expansion."""
-    preset: Literal["ultrafast", "fast", "medium"] = "medium"
-    """DIS preset the explicit DIS settings below start from."""
-    finest_scale: int = 0
-    """DIS: finest pyramid level solved (0 = full resolution, 1 = half ...)."""
-    patch_size: int = 8
-    """DIS patch side, px."""
-    patch_stride: int = 3
-    """DIS patch stride, px (smaller → denser, slower)."""
-    gradient_descent_iterations: int = 12
-    """DIS inverse-search iterations per patch."""
-    variational_refinement_iterations: int = 3
-    """DIS variational refinement iterations per level (0 disables it)."""
-    variational_refinement_alpha: float = 20.0
-    """DIS smoothness weight of the variational refinement."""
-    fb_threshold_px: float = 0.5
-    """Keep pixels whose forward–backward error is below this, px."""
-    fb_sigma_px: float = 0.5
-    """σ of the score ``exp(−e²/σ²)``, px."""
-    stride: int = 1
-    """Sample every stride-th pixel of view i's grid."""
-    prealign: bool = True
-    """Pre-align view j to view i by an affine map from downscaled SIFT matches (handles large shifts)."""
-    prealign_max_side: int = 400
-    """Longer image side used for the pre-alignment SIFT, px."""
-    prealign_features: int = 4000
-    """Strongest SIFT keypoints per image used for the pre-alignment."""
-    prealign_ransac_px: float = 20.0
-    """RANSAC threshold of the affine pre-alignment, px (generous: relief parallax is not affine, the map
-    only has to remove the bulk shift, rotation and scale)."""
-    stretch_percent: float = 0.5
-    """Percentile contrast stretch (one mapping shared by both images)."""
-    clahe: bool = False
-    """CLAHE on both images before the flow."""
-    min_region_px: int = 100
-    """Drop consistent regions (4-connected components of the valid mask) smaller than this many pixels:
-    isolated islands of accidental forward–backward agreement inside occluded or textureless areas."""
-    border_px: float = 1.0
-    """Reject correspondences whose target lies closer than this to the border of view j, px."""
-    passes: int = 1
-    """Flow passes: each further pass warps view j by the current flow and solves for the residual flow,
-    which removes most of the smoothness bias on steep relief (see :func:`refine_flow`)."""
-    first_pass_variational_iterations: int | None = None
-    """DIS variational refinement iterations of the first pass when ``passes`` ≥ 2 (None: as the others).
-    The later passes solve the small residual flow and correct it, so fewer suffice here."""
-    parallel_max_pixels: int = 2_000_000
-    """Compute the forward and backward flows in parallel threads up to this image size, px (memory: see
-    :func:`_flow_pair`)."""
-    refine_backward: bool = True
-    """Check every further pass forward–backward too (one more flow per pass); False keeps the first
-    pass's check and validity."""
-    first_pass_patch_stride: int | None = None
-    """DIS patch stride of the first pass when ``passes`` ≥ 2 (None: ``patch_stride``); the later passes
-    correct the first, so a sparser first pass costs little accuracy."""
-    first_pass_downscale: int = 1
-    """With ``passes`` ≥ 2: solve the first pass (forward, backward and their check) on both images
-    downscaled by this whole factor (area averaging) and upsample its flow; the later passes at full
-    resolution correct it. 2 costs a quarter of the first pass's time and memory."""
-    check_downscale: int = 1
-    """With a full-resolution first pass (``first_pass_downscale`` 1): solve its backward flow, which only
-    serves the forward–backward check, on images downscaled by this whole factor (area averaging) and
-    upsample it; the forward flow stays at full resolution. 2 costs a quarter of the backward solve."""
-    tile_px: int = 0
-    """Solve the residual flow of the later passes in square tiles of about this side, px, two at a time
-    (0: the whole image in one piece). The residual is small, so tiles with a ``tile_margin_px`` margin
-    give the whole-image flow while memory holds two tiles' solvers, whatever the image size."""
-    tile_margin_px: int = 32
-    """Overlap around each tile, px (discarded after the solve)."""
-    tile_workers: int = 1
-    """Tiles solved at the same time (threads). DIS spreads one solve over the cores itself, so 1 keeps
-    memory at one tile's solver for little time."""
 
 
 class DenseFlow(NamedTuple):

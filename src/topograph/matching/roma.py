@@ -21,15 +21,15 @@ import inspect
 import logging
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import cv2
 import numpy as np
 
 from topograph.errors import OptionalDependencyError, TopographError
 from topograph.matching.base import check_image, config_from_options, matchers, to_uint8
+from topograph.matching.config import RomaConfig
 from topograph.types import Matches
 
 log = logging.getLogger("topograph")
@@ -38,32 +38,6 @@ _WEIGHTS_FIX = (
     "download the RoMa weights manually (roma_outdoor.pth and dinov2_vitl14_pretrain.pth) and pass "
     "--roma-weights PATH and --roma-dinov2-weights PATH"
 )
-
-
-@dataclass(frozen=True)
-class RomaConfig:
-    """Settings of the ``roma`` matcher."""
-
-    weights: str | None = None
-    """Local path of the RoMa weights (e.g. roma_outdoor.pth); required."""
-    dinov2_weights: str | None = None
-    """Local path of the DINOv2 ViT-L/14 weights (dinov2_vitl14_pretrain.pth); required."""
-    device: str = "auto"
-    """Torch device: "auto" (CUDA when available, else CPU), "cpu", "cuda", "cuda:1" ..."""
-    coarse_res: int = 560
-    """Coarse matching resolution, px (multiple of 14)."""
-    upsample_res: int = 864
-    """Resolution of the upsampled refinement, px."""
-    mode: Literal["sample", "dense"] = "sample"
-    """"sample": ``num_samples`` certainty-balanced samples; "dense": every warp pixel above ``min_certainty``."""
-    num_samples: int = 10000
-    """Number of correspondences drawn in "sample" mode."""
-    min_certainty: float = 0.05
-    """Lowest certainty kept in "dense" mode."""
-    stride: int = 1
-    """Keep every stride-th warp pixel in "dense" mode."""
-    seed: int = 0
-    """Seed of the sampling (the global torch RNG state is restored afterwards)."""
 
 
 def _weights_path(value: str | None, what: str) -> Path:

@@ -19,41 +19,10 @@ import cv2
 import numpy as np
 
 from topograph.matching.base import check_image, config_from_options, empty_matches, matchers, to_uint8
+from topograph.matching.config import SiftConfig
 from topograph.types import Matches
 
 log = logging.getLogger("topograph")
-
-
-@dataclass(frozen=True)
-class SiftConfig:
-    """Settings of the ``sift`` matcher."""
-
-    n_features: int = 0
-    """Keep the n strongest keypoints per image; 0 keeps all."""
-    contrast_threshold: float = 0.02
-    """OpenCV SIFT contrast threshold (lower → more keypoints; OpenCV's default is 0.04)."""
-    edge_threshold: float = 10.0
-    """OpenCV SIFT edge-response threshold."""
-    n_octave_layers: int = 3
-    sigma: float = 1.6
-    """Gaussian blur of the base octave, px."""
-    root_sift: bool = True
-    """Use RootSIFT descriptors (L1-normalise, square root): Euclidean distance ≙ Hellinger kernel."""
-    ratio: float = 0.8
-    """Lowe ratio test: keep a match when d1 < ratio · d2 (values ≥ 1 disable the test)."""
-    mutual: bool = True
-    """Keep only mutual nearest neighbours (i's best in j has i as its best in i)."""
-    stretch_percent: float = 0.5
-    """Percentile contrast stretch before detection (see :func:`topograph.matching.base.to_uint8`)."""
-    clahe: bool = True
-    """Contrast-limited adaptive histogram equalisation before detection."""
-    clahe_clip: float = 2.0
-    clahe_tile: int = 8
-    max_image_side: int = 0
-    """Detect on a copy downscaled so its longer side is at most this (0: full resolution)."""
-    chunk_size: int = 256
-    """Descriptor rows per block of the nearest-neighbour search (bounds memory: chunk × N₂ floats; 256
-    is 1.4× faster than 1024 on the 12,000 × 13,000 quartz descriptors)."""
 
 
 @dataclass(frozen=True)

@@ -455,6 +455,23 @@ def preset_config(name: str) -> MesoConfig:
 C = TypeVar("C")
 
 
+NOT_COMPUTATIONAL = ("threads", "device", "output", "checks", "robust.save_interval_s")
+"""Settings that do not change the optimisation (a resumed run may change them)."""
+
+
+def computational_settings(cfg: MesoConfig) -> MesoConfig:
+    """``cfg`` with the settings of :data:`NOT_COMPUTATIONAL` at their defaults: two runs whose
+    computational settings are equal compute the same model (the checkpoint fingerprint uses this)."""
+    default = MesoConfig()
+    return replace_settings(cfg, {key: _get_path(default, key.split(".")) for key in NOT_COMPUTATIONAL})
+
+
+def _get_path(obj: Any, parts: list[str]) -> Any:
+    for part in parts:
+        obj = getattr(obj, part)
+    return obj
+
+
 def replace_settings(cfg: C, changes: Mapping[str, Any]) -> C:
     """A copy of a (frozen, nested) config with dotted keys replaced, e.g.
     ``replace_settings(cfg, {"heights.model": "tv", "threads": 1})``: nested :func:`dataclasses.replace`,

@@ -8,6 +8,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal
 
 from topograph.io.staging import output_transaction
@@ -16,8 +17,7 @@ from topograph.meso.data import load_images
 from topograph.meso.outputs import write_inputs, write_outputs
 from topograph.meso.paths import expand_images
 from topograph.meso.reconstruct import MesoReconstruction, reconstruct
-from topograph.progress import RoundSteps, StepReporter, reporting
-from topograph.timing import seconds_key
+from topograph.progress import StepReporter, reporting
 
 log = logging.getLogger("topograph")
 
@@ -86,7 +86,7 @@ def run_meso(
     # interrupted run can resume), every other file is staged and OUT replaced as a whole at the end.
     with reporting(progress), output_transaction(out, paths) as stage:
         images = load_images(paths)
-        rec = reconstruct(images, cfg, RoundSteps(), checkpoint=out / "checkpoint.pt", resume=resume)
+        rec = reconstruct(images, cfg, checkpoint=out / "checkpoint.pt", resume=resume)
         staged = write_outputs(rec, stage, command)
         write_inputs(images, stage)
         from topograph.report.html import write_report
@@ -100,7 +100,7 @@ def run_meso(
         out_dir=out,
         config=rec.config,
         command=command,
-        timings_s={seconds_key(k): v for k, v in rec.timings.items()},
+        timings_s=MappingProxyType(rec.timings),
         warnings=tuple(rec.checks.warnings),
         status="failed" if rec.quality.status == "failed" else "ok",
     )

@@ -18,7 +18,7 @@ whatever the images agree on), so the loss is not a gate. The gates use evidence
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import cv2
@@ -53,11 +53,12 @@ class Gate:
         return f"{self.step} failed: {self.detail} — try: {self.hint}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class QualityReport:
-    """Every gate of a run, and the per-image registration scores (leave-one-out NCC, overlap share)."""
+    """Every gate of a run, and the per-image registration scores (leave-one-out NCC, overlap share); built
+    once, at the end of the run, from the gates each step returned (:func:`enforce`)."""
 
-    gates: list[Gate] = field(default_factory=list)
+    gates: tuple[Gate, ...] = ()
     registration_ncc: np.ndarray | None = None
     registration_overlap: np.ndarray | None = None
 
@@ -98,20 +99,21 @@ def _finite(v: float) -> float | None:
     return float(v) if np.isfinite(v) else None
 
 
-def enforce(gate: Gate, report: QualityReport, cfg: CheckConfig) -> None:
-    """Record ``gate``; stop the run with its one line when it failed and ``cfg.gates == "stop"``."""
-    report.gates.append(gate)
+def enforce(gate: Gate, cfg: CheckConfig) -> Gate:
+    """Judge ``gate``: stop the run with its one line when it failed and ``cfg.gates == "stop"``, else log a
+    failure. Returns ``gate``, for the run's :class:`QualityReport`."""
     if gate.passed:
-        return
+        return gate
     if not gate.blocking:
         log.warning(gate.line())
-        return
+        return gate
     log.error(gate.line())
     if cfg.gates == "stop":
         raise QualityError(
             f"{gate.step} failed: {gate.detail}",
             f"try: {gate.hint} (or --set checks.gates=mark to write the failed result, marked failed)",
         )
+    return gate
 
 
 def _band_pass(img: np.ndarray, mask: np.ndarray, sigma_px: float) -> np.ndarray:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -12,7 +11,8 @@ import numpy as np
 import torch
 
 from topograph.errors import TopographError
-from topograph.meso.config import LevelConfig, MesoConfig, validate_config
+from topograph.fingerprint import digest
+from topograph.meso.config import LevelConfig, MesoConfig, computational_settings, validate_config
 from topograph.meso.data import check_inputs, resolve_intrinsics
 from topograph.meso.functional.scale import camera_heights_mm, magnification_from_points
 from topograph.meso.functional.splat import GridSpec
@@ -25,10 +25,11 @@ from topograph.meso.models.heights import HeightMaps, HeightModel
 from topograph.meso.mosaic import render_mosaic
 from topograph.meso.optimise.checkpoint import load_checkpoint
 from topograph.meso.optimise.history import History
-from topograph.meso.optimise.rounds import config_fingerprint, run_rounds
-from topograph.meso.progress import NullProgress, ProgressSink
-from topograph.meso.quality import QualityReport, enforce, height_gate, registration_gate, registration_scores
+from topograph.meso.optimise.rounds import run_rounds
+from topograph.meso.quality import Gate, QualityReport, enforce, height_gate, registration_gate, registration_scores
 from topograph.meso.types import CameraEstimate, InputChecks, Intrinsics, MesoImages
+from topograph.progress import StepReporter, reporting
+from topograph.timing import Timings
 from topograph.types import HeightMap
 
 log = logging.getLogger("topograph")
@@ -74,6 +75,8 @@ class MesoReconstruction:
     history: History
     config: MesoConfig
     timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per stage (``checks_init``, ``height_init``, ``round_<name>``, ``mosaic``) and ``total``
+    (:mod:`topograph.timing`)."""
     image_size: tuple[int, int] = (0, 0)
     """``(width, height)`` of the input images."""
     quality: QualityReport = field(default_factory=QualityReport)
@@ -302,18 +305,18 @@ def drop_unlinked(
 
 
 def check_registration(
-    model: MesoModel, images: MesoImages, cfg: MesoConfig, quality: QualityReport, device: torch.device
-) -> None:
-    """Per-image registration scores (leave-one-out NCC with the mosaic) and the registration gate."""
+    model: MesoModel, images: MesoImages, cfg: MesoConfig, device: torch.device
+) -> tuple[Gate, np.ndarray, np.ndarray]:
+    """Per-image registration scores (leave-one-out NCC with the mosaic) and the registration gate
+    (:func:`~topograph.meso.quality.enforce`): ``(gate, ncc, overlap)``."""
     ncc, overlap = registration_scores(model, images.pixels, device=device)
-    quality.registration_ncc, quality.registration_overlap = ncc, overlap
     log.info(
         "registration (NCC with the mosaic of the other images): median %.2f, worst %.2f (%s)",
         float(np.nanmedian(ncc)) if np.isfinite(ncc).any() else float("nan"),
         float(np.nanmin(ncc)) if np.isfinite(ncc).any() else float("nan"),
         images.names[int(np.nanargmin(ncc))] if np.isfinite(ncc).any() else "-",
     )
-    enforce(registration_gate(images.names, ncc, overlap, cfg.checks), quality, cfg.checks)
+    return enforce(registration_gate(images.names, ncc, overlap, cfg.checks), cfg.checks), ncc, overlap
 
 
 def check_and_initialise(
@@ -348,13 +351,15 @@ def start_model(images: MesoImages, intrinsics: Intrinsics, init: InitialPositio
 @dataclass(frozen=True)
 class Mosaic:
     """The rendered outputs of :func:`finish`: ``ortho`` (H, W, 3), ``height`` (H, W) in
-    ``scale.height_unit``, splat ``weight`` (H, W), their ``grid`` and the absolute ``scale``."""
+    ``scale.height_unit``, splat ``weight`` (H, W), their ``grid``, the absolute ``scale`` and
+    ``height_coverage``, the share of the seen mosaic with a height (observed by two or more images)."""
 
     ortho: np.ndarray
     height: np.ndarray
     weight: np.ndarray
     grid: GridSpec
     scale: ScaleResult
+    height_coverage: float
 
 
 def finish(
@@ -362,13 +367,11 @@ def finish(
     images: MesoImages,
     intrinsics: Intrinsics,
     cfg: MesoConfig,
-    quality: QualityReport,
     device: torch.device,
     weights: np.ndarray | None,
 ) -> Mosaic:
-    """After the rounds: registration gate, levelling to the dominant plane (the gauge), absolute scale,
-    the full-resolution mosaic and the height-coverage gate."""
-    check_registration(model, images, cfg, quality, device)
+    """After the rounds and the registration gate: levelling to the dominant plane (the gauge), absolute
+    scale and the full-resolution mosaic."""
     if cfg.model.level_plane:
         coarse = 4.0 * cfg.output.downsample
         _, h_units, _, g = render_mosaic(model, images.pixels, coarse, None, device)
@@ -382,14 +385,13 @@ def finish(
     )
     seen = weight > 0.25 * grid.cell**2
     coverage = float(np.isfinite(height)[seen].mean()) if seen.any() else 0.0
-    enforce(height_gate(coverage, cfg.checks), quality, cfg.checks)
-    return Mosaic(ortho, height, weight, grid, scale)
+    return Mosaic(ortho, height, weight, grid, scale, coverage)
 
 
 def reconstruct(
     images: MesoImages,
     cfg: MesoConfig | None = None,
-    progress: ProgressSink | None = None,
+    progress: StepReporter | None = None,
     checkpoint: str | Path | None = None,
     resume: bool = False,
 ) -> MesoReconstruction:
@@ -398,7 +400,8 @@ def reconstruct(
     Args:
         images: the ordered images (at least 2, one size).
         cfg: configuration (defaults when None).
-        progress: progress sink (e.g. :class:`topograph.meso.progress.RichProgress`).
+        progress: receives the rounds (one counted step per iteration, with its loss) and the flow step's
+            counted work (default: the reporter installed with :func:`topograph.progress.reporting`).
         checkpoint: file for resumable checkpoints (written atomically after every round and inside rounds
             every ``robust.save_interval_s``); None = no file.
         resume: continue the interrupted run saved in ``checkpoint`` (same images and settings); it ends
@@ -419,34 +422,34 @@ def reconstruct(
         raise TopographError(f"the mesoscopic engine needs at least 2 images, got {len(images)}", "add images")
     if resume and checkpoint is None:
         raise TopographError("resuming needs a checkpoint file", "give the output folder of the earlier run")
-    t0 = time.perf_counter()
-    device = select_device(cfg.device)
-    torch.set_num_threads(cfg.threads if cfg.threads > 0 else max(1, os.cpu_count() or 1))
-    torch.manual_seed(cfg.seed)
-    progress = progress or NullProgress()
-    fingerprint = config_fingerprint(images.names, images.pixels, cfg)
-    if resume:  # refuse a foreign checkpoint before the (slower) checks and initialisation
-        load_checkpoint(checkpoint, fingerprint)
-    images, checks, intrinsics, init, cfg = check_and_initialise(images, cfg)
-    timings = {"checks_init_s": time.perf_counter() - t0}
+    timings = Timings()
+    with timings.timed("checks_init"):
+        device = select_device(cfg.device)
+        torch.set_num_threads(cfg.threads if cfg.threads > 0 else max(1, os.cpu_count() or 1))
+        torch.manual_seed(cfg.seed)
+        # what a checkpoint must belong to: image names and shape, a pixel subsample, the computational settings
+        fingerprint = digest(images.names, images.pixels.shape, images.pixels[:, ::7, ::7], computational_settings(cfg))
+        if resume:  # refuse a foreign checkpoint before the (slower) checks and initialisation
+            load_checkpoint(checkpoint, fingerprint)
+        images, checks, intrinsics, init, cfg = check_and_initialise(images, cfg)
     model = start_model(images, intrinsics, init, cfg).to(device)
-    quality = QualityReport()
     blurry = checks.sharpness < cfg.checks.sharpness_ratio
     weights = np.where(blurry, cfg.checks.blurry_weight, 1.0) if blurry.any() else None
-    try:
+    with reporting(progress):
         rounds = run_rounds(
-            model, images.pixels, cfg, round_levels(cfg, images.size), progress, device=device,
-            checkpoint=checkpoint, resume=resume, fingerprint=fingerprint, quality=quality, image_weights=weights,
+            model, images.pixels, cfg, round_levels(cfg, images.size), device=device,
+            checkpoint=checkpoint, resume=resume, fingerprint=fingerprint, image_weights=weights,
         )  # fmt: skip
-    finally:
-        progress.stop()
     model = rounds.model
-    timings.update(rounds.timings)
+    for stage, seconds in rounds.timings.items():
+        timings.add(stage, seconds)
     model.eval()
-    t = time.perf_counter()
-    mosaic = finish(model, images, intrinsics, cfg, quality, device, weights)
-    timings["mosaic_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - t0
+    with timings.timed("mosaic"):
+        registration, ncc, overlap = check_registration(model, images, cfg, device)
+        mosaic = finish(model, images, intrinsics, cfg, device, weights)
+        coverage = enforce(height_gate(mosaic.height_coverage, cfg.checks), cfg.checks)
+    quality = QualityReport((*rounds.gates, registration, coverage), ncc, overlap)
+    timings_s = dict(timings.frozen())
     model = model.cpu()
     return MesoReconstruction(
         names=images.names,
@@ -462,7 +465,7 @@ def reconstruct(
         model=model,
         history=rounds.history,
         config=cfg,
-        timings=timings,
+        timings=timings_s,
         image_size=images.size,
         quality=quality,
     )

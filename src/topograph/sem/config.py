@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from topograph.matching.dense import DenseConfig as MatcherDenseConfig
-from topograph.matching.roma import RomaConfig
-from topograph.matching.sift import SiftConfig
+from topograph.matching.config import DenseConfig as MatcherDenseConfig
+from topograph.matching.config import RomaConfig, SiftConfig
 
 
 @dataclass(frozen=True)

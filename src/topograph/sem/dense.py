@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -38,6 +39,12 @@ from topograph.matching.dense import dense_flow
 from topograph.progress import steps
 from topograph.sem.config import DenseConfig
 from topograph.types import AffineCamera, HeightMap, ImageSet, PointCloud, Reconstruction
+
+if TYPE_CHECKING:  # trimesh and the analysis modules load with the dense stage, not with this module
+    import trimesh
+
+    from topograph.analysis.grain import GrainMetrics
+    from topograph.analysis.surface import ArealParameters
 
 log = logging.getLogger("topograph")
 
@@ -74,7 +81,7 @@ class Plane:
         return np.vstack([e1, e2, n])
 
 
-@dataclass
+@dataclass(frozen=True)
 class DenseResult:
     reference_view: int
     points_grid: np.ndarray
@@ -86,14 +93,17 @@ class DenseResult:
     grain_mask: np.ndarray
     """(H, W) bool grain pixels of the reference view."""
     height_map: HeightMap
-    grain_mesh: Any  # trimesh.Trimesh, closed
-    surface_mesh: Any  # trimesh.Trimesh, visible surface
-    metrics: Any  # GrainMetrics
-    areal: Any  # ArealParameters of the grain top
+    grain_mesh: trimesh.Trimesh | None
+    """The closed grain mesh (None when no grain was found or the mask was refused)."""
+    surface_mesh: trimesh.Trimesh | None
+    """The visible surface (None without any dense point)."""
+    metrics: GrainMetrics | None
+    areal: ArealParameters | None
+    """Areal parameters of the grain top."""
     closure: str
     unit: str
-    timings_s: dict[str, float] = field(default_factory=dict)
-    """Seconds per step of :func:`run_dense`; :meth:`write` adds ``write_*`` entries to the same dict."""
+    timings_s: Mapping[str, float] = field(default_factory=dict)
+    """Seconds per step of :func:`run_dense` (the seconds of :meth:`write` are its return value)."""
     surface_stride: int = 1
     """Reference pixels per node of ``surface_mesh`` (its node (r, c) is reference pixel (k r, k c))."""
 
@@ -130,13 +140,15 @@ class DenseResult:
             "grain_metrics": self.metrics.to_dict() if self.metrics is not None else None,
             "areal_parameters_grain_top": self.areal.to_dict() if self.areal is not None else None,
             "grain_mesh_faces": int(len(self.grain_mesh.faces)) if self.grain_mesh is not None else 0,
-            "timings_s": self.timings_s,  # the same dict: write() adds its entries before summary.json is written
+            "timings_s": dict(self.timings_s),
         }
 
-    def write(self, out: Path, run: Any) -> None:
+    def write(self, out: Path) -> dict[str, float]:
         """Write cloud, height map (TIFF + PNG), meshes, metrics and renderings into ``out``.
 
-        The seconds spent on each file go into :attr:`timings_s` as ``write_<name>``.
+        Returns:
+            The seconds spent on each file, as ``write_<name>`` (the run's summary.json adds them to the dense
+            stage's ``timings_s``).
         """
         from topograph import __version__
         from topograph.io.atomic import write_json
@@ -154,10 +166,12 @@ class DenseResult:
         shown_unit = "µm" if self.unit == "um" else "px"
         px = self.height_map.pixel_size
 
-        def timed(name: str, fn: Any, *args: Any, **kwargs: Any) -> None:
+        seconds: dict[str, float] = {}
+
+        def timed(name: str, fn: Callable[..., object], *args: Any, **kwargs: Any) -> None:
             t0 = time.perf_counter()
             fn(*args, **kwargs)
-            self.timings_s[f"write_{name}"] = time.perf_counter() - t0
+            seconds[f"write_{name}"] = time.perf_counter() - t0
 
         # One frame for every 3-D file: the substrate frame (FRAME); the in-memory cloud stays in the
         # reconstruction frame, the grain mesh is built in the substrate frame already.
@@ -194,7 +208,7 @@ class DenseResult:
             vertices = np.asarray(self.grain_mesh.vertices)
             if self.grain_mesh.is_watertight:
                 vertices = separate_pinched_vertices(vertices, self.grain_mesh.faces)
-            self.timings_s["write_grain_mesh_prepare"] = time.perf_counter() - t0
+            seconds["write_grain_mesh_prepare"] = time.perf_counter() - t0
             faces = self.grain_mesh.faces
             timed("grain_mesh_ply", write_mesh_ply, out / "grain_mesh.ply", vertices, faces, comments=mesh_comments)
             header = f"topograph mesh, unit {self.unit}"
@@ -215,6 +229,7 @@ class DenseResult:
             write_json(out / "grain_metrics.json", {"unit": self.unit, **self.metrics.to_dict()})
         if self.areal is not None:
             write_json(out / "areal_parameters.json", self.areal.to_dict())
+        return seconds
 
 
 def choose_reference_view(recon: Reconstruction, choice: str = "median") -> int:

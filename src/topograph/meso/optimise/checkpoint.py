@@ -15,7 +15,6 @@ explicitly so that they come back with the same types.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -54,7 +53,8 @@ class RoundState:
 class Checkpoint:
     """A saved run: ``model`` state dict; ``next_round`` the first round not finished; ``round_state`` the
     state inside ``next_round`` (None = start it from scratch); ``history`` one dict per iteration;
-    ``fingerprint`` identifies the inputs and configuration; ``extra`` free plain data."""
+    ``fingerprint`` identifies the inputs and configuration (:func:`topograph.fingerprint.digest`);
+    ``extra`` free plain data."""
 
     model: dict
     next_round: int
@@ -62,16 +62,6 @@ class Checkpoint:
     history: list[dict[str, Any]]
     fingerprint: str
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def run_fingerprint(names: tuple[str, ...], image_shape: tuple[int, ...], config: dict[str, Any]) -> str:
-    """SHA-256 of the image names, their array shape and the configuration (plain data).
-
-    Keys that do not change the computation (output paths, threads, device) should be removed from
-    ``config`` by the caller.
-    """
-    blob = json.dumps({"names": list(names), "shape": list(image_shape), "config": config}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def _encode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:

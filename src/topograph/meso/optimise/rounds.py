@@ -9,46 +9,27 @@ iteration, so the resumed run ends where an uninterrupted run with the same seed
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from topograph.config import to_dict
 from topograph.errors import TopographError
 from topograph.meso.config import LearningRates, LevelConfig, MesoConfig
 from topograph.meso.flow.heights import FlowHeights, initialise_heights, measure_heights
 from topograph.meso.models.camera import MesoModel
 from topograph.meso.optimise.batching import BatchedLevel, make_batched_level
-from topograph.meso.optimise.checkpoint import Checkpoint, RoundState, load_checkpoint, run_fingerprint, save_checkpoint
+from topograph.meso.optimise.checkpoint import Checkpoint, RoundState, load_checkpoint, save_checkpoint
 from topograph.meso.optimise.history import History, IterationRecord
 from topograph.meso.optimise.solver import solve_round
-from topograph.meso.progress import NullProgress, ProgressSink
-from topograph.meso.quality import QualityReport, enforce, match_gate, refinement_gate
+from topograph.meso.quality import Gate, enforce, match_gate, refinement_gate
+from topograph.progress import StepReporter
+from topograph.timing import Timings
 
 log = logging.getLogger("topograph")
-
-_NOT_COMPUTATIONAL = ("threads", "device", "output", "checks", "robust.save_interval_s")
-"""Settings that do not change the optimisation (a resumed run may change them)."""
-
-
-def config_fingerprint(names: tuple[str, ...], pixels: np.ndarray, cfg: MesoConfig) -> str:
-    """Fingerprint of a run for checkpoints: the images (names, shape and a digest of a pixel subsample)
-    and every setting that changes the computation."""
-    data = to_dict(cfg)
-    for key in _NOT_COMPUTATIONAL:
-        *parents, leaf = key.split(".")
-        node = data
-        for k in parents:
-            node = node.get(k, {})
-        node.pop(leaf, None)
-    data["pixel_digest"] = hashlib.sha256(np.ascontiguousarray(pixels[:, ::7, ::7]).tobytes()).hexdigest()
-    return run_fingerprint(names, tuple(pixels.shape), data)
 
 
 def effective_learning_rates(cfg: MesoConfig, model: MesoModel) -> LearningRates:
@@ -71,28 +52,28 @@ def clip_measured_heights(measured: FlowHeights, model: MesoModel, max_height_fr
 @dataclass(frozen=True)
 class RoundsResult:
     """Outcome of :func:`run_rounds`: the optimised ``model``, its ``history`` (every accepted iteration,
-    including those restored from a checkpoint) and ``timings`` (``height_init_s`` and ``round_<name>_s``
-    wall times of this call)."""
+    including those restored from a checkpoint) and ``timings`` (seconds of this call's ``height_init`` and
+    ``round_<name>``, :mod:`topograph.timing`)."""
 
     model: MesoModel
     history: History
-    timings: dict[str, float]
+    timings: Mapping[str, float]
+    gates: tuple[Gate, ...] = ()
+    """The flow step's dense-matching and refinement gates (none when this call did not run it)."""
 
 
-def _flow_step(model: MesoModel, pixels: np.ndarray, cfg: MesoConfig, quality: QualityReport | None) -> float:
+def _flow_step(model: MesoModel, pixels: np.ndarray, cfg: MesoConfig) -> tuple[Gate, Gate]:
     """The flow step before the first height round (:mod:`topograph.meso.flow`): heights measured from dense
-    matches start the height model; its match and refinement gates are added to ``quality``. Returns the
-    step's wall time."""
-    t = time.perf_counter()
+    matches start the height model. Returns its dense-matching and refinement gates (:func:`enforce`)."""
     measured = measure_heights(model, pixels, cfg.heights.flow, cfg.seed)
     measured = clip_measured_heights(measured, model, cfg.robust.max_height_fraction)
     misfit = initialise_heights(model, measured, cfg.heights.fit_iterations, cfg.heights.fit_lr)
-    seconds = time.perf_counter() - t
-    if quality is not None:
-        enforce(match_gate(measured.coverage, measured.n_matches, cfg.checks), quality, cfg.checks)
-        enforce(refinement_gate(measured.refinement), quality, cfg.checks)
+    gates = (
+        enforce(match_gate(measured.coverage, measured.n_matches, cfg.checks), cfg.checks),
+        enforce(refinement_gate(measured.refinement), cfg.checks),
+    )
     log.info("heights started from the flow measurement (fit misfit %.3g units)", misfit)
-    return seconds
+    return gates
 
 
 def run_rounds(
@@ -100,12 +81,11 @@ def run_rounds(
     pixels: np.ndarray,
     cfg: MesoConfig,
     levels: Sequence[LevelConfig],
-    progress: ProgressSink | None = None,
+    progress: StepReporter | None = None,
     device: torch.device | str = "cpu",
     checkpoint: str | Path | None = None,
     resume: bool = False,
     fingerprint: str = "",
-    quality: QualityReport | None = None,
     image_weights: np.ndarray | None = None,
 ) -> RoundsResult:
     """Optimise ``model`` over ``levels`` with :func:`topograph.meso.optimise.solver.solve_round`, with checkpoints.
@@ -115,22 +95,21 @@ def run_rounds(
         pixels: (N, H, W, 3) uint8 images.
         cfg: configuration (learning rates, loss, batching, robustness, seed).
         levels: the rounds to run (``cfg.schedule``, possibly with adjusted downsampling factors).
-        progress: progress sink.
+        progress: receives the rounds' iterations with their loss (default: the active reporter).
         device: compute device.
         checkpoint: file for resumable checkpoints (None = no files).
         resume: continue from ``checkpoint``.
-        fingerprint: identifies the run (:func:`config_fingerprint`); a checkpoint of another run is refused.
-        quality: the run's quality gates; the dense-matching and refinement gates of the flow step are added
-            (and stop the run when ``cfg.checks.gates == "stop"``).
+        fingerprint: identifies the run (:func:`topograph.fingerprint.digest`); a checkpoint of another run is
+            refused.
         image_weights: (N,) weight of each image in the running reconstruction (None = 1).
 
     Returns:
-        The model, the history and the timings.
+        The model, the history, the timings and the flow step's gates (a failed one stops the run when
+        ``cfg.checks.gates == "stop"``).
 
     Raises:
         TopographError: ``resume`` without a usable checkpoint of this run.
     """
-    progress = progress or NullProgress()
     start_round, round_state, history = 0, None, History()
     if resume:
         if checkpoint is None:
@@ -144,7 +123,8 @@ def run_rounds(
             where += f", iteration {round_state.iteration}"
         log.info("resuming from %s (%s)", checkpoint, where)
     lr = effective_learning_rates(cfg, model)
-    timings: dict[str, float] = {}
+    timings = Timings()
+    gates: tuple[Gate, ...] = ()
     cache: dict[int, BatchedLevel] = {}
     first_height_round = next((r for r, lvl in enumerate(levels) if "height" in lvl.train), None)
     for r, level in enumerate(levels):
@@ -152,7 +132,8 @@ def run_rounds(
             continue
         resumed_inside = r == start_round and round_state is not None
         if r == first_height_round and cfg.heights.init == "flow" and not resumed_inside:
-            timings["height_init_s"] = _flow_step(model, pixels, cfg, quality)
+            with timings.timed("height_init"):
+                gates = _flow_step(model, pixels, cfg)
         if level.downsample not in cache:
             cache.clear()
             cache[level.downsample] = make_batched_level(pixels, level.downsample, device)
@@ -164,15 +145,14 @@ def run_rounds(
                 checkpoint, Checkpoint(model.state_dict(), r, state, (done + records).to_dicts(), fingerprint)
             )
 
-        t = time.perf_counter()
-        result = solve_round(
-            model, cache[level.downsample], level, r, lr, cfg.loss, cfg.batching, cfg.robust, seed=cfg.seed,
-            progress=progress, resume=round_state if r == start_round else None,
-            on_checkpoint=save if checkpoint is not None else None,
-        )  # fmt: skip
+        with timings.timed(f"round_{level.name}"):
+            result = solve_round(
+                model, cache[level.downsample], level, r, lr, cfg.loss, cfg.batching, cfg.robust, seed=cfg.seed,
+                progress=progress, resume=round_state if r == start_round else None,
+                on_checkpoint=save if checkpoint is not None else None,
+            )  # fmt: skip
         history = history + result.records
-        timings[f"round_{level.name}_s"] = time.perf_counter() - t
         if checkpoint is not None:
             save_checkpoint(checkpoint, Checkpoint(model.state_dict(), r + 1, None, history.to_dicts(), fingerprint))
     cache.clear()
-    return RoundsResult(model, history, timings)
+    return RoundsResult(model, history, timings.frozen(total=False), gates)

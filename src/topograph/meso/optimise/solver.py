@@ -36,7 +36,7 @@ from topograph.meso.optimise.checkpoint import RoundState
 from topograph.meso.optimise.history import IterationRecord
 from topograph.meso.optimise.loss import BatchTerms, batch_loss
 from topograph.meso.optimise.optimizer import build_optimizer
-from topograph.meso.progress import NullProgress, ProgressSink
+from topograph.progress import NoSteps, StepReporter, current
 
 log = logging.getLogger("topograph")
 
@@ -199,7 +199,7 @@ class _RoundSolver:
         for g in self.opt.param_groups:
             g["lr"] *= self.gamma / warm
 
-    def run(self, loss: LossConfig, seed: int, progress: ProgressSink, on_checkpoint: CheckpointHook | None) -> None:
+    def run(self, loss: LossConfig, seed: int, progress: StepReporter, on_checkpoint: CheckpointHook | None) -> None:
         """Iterate from ``start`` to the round's end (or to the rollback limit)."""
         n, cfg, robust = self.level.n_images, self.cfg, self.robust
         snap = self.snapshot(self.start)
@@ -217,14 +217,14 @@ class _RoundSolver:
                 if not self.roll_back(snap, reason, it):
                     break
                 it = snap.iteration
-                progress.update(value)
+                progress.step(value)
                 continue
             self.step(it)
             self.best = min(self.best, value)
             self.records.append(
                 IterationRecord(cfg.name, it, value, terms.mse_rgb, terms.mse_height, terms.tv, tuple(index.tolist()))
             )
-            progress.update(value)
+            progress.step(value)
             it += 1
             if it % robust.checkpoint_every == 0 and it < self.iterations:
                 snap = self.snapshot(it)
@@ -243,7 +243,7 @@ def solve_round(
     batching: BatchingConfig,
     robust: RobustConfig,
     seed: int = 0,
-    progress: ProgressSink | None = None,
+    progress: StepReporter | None = None,
     resume: RoundState | None = None,
     on_checkpoint: CheckpointHook | None = None,
 ) -> RoundResult:
@@ -259,7 +259,8 @@ def solve_round(
         batching: batch size and momentum.
         robust: divergence and checkpoint settings.
         seed: run seed.
-        progress: progress sink.
+        progress: receives one counted step per iteration, with its loss (default: the active reporter,
+            :func:`topograph.progress.current`).
         resume: continue this round from a saved state (the model must hold the saved parameters).
         on_checkpoint: called with the round's state and its records so far at in-memory checkpoints, at
             most every ``robust.save_interval_s`` seconds (to write a resumable checkpoint file).
@@ -267,7 +268,7 @@ def solve_round(
     Returns:
         The accepted iterations of this call (after ``resume.iteration`` when resuming) and the rollbacks.
     """
-    progress = progress or NullProgress()
+    progress = progress or current() or NoSteps()
     opt = build_optimizer(model.groups(), level_cfg.train, lr, level_cfg.lr_scale)
     if opt is None or int(level_cfg.iterations) == 0:
         return RoundResult((), 0)
@@ -276,8 +277,11 @@ def solve_round(
     n, m = level.n_images, solver.momentum
     log.info("round %s: %d images per step of %d%s", level_cfg.name, solver.batch_size, n,
              "" if solver.all_in_one else f", m={m}")  # fmt: skip
-    progress.start(f"{level_cfg.name} (1/{level.downsample})", solver.iterations - solver.start)
-    solver.run(loss, seed, progress, on_checkpoint)
+    progress.begin(f"{level_cfg.name} (1/{level.downsample})", solver.iterations - solver.start)
+    try:
+        solver.run(loss, seed, progress, on_checkpoint)
+    finally:
+        progress.end()
     if solver.records:
         last = solver.records[-1]
         log.info("round %s: loss %.4e (rgb %.4e), %d rollbacks", level_cfg.name, last.loss, last.mse_rgb,

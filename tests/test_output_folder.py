@@ -25,6 +25,14 @@ def series(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_sem_dataset(ds, tmp_path_factory.mktemp("series") / "grain", with_metadata=True)
 
 
+@pytest.fixture(scope="module")
+def long_series(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-view 500² series: its run lasts several seconds after the staging folder appears (the 300² one can
+    finish inside the test's wait on an idle machine), so the signal lands inside the compute."""
+    ds = render_sem_series(GrainSpec(seed=3), tilts_deg=(0.0, 4.0, 8.0, 12.0), image_size=(500, 500), seed=3)
+    return save_sem_dataset(ds, tmp_path_factory.mktemp("long") / "grain", with_metadata=True)
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-c", "from topograph.cli import main; main()", *args]
 
@@ -81,18 +89,18 @@ def _signals_as_in_a_terminal() -> None:
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_during_a_run_leaves_the_old_folder_intact(tmp_path: Path, series: Path, sig: int) -> None:
+def test_signal_during_a_run_leaves_the_old_folder_intact(tmp_path: Path, long_series: Path, sig: int) -> None:
     out = tmp_path / "out"
     old = _old_run(out)
     proc = subprocess.Popen(
-        _cli("sem", str(series), "-o", str(out)),
+        _cli("sem", str(long_series), "-o", str(out)),
         env=_env(),
         stderr=subprocess.PIPE,
         text=True,
         preexec_fn=_signals_as_in_a_terminal,
     )
     _wait_for_staging(out, proc)
-    time.sleep(1.0)  # inside the compute
+    time.sleep(0.5)  # inside the compute
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + sig

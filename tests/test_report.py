@@ -21,7 +21,6 @@ from topograph.report.html import (
     figure_caption,
     figure_stage,
     load_viewer_data,
-    loss_curves,
     read_ply_points,
     script_json,
     write_report,
@@ -226,7 +225,6 @@ def test_missing_and_damaged_items_do_not_fail(tmp_path: Path) -> None:
     meso.mkdir()
     summary = {
         "engine": "meso",
-        "loss_history": [[1.0, 0.5, 0.25], [0.3, 0.1]],
         "accuracy": {"mean_um": 41.5, "per_region": {"card_1": 12.0}},
         "rescale_factor": 0.97,
     }
@@ -235,11 +233,11 @@ def test_missing_and_damaged_items_do_not_fail(tmp_path: Path) -> None:
     _write_ply(meso / "dense.ply", np.zeros((0, 3), np.float32))  # empty cloud: skipped, no view
     text = write_report(meso).read_text(encoding="utf-8")
     assert "series.json could not be read" in text and "no config.yaml" in text
-    assert 'alt="Loss history"' in text and "per_region.card_1" in text and "0.97" in text
+    assert "per_region.card_1" in text and "0.97" in text
     assert "data-topograph-viewer" not in text
 
 
-def test_figure_captions_stages_and_loss_shapes() -> None:
+def test_figure_captions_and_stages() -> None:
     assert figure_caption("matches_0_1") == "Matches, view 0 ↔ 1"
     assert figure_caption("matches_2_10", ["a", "b", "c"]) == "Matches, view 2 ↔ 10"
     assert figure_caption("matches_0_2", ["a", "b", "c"]) == "Matches, view 0 ↔ 2 (a ↔ c)"
@@ -253,12 +251,6 @@ def test_figure_captions_stages_and_loss_shapes() -> None:
         "distortion_profile": "Lens distortion",
     }
     assert figure_stage("composite") == "Other figures"
-    levels = loss_curves([[4.0, 2.0], [1.0, 0.5, 0.25]])
-    np.testing.assert_array_equal(levels["loss level 1"][0], [2, 3, 4])  # levels drawn one after another
-    per_key = loss_curves([{"photo": 1.0, "reg": 0.1}, {"photo": 0.5, "reg": 0.05}])
-    assert set(per_key) == {"photo", "reg"}
-    np.testing.assert_array_equal(per_key["photo"][1], [1.0, 0.5])
-    assert set(loss_curves({"total": [3, 2, 1]})) == {"total"}
 
 
 def test_script_json_cannot_close_the_script_element() -> None:

@@ -93,7 +93,6 @@ _SECTION_KEYS = {
     "warnings",
     "timings_s",
     "match_counts",
-    "loss_history",
 }
 _SERIES_COLUMNS = (
     "name",
@@ -498,57 +497,6 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def loss_curves(history: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Curves ``name → (step, value)`` from a ``loss_history`` entry of any common shape.
-
-    Accepted: a list of numbers; a list of lists of numbers (coarse-to-fine levels, drawn one after
-    another); a list of dicts of numbers (one curve per key); a dict of name → any of these.
-    """
-    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-
-    def add(name: str, values: list[Any], start: int = 0) -> None:
-        y = np.array([float(v) if _is_number(v) else np.nan for v in values])
-        if np.isfinite(y).any():
-            out[name] = (np.arange(start, start + len(y)), y)
-
-    def walk(name: str, obj: Any) -> None:
-        if isinstance(obj, dict):
-            for k, v in obj.items():
-                walk(f"{name}.{k}" if name else str(k), v)
-        elif isinstance(obj, list) and obj and all(_is_number(v) or v is None for v in obj):
-            add(name or "loss", obj)
-        elif isinstance(obj, list) and obj and all(isinstance(v, list) for v in obj):
-            start = 0
-            for level, values in enumerate(obj):
-                add(f"{name or 'loss'} level {level}", values, start)
-                start += len(values)
-        elif isinstance(obj, list) and obj and all(isinstance(v, dict) for v in obj):
-            keys = dict.fromkeys(k for d in obj for k, v in d.items() if _is_number(v))
-            for k in keys:
-                add(f"{name}.{k}" if name else str(k), [d.get(k) for d in obj])
-
-    walk("", history)
-    return out
-
-
-def loss_chart(curves: dict[str, tuple[np.ndarray, np.ndarray]]) -> str:
-    """Loss curves (log scale when all values are positive and span > 20×) as a PNG data URI."""
-    fig, ax = _new_figure(6.4, 3.4)
-    lo = min(float(np.nanmin(y)) for _, y in curves.values())
-    hi = max(float(np.nanmax(y)) for _, y in curves.values())
-    positive = lo > 0 and hi / lo > 20  # log scale only when the loss spans decades
-    for name, (x, y) in curves.items():
-        ax.plot(x, y, label=name, lw=1.2)
-    if positive:
-        ax.set_yscale("log")
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("loss")
-    if len(curves) > 1:
-        ax.legend(frameon=False, fontsize=8)
-    ax.grid(alpha=0.3)
-    return _chart_uri(fig)
-
-
 # ----------------------------------------------------------------------------------------------------
 # HTML pieces
 # ----------------------------------------------------------------------------------------------------
@@ -799,9 +747,6 @@ def quality_html(run: RunArtifacts) -> str:
         else:
             meta = None
         charts.append(_figure(tilt_chart(s["relative_tilts_deg"], meta), "Recovered tilts", ""))
-    curves = loss_curves(s.get("loss_history")) if "loss_history" in s else {}
-    if curves:
-        charts.append(_figure(loss_chart(curves), "Loss history", ""))
     if charts:
         parts.append(f'<div class="figs">{"".join(charts)}</div>')
     parts.append(match_matrix_html(s.get("match_counts"), names))

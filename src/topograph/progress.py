@@ -80,26 +80,6 @@ def steps(items: Iterable[T], description: str, total: int | None = None) -> Ite
         reporter.end()
 
 
-class StageLine:
-    """A reporter that shows only the name of the current stage, through ``show`` (e.g. a rich status line's
-    ``update``)."""
-
-    def __init__(self, show: Callable[[str], object]) -> None:
-        self.show = show
-
-    def stage(self, name: str) -> None:
-        self.show(f"[bold]{name}[/]")
-
-    def begin(self, description: str, total: int) -> None:
-        return None
-
-    def step(self, loss: float | None = None) -> None:
-        return None
-
-    def end(self) -> None:
-        return None
-
-
 class NoSteps:
     """A reporter that shows nothing (e.g. ``--no-progress`` inside the CLI's display)."""
 
@@ -114,6 +94,17 @@ class NoSteps:
 
     def end(self) -> None:
         return None
+
+
+class StageLine(NoSteps):
+    """A reporter that shows only the name of the current stage, through ``show`` (e.g. a rich status line's
+    ``update``)."""
+
+    def __init__(self, show: Callable[[str], object]) -> None:
+        self.show = show
+
+    def stage(self, name: str) -> None:
+        self.show(f"[bold]{name}[/]")
 
 
 class RichSteps:

@@ -233,17 +233,23 @@ def test_coarse_first_pass_keeps_the_flow_accurate(bump_pair):
     assert on_bump.sum() > 1000 and np.median(err[on_bump]) < 0.15
 
 
-def test_dense_forward_backward_check_rejects_garbage_region(bump_pair):
+def _flow_with_garbage_region(bump_pair, cfg: DenseConfig | None = None):
+    """Flow of the bump pair after view j's block [60:160, 200:300] is replaced by other texture (content of
+    view i that view j does not show): flow, error to the truth (px), the garbage core, the area away from it."""
     a, b = bump_pair
     b = b.copy()
-    b[60:160, 200:300] = texture(100, 100, seed=7)  # content of view i that view j does not show
-    flow = dense_flow(a, b)
+    b[60:160, 200:300] = texture(100, 100, seed=7)
+    flow = dense_flow(a, b) if cfg is None else dense_flow(a, b, cfg)
     gx, gy = grid(SIZE, SIZE)
     xy = np.stack([gx, gy], axis=-1)
     t = bump_truth(xy)
     core = (t[..., 0] >= 205) & (t[..., 0] < 295) & (t[..., 1] >= 65) & (t[..., 1] < 155)
     away = ~((t[..., 0] >= 185) & (t[..., 0] < 315) & (t[..., 1] >= 45) & (t[..., 1] < 175))
-    err = np.linalg.norm(xy + flow.flow - t, axis=2)
+    return flow, np.linalg.norm(xy + flow.flow - t, axis=2), core, away
+
+
+def test_dense_forward_backward_check_rejects_garbage_region(bump_pair):
+    flow, err, core, away = _flow_with_garbage_region(bump_pair)
     assert flow.valid[core].mean() < 0.15
     assert flow.valid[away].mean() > 0.95
     assert np.median(err[flow.valid & away]) < 0.2
@@ -252,16 +258,9 @@ def test_dense_forward_backward_check_rejects_garbage_region(bump_pair):
 def test_half_resolution_check_keeps_the_flow_and_rejects_garbage(bump_pair):
     """Backward flow of the first pass at half resolution (check only): the forward flow keeps its accuracy
     on the bump and the check still rejects content that view j does not show."""
-    a, b = bump_pair
-    b = b.copy()
-    b[60:160, 200:300] = texture(100, 100, seed=7)
-    flow = dense_flow(a, b, DenseConfig(passes=2, check_downscale=2, refine_backward=False, tile_px=200))
+    cfg = DenseConfig(passes=2, check_downscale=2, refine_backward=False, tile_px=200)
+    flow, err, core, away = _flow_with_garbage_region(bump_pair, cfg)
     gx, gy = grid(SIZE, SIZE)
-    xy = np.stack([gx, gy], axis=-1)
-    t = bump_truth(xy)
-    core = (t[..., 0] >= 205) & (t[..., 0] < 295) & (t[..., 1] >= 65) & (t[..., 1] < 155)
-    away = ~((t[..., 0] >= 185) & (t[..., 0] < 315) & (t[..., 1] >= 45) & (t[..., 1] < 175))
-    err = np.linalg.norm(xy + flow.flow - t, axis=2)
     assert flow.valid[core].mean() < 0.15
     assert flow.valid[away].mean() > 0.9
     assert np.median(err[flow.valid & away]) < 0.15

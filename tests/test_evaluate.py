@@ -388,3 +388,68 @@ def test_cli_eval_sem_on_rendered_grain(tmp_path) -> None:
     assert res.exit_code == 1 and "upside down" in res.output
     assert json.loads(out.read_text())["upside_down"] is True
     assert doc["rotations"]["max_abs_error_deg"] < 1e-6
+
+
+# -- a grain filling 10 % of a substrate field (issue 16): the cloud is mostly substrate -------------------
+
+FIELD_HALF_UM, GRAIN_D_UM = 60.0, 36.0
+
+
+def _small_grain_height(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """A half-ellipsoid grain 36 µm across, 18 µm high, with two off-centre notches of different depths not
+    in line with its centre (no mirror plane: a chiral shape)."""
+    r2 = (x**2 + y**2) / (GRAIN_D_UM / 2) ** 2
+    notch = 10.0 * np.exp(-((x - 8.0) ** 2 + (y - 5.0) ** 2) / 30.0)
+    notch += 5.0 * np.exp(-((x + 6.0) ** 2 + (y - 9.0) ** 2) / 20.0)
+    return np.where(r2 < 1, np.maximum(18.0 * np.sqrt(np.clip(1 - r2, 0, None)) - notch, 0.0), 0.0)
+
+
+@pytest.fixture(scope="module")
+def small_grain_field() -> tuple[np.ndarray, np.ndarray]:
+    """Truth samples as `sem_truth_reference` makes them: a fine grid over the grain (0.2 µm) and a ring of
+    substrate 7× coarser out to the field's edge — 23× the sample density on the grain; and the grain's points."""
+
+    def grid(half: float, step: float) -> tuple[np.ndarray, np.ndarray]:
+        g = np.arange(-half, half + step / 2, step)
+        x, y = np.meshgrid(g, g)
+        return x.ravel(), y.ravel()
+
+    x, y = grid(27.0, 0.2)
+    inner = np.column_stack([x, y, _small_grain_height(x, y)])
+    x, y = grid(FIELD_HALF_UM, 1.4)
+    out = (np.abs(x) > 27.0) | (np.abs(y) > 27.0)
+    ring = np.column_stack([x[out], y[out], np.zeros(int(out.sum()))])
+    return np.vstack([inner, ring]), inner[inner[:, 2] > 0]
+
+
+def _field_cloud(zscale: float = 1.0, mirror: bool = False, n: int = 40000) -> np.ndarray:
+    """A dense cloud of the whole field (90 % substrate) with 0.05 µm noise, turned and shifted; in µm."""
+    rng = np.random.default_rng(11)
+    xy = rng.uniform(-FIELD_HALF_UM, FIELD_HALF_UM, (n, 2))
+    p = np.column_stack([xy, zscale * _small_grain_height(xy[:, 0], xy[:, 1])])
+    p += rng.normal(scale=0.05, size=p.shape)
+    m = MIRROR if mirror else np.eye(3)
+    return p @ (Rotation.from_euler("zx", [35.0, 4.0], degrees=True).as_matrix() @ m).T + [10.0, -20.0, 5.0]
+
+
+def _score_field(cloud: np.ndarray, truth: np.ndarray, visible: np.ndarray) -> dict:
+    grain = {"grain": lambda p: _small_grain_height(p[:, 0], p[:, 1]) > 0}
+    return evaluate_cloud(
+        cloud, truth, specimen_size=GRAIN_D_UM, visible_truth_points=visible, point_groups=grain, max_truth_points=20000
+    )
+
+
+@pytest.mark.slow
+def test_grain_on_a_wide_substrate_is_scored_at_its_scale(small_grain_field) -> None:
+    """Issue 16: the similarity ICP shrank such a cloud onto the grain (scale 0.16, 1.9 % RMS for a right
+    cloud) — the truth's dense grain samples and a sparse coarse stage favoured the shrunk fit. A right cloud
+    now scores its noise at scale 1; a wrong one still fails: relief 30 % too high, and its mirror image."""
+    truth, visible = small_grain_field
+    right = _score_field(_field_cloud(), truth, visible)
+    assert abs(right["alignment"]["scale"] - 1.0) < 0.01, right["alignment"]
+    assert right["groups"]["grain"]["rms_distance_pct"] < 0.25, right["groups"]  # noise 0.05 µm = 0.14 % of D
+    assert right["orientation_ok"] is True
+    tall = _score_field(_field_cloud(zscale=1.3), truth, visible)
+    assert tall["groups"]["grain"]["rms_distance_pct"] > 1.0, tall["groups"]
+    mirrored = _score_field(_field_cloud(mirror=True), truth, visible)
+    assert mirrored["mirrored"] is True and mirrored["orientation_ok"] is False

@@ -100,6 +100,9 @@ def test_failed_camera_model() -> None:
     assert camera_model_failure(np.array([0.3, 0.4]), np.array([0.29, 0.35]), 1.0) is None
     # a robust cost may end a little above its start in plain RMS: not a failure (4 MP render: 0.40 → 0.41 px)
     assert camera_model_failure(np.array([0.40]), np.array([0.41]), 1.0) is None
+    assert camera_model_failure(np.array([0.59]), np.array([0.60]), 1.0) is None  # 12 MP render
+    assert "to 1.01 px" in camera_model_failure(np.array([0.98]), np.array([1.01]), 1.0)  # above 1 px: failed
+    assert "rose" in camera_model_failure(np.array([0.40]), np.array([0.50]), 1.0)  # a 25 % rise: failed
     assert "rose" in camera_model_failure(np.array([0.30]), np.array([0.60]), 1.0)
     rose = camera_model_failure(np.array([5.4, 5.4]), np.array([6.3, 6.3]), 1.0)
     assert rose is not None and "rose from 5.40 to 6.30 px" in rose and "--cameras images" in rose

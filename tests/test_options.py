@@ -11,7 +11,7 @@ from typer.main import get_command
 
 from topograph.batch.engines import get_engine
 from topograph.cli import app, run
-from topograph.config import apply_overrides
+from topograph.config import RENAMED_KEYS, apply_overrides, from_yaml
 from topograph.errors import TopographError
 from topograph.options import ENGINES, MESO, SEM, parse_sets, scalar_type
 from topograph.sem.config import MatchingConfig, SemConfig
@@ -111,3 +111,22 @@ def test_config_file_values_are_checked_as_their_flags() -> None:
         MESO.check_values(dataclasses.replace(cfg, threads=-2))
     with pytest.raises(TopographError, match="matching.options' must be a mapping"):
         apply_overrides(SemConfig(), {"matching.options": "fast"})
+
+
+@pytest.mark.parametrize("old, new", sorted(RENAMED_KEYS.items()))
+def test_a_renamed_key_names_its_new_spelling(old: str, new: str) -> None:
+    cfg = SemConfig()
+    value = _current(cfg, new)
+    assert apply_overrides(cfg, {new: value if value is not None else "w.pt"}) is not None  # the new key exists
+    with pytest.raises(TopographError, match=f"renamed to '{new}'"):
+        apply_overrides(cfg, {old: 1})
+    section, leaf = old.split(".")
+    with pytest.raises(TopographError, match=f"renamed to '{new}'"):
+        from_yaml(SemConfig, f"{section}:\n  {leaf}: 1\n")
+
+
+def _current(cfg: SemConfig, dotted: str) -> object:
+    node: object = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node

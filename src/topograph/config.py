@@ -104,6 +104,24 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     return value
 
 
+RENAMED_KEYS: dict[str, str] = {
+    "matching.ratio": "matching.sift.ratio",
+    "matching.detect_max_side": "matching.sift.max_image_side",
+    "matching.roma_weights": "matching.roma.weights",
+    "matching.roma_dinov2_weights": "matching.roma.dinov2_weights",
+}
+"""Configuration keys that were renamed (old dotted key -> new one), so an old config file or ``--set`` is
+told the new name instead of only "unknown"."""
+
+
+def _unknown_key(dotted: str, fix: str) -> TopographError:
+    """The error for an unknown key; a renamed key names its new spelling."""
+    new = RENAMED_KEYS.get(dotted)
+    if new is not None:
+        return TopographError(f"configuration key '{dotted}' was renamed to '{new}'", f"write '{new}' instead")
+    return TopographError(f"unknown configuration key '{dotted}'", fix)
+
+
 def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     """Build config ``cls`` from a plain dict; unknown keys raise a :class:`TopographError`."""
     if not isinstance(data, dict):
@@ -112,10 +130,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise TopographError(
-            f"unknown configuration key '{prefix}{unknown[0]}'",
-            f"valid keys here: {', '.join(sorted(names))}",
-        )
+        raise _unknown_key(f"{prefix}{unknown[0]}", f"valid keys here: {', '.join(sorted(names))}")
     kwargs = {k: _coerce(hints[k], v, f"{prefix}{k}") for k, v in data.items()}
     return cls(**kwargs)
 
@@ -164,10 +179,10 @@ def apply_overrides(cfg: T, overrides: dict[str, Any]) -> T:
         parts = dotted.split(".")
         for p in parts[:-1]:
             if p not in node or not isinstance(node[p], dict):
-                raise TopographError(f"unknown configuration key '{dotted}'", "see `topograph config show`")
+                raise _unknown_key(dotted, "see `topograph config show`")
             node = node[p]
         if parts[-1] not in node:
-            raise TopographError(f"unknown configuration key '{dotted}'", "see `topograph config show`")
+            raise _unknown_key(dotted, "see `topograph config show`")
         node[parts[-1]] = to_dict(value) if dataclasses.is_dataclass(value) else value
     return from_dict(type(cfg), data)
 

@@ -108,14 +108,16 @@ class DenseConfig:
     serves the forward–backward check, on images downscaled by this whole factor (area averaging) and
     upsample it; the forward flow stays at full resolution. 2 costs a quarter of the backward solve."""
     tile_px: int = 0
-    """Solve the residual flow of the later passes in square tiles of about this side, px, two at a time
-    (0: the whole image in one piece). The residual is small, so tiles with a ``tile_margin_px`` margin
-    give the whole-image flow while memory holds two tiles' solvers, whatever the image size."""
+    """Solve the residual flow of the later passes in square tiles of about this side, px (0: the whole
+    image in one piece; with ``threads`` > 1 an image of one piece is split in ``threads`` strips). The
+    residual is small, so tiles with a ``tile_margin_px`` margin give the whole-image flow while memory
+    holds ``threads`` tiles' solvers, whatever the image size."""
     tile_margin_px: int = 32
     """Overlap around each tile, px (discarded after the solve)."""
-    tile_workers: int = 1
-    """Tiles solved at the same time (threads). DIS spreads one solve over the cores itself, so 1 keeps
-    memory at one tile's solver for little time."""
+    threads: int = 0
+    """CPU threads of one flow (0 = all cores). Independent solves run side by side, one OpenCV thread
+    each: the forward and backward flows (images up to ``parallel_max_pixels``) and the tiles of the later
+    passes; a solve that runs alone gets every thread. 1: everything in turn on one thread."""
 
 
 @dataclass(frozen=True)

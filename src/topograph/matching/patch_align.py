@@ -9,6 +9,8 @@ largest window whose residual stays close to that of the smallest.
 from __future__ import annotations
 
 import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,6 +87,7 @@ def align_patches(
     max_iterations: int = 30,
     tol_px: float = 1e-3,
     stride_px: int = 1,
+    threads: int = 1,
 ) -> PatchFit:
     """Gauss–Newton alignment of square template patches to a target image under an affine + gain/bias model.
 
@@ -104,6 +107,8 @@ def align_patches(
         max_iterations: Gauss–Newton iterations at most.
         tol_px: convergence threshold on the position update, px.
         stride_px: spacing of the template pixels within the window (2 on smooth images quarters the work).
+        threads: chunks of anchors aligned side by side (numpy releases the GIL on the chunk-sized arrays;
+            every anchor's solution is the same whatever the count).
 
     Returns:
         :class:`PatchFit` at the solution (N rows, in the order of ``anchor_xy``).
@@ -118,7 +123,8 @@ def align_patches(
     b = init.bias.astype(np.float64).copy()
     converged = np.zeros(n, dtype=bool)
     res_var = np.full(n, np.inf)
-    for lo in range(0, n, ANCHORS_PER_CHUNK):  # anchors are independent: chunks give the same solution
+
+    def solve(lo: int) -> None:  # anchors are independent: chunks give the same solution
         rows = slice(lo, min(n, lo + ANCHORS_PER_CHUNK))
         _align_chunk(
             template,
@@ -135,6 +141,14 @@ def align_patches(
             converged[rows],
             res_var[rows],
         )
+
+    starts = range(0, n, ANCHORS_PER_CHUNK)
+    if threads <= 1 or len(starts) <= 1:
+        for lo in starts:
+            solve(lo)
+    else:
+        with ThreadPoolExecutor(max_workers=min(threads, len(starts))) as pool:
+            list(pool.map(solve, starts))
     ok = np.isfinite(c).all(axis=1) & np.isfinite(a).all(axis=(1, 2))
     return PatchFit(c, a, g, b, res_var, converged & ok)
 
@@ -214,6 +228,7 @@ def refine_tracks_affine(
     max_shift_px: float = 2.0,
     prefilter_sigma_px: float = 0.8,
     residual_ratio: float = 1.25,
+    threads: int = 0,
 ) -> Tracks:
     """Sub-pixel refinement of the track positions by affine Lucas–Kanade patch alignment.
 
@@ -237,6 +252,7 @@ def refine_tracks_affine(
         prefilter_sigma_px: Gaussian pre-smoothing of both images, px (0 disables).
         residual_ratio: a larger window is accepted while its residual variance is below this ratio times
             the residual variance of the smallest window.
+        threads: CPU threads of :func:`align_patches` (0 = every core; positions do not depend on it).
 
     Returns:
         :class:`Tracks` with refined positions (same visibility).
@@ -246,6 +262,7 @@ def refine_tracks_affine(
     if not radii_px or min(radii_px) < 2:
         raise TopographError(f"track refinement windows must have radius ≥ 2 px, got {radii_px}", "e.g. (12, 18, 25)")
     radii = sorted(int(r) for r in radii_px)
+    threads = int(threads) if threads > 0 else max(1, os.cpu_count() or 1)
     xy = tracks.xy.copy()
     vis = tracks.visible
     anchor = np.argmax(vis, axis=0)
@@ -273,6 +290,7 @@ def refine_tracks_affine(
                 xy[a, sel],
                 PatchFit(start, identity, np.ones(sel.size), np.zeros(sel.size), none, none),
                 radii[0],
+                threads=threads,
             )
             ok = fit.converged & (np.linalg.norm(fit.xy - start, axis=1) <= max_shift_px)
             cur = fit
@@ -283,7 +301,9 @@ def refine_tracks_affine(
                 if idx.size == 0:
                     break
                 init = PatchFit(cur.xy[idx], cur.affine[idx], cur.gain[idx], cur.bias[idx], none, none)
-                big = align_patches(pix[a], target, xy[a, sel[idx]], init, r, stride_px=max(1, round(r / radii[0])))
+                big = align_patches(
+                    pix[a], target, xy[a, sel[idx]], init, r, stride_px=max(1, round(r / radii[0])), threads=threads
+                )
                 accept = (
                     big.converged
                     & (np.linalg.norm(big.xy - start[idx], axis=1) <= max_shift_px)

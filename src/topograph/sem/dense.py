@@ -282,9 +282,9 @@ MB), its forward and backward flows take turns from this many coarse pixels on: 
 solver (~190 B per pixel) instead of two; each solve still uses every core."""
 
 
-def flow_config(cfg: DenseConfig, n_pixels: int = 0) -> FlowConfig:
+def flow_config(cfg: DenseConfig, n_pixels: int = 0, threads: int = 0) -> FlowConfig:
     """Dense-flow settings of the SEM dense stage (see :class:`topograph.matching.dense.DenseConfig`) for
-    images of ``n_pixels``."""
+    images of ``n_pixels``, with ``threads`` CPU threads (0: every core)."""
     k = first_pass_downscale(cfg, n_pixels)
     parallel = FlowConfig.parallel_max_pixels if k == 1 else SEQUENTIAL_COARSE_PASS_MIN_PX
     return FlowConfig(
@@ -300,11 +300,12 @@ def flow_config(cfg: DenseConfig, n_pixels: int = 0) -> FlowConfig:
         check_downscale=cfg.flow_check_downscale,
         first_pass_patch_stride=cfg.flow_first_pass_patch_stride,
         tile_px=cfg.flow_tile_px,
+        threads=threads,
     )
 
 
 def fuse_dense(
-    images: ImageSet, recon: Reconstruction, cfg: DenseConfig, ref: int
+    images: ImageSet, recon: Reconstruction, cfg: DenseConfig, ref: int, threads: int = 0
 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray | None]]:
     """Fused points of the reference grid: (H, W, 3) float32 (NaN where rejected), (H, W) int16 number of
     observations per pixel (the reference view included) and per-view visibility masks (H, W) bool.
@@ -321,7 +322,7 @@ def fuse_dense(
     grid = _pixel_grid(h, w)
     acc = NormalEquations(n, keep_observations=True)
     acc.add_view(cams[ref], grid, np.ones(n, dtype=bool))
-    flow_cfg = flow_config(cfg, n)
+    flow_cfg = flow_config(cfg, n, threads)
     direct: dict[int, int] = {}  # view → observation slot
     slot_view: list[int] = [ref]
     for f in steps([f for f in range(len(images)) if f != ref], "dense matching (to the reference view)"):
@@ -556,8 +557,11 @@ def grain_mesh_step(n_grain_pixels: int, pixel_size: float, max_cells: int = MAX
     return k * pixel_size
 
 
-def run_dense(images: ImageSet, recon: Reconstruction, cfg: DenseConfig, pixel_size_um: float | None) -> DenseResult:
-    """Dense cloud, substrate plane, grain mask, height map, meshes and grain metrics of a reconstructed series.
+def run_dense(
+    images: ImageSet, recon: Reconstruction, cfg: DenseConfig, pixel_size_um: float | None, threads: int = 0
+) -> DenseResult:
+    """Dense cloud, substrate plane, grain mask, height map, meshes and grain metrics of a reconstructed series
+    (``threads``: CPU threads of the flows, 0 = every core).
 
     Step timings (CPU-bound wall seconds) are kept in :attr:`DenseResult.timings_s`.
     """
@@ -569,7 +573,7 @@ def run_dense(images: ImageSet, recon: Reconstruction, cfg: DenseConfig, pixel_s
     t0 = time.perf_counter()
     ref = choose_reference_view(recon, cfg.reference_view)
     unit = recon.points.unit
-    grid, nviews, visible = fuse_dense(images, recon, cfg, ref)
+    grid, nviews, visible = fuse_dense(images, recon, cfg, ref, threads)
     h, w = nviews.shape
     timings["fuse"] = time.perf_counter() - t0
 

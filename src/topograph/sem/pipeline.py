@@ -6,11 +6,13 @@ functions of :mod:`topograph.sem.sparse` and :mod:`topograph.sem.dense`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -65,6 +67,21 @@ def blas_threads_limited() -> threadpool_limits:
     import scipy.linalg  # noqa: F401
 
     return threadpool_limits(limits=BLAS_THREADS, user_api="blas")
+
+
+def run_threads(cfg: SemConfig) -> int:
+    """CPU threads of a run: ``cfg.threads``, 0 = every core."""
+    return int(cfg.threads) if cfg.threads > 0 else max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def opencv_threads(n: int) -> Iterator[None]:
+    """OpenCV's thread count held at ``n`` during a run (restored afterwards); the flows lower it to one per
+    solve where they run solves side by side (:func:`topograph.matching.dense.opencv_threads`)."""
+    from topograph.matching.dense import opencv_threads as hold
+
+    with hold(n):
+        yield
 
 
 @dataclass(frozen=True)
@@ -196,7 +213,7 @@ def run_sem(
         inputs = [inputs]  # one path, not a sequence of its characters
     cfg = cfg or SemConfig()
     args = SemInputs(list(inputs), cfg, command, overrides, Path(sidecar) if sidecar else None, on_loaded, use_cache)
-    with reporting(progress), blas_threads_limited():
+    with reporting(progress), blas_threads_limited(), opencv_threads(run_threads(cfg)):
         if out_dir is None:
             return _run_sem(args, None, None)
         with output_transaction(out_dir, [*inputs, *([sidecar] if sidecar else [])]) as stage_dir:
@@ -286,7 +303,7 @@ def _run_sem(args: SemInputs, out_dir: Path | None, stage_dir: Path | None) -> S
 
         stage("dense")
         with timings.timed("dense"):
-            dense = run_dense(images, recon, cfg.dense, pixel_size)
+            dense = run_dense(images, recon, cfg.dense, pixel_size, run_threads(cfg))
         if not cfg.dense.mask:
             from topograph.analysis.grain_mask import implausible_mask
 
@@ -344,7 +361,7 @@ def sparse_stages(
             method = cfg.matching.track_refinement
             if method == "auto":  # tilts measured from the tracks need the precise positions
                 method = "affine" if any(t is None for t in images.tilts_deg) else "lk"
-            tracks = refine_tracks(images, tracks, method, max(1.0, matches.detection_downscale))
+            tracks = refine_tracks(images, tracks, method, max(1.0, matches.detection_downscale), run_threads(cfg))
 
     stage("cameras")
     with timings.timed("cameras"):

@@ -64,12 +64,28 @@ def _bilinear(img: SampledImage, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     x0 = np.minimum(np.floor(x), ww - 2).astype(np.intp)
     y0 = np.minimum(np.floor(y), hh - 2).astype(np.intp)
     fx, fy = x - x0, y - y0
-    k = y0 * ww + x0
+    gx, gy = 1.0 - fx, 1.0 - fy
+    corners = (y0 * ww + x0,)  # the four neighbours' flat indices, computed once for the three channels
+    corners += (corners[0] + 1, corners[0] + ww)
+    corners += (corners[2] + 1,)
     out = np.empty((3, *x.shape))
+    top, other = np.empty(x.shape), np.empty(x.shape)
     for channel, flat in enumerate(img.values):  # 1-D takes: several times faster than one take along axis 1
-        top = flat.take(k) * (1.0 - fx) + flat.take(k + 1) * fx
-        bottom = flat.take(k + ww) * (1.0 - fx) + flat.take(k + ww + 1) * fx
-        out[channel] = top * (1.0 - fy) + bottom * fy
+        # (v00 gx + v01 fx) gy + (v10 gx + v11 fx) fy, in place (the same roundings as the plain expression)
+        bottom = out[channel]
+        flat.take(corners[0], out=top)
+        top *= gx
+        flat.take(corners[1], out=other)
+        other *= fx
+        top += other
+        flat.take(corners[2], out=bottom)
+        bottom *= gx
+        flat.take(corners[3], out=other)
+        other *= fx
+        bottom += other
+        top *= gy
+        bottom *= fy
+        bottom += top
     return out
 
 

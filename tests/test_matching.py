@@ -204,14 +204,13 @@ def test_tile_slices_cover_the_range_once_with_margins():
         assert (covered == 1).all()
 
 
-def test_tile_grid_gives_every_thread_a_tile():
+def test_tile_grid_gives_two_cores_a_tile_each():
     from topograph.matching.dense import tile_grid
 
-    assert tile_grid(1200, 1200, 832, 1) == (1, 1)  # quartz: one piece on one thread
-    assert tile_grid(1200, 1200, 832, 2) == (2, 1)  # ... two strips on two
-    assert tile_grid(866, 1154, 832, 2) == (1, 2)  # strips across the longer side
-    assert tile_grid(1500, 2000, 832, 2) == (2, 2)  # already several tiles: unchanged
-    assert tile_grid(1200, 1200, 0, 3) == (3, 1)
+    assert tile_grid(1200, 1200, 832) == (2, 1)  # quartz: one tile, two strips
+    assert tile_grid(866, 1154, 832) == (1, 2)  # strips across the longer side
+    assert tile_grid(1500, 2000, 832) == (2, 2)  # already several tiles: unchanged
+    assert tile_grid(1200, 1200, 0) == (1, 1)  # no tiling asked
 
 
 def test_flow_threads_give_the_same_flow(bump_pair):

@@ -109,7 +109,7 @@ class DenseConfig:
     upsample it; the forward flow stays at full resolution. 2 costs a quarter of the backward solve."""
     tile_px: int = 0
     """Solve the residual flow of the later passes in square tiles of about this side, px (0: the whole
-    image in one piece; with ``threads`` > 1 an image of one piece is split in ``threads`` strips). The
+    image in one piece; an image of one tile is split in two strips, see :func:`tile_grid`). The
     residual is small, so tiles with a ``tile_margin_px`` margin give the whole-image flow while memory
     holds ``threads`` tiles' solvers, whatever the image size."""
     tile_margin_px: int = 32
@@ -117,7 +117,8 @@ class DenseConfig:
     threads: int = 0
     """CPU threads of one flow (0 = all cores). Independent solves run side by side, one OpenCV thread
     each: the forward and backward flows (images up to ``parallel_max_pixels``) and the tiles of the later
-    passes; a solve that runs alone gets every thread. 1: everything in turn on one thread."""
+    passes; a solve that runs alone gets every thread. 1: everything in turn on one thread. The flow is
+    the same whatever the count."""
 
 
 @dataclass(frozen=True)

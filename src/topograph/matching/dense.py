@@ -150,14 +150,20 @@ def tile_slices(size: int, tile: int, margin: int, pieces: int | None = None) ->
     return out
 
 
-def tile_grid(h: int, w: int, tile_px: int, threads: int) -> tuple[int, int]:
-    """(row pieces, column pieces) of the residual pass: ``round(side / tile_px)`` each (≥ 1; 1 × 1 with
-    ``tile_px`` 0), and an image of one piece cut into ``threads`` strips across its longer side, so that
-    every thread has a tile to solve."""
-    rows = max(1, round(h / tile_px)) if tile_px > 0 else 1
-    cols = max(1, round(w / tile_px)) if tile_px > 0 else 1
-    if rows * cols == 1 and threads > 1:
-        return (threads, 1) if h >= w else (1, threads)
+ONE_PIECE_STRIPS = 2
+"""An image of one tile is solved in this many strips across its longer side, whatever the thread count:
+two cores solve them side by side, and the flow does not depend on the ``threads`` setting."""
+
+
+def tile_grid(h: int, w: int, tile_px: int) -> tuple[int, int]:
+    """(row pieces, column pieces) of the residual pass: ``round(side / tile_px)`` each (≥ 1; one piece
+    with ``tile_px`` 0), an image of one piece cut into :data:`ONE_PIECE_STRIPS` strips across its longer
+    side."""
+    if tile_px <= 0:
+        return 1, 1
+    rows, cols = max(1, round(h / tile_px)), max(1, round(w / tile_px))
+    if rows * cols == 1:
+        return (ONE_PIECE_STRIPS, 1) if h >= w else (1, ONE_PIECE_STRIPS)
     return rows, cols
 
 
@@ -167,7 +173,7 @@ def _flow_field_tiled(src: np.ndarray, dst: np.ndarray, cfg: DenseConfig) -> np.
     of ``dst``, so displacements beyond the margin are cut off."""
     h, w = src.shape
     threads = flow_threads(cfg)
-    n_rows, n_cols = tile_grid(h, w, int(cfg.tile_px), threads)
+    n_rows, n_cols = tile_grid(h, w, int(cfg.tile_px))
     if n_rows * n_cols == 1:
         with opencv_threads(threads):
             return _flow_field(src, dst, cfg)

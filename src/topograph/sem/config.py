@@ -175,4 +175,4 @@ class SemConfig:
     threads: int = 0
     """CPU threads of the run (0 = every core): independent flow solves, tiles and patch alignments run
     side by side, one library thread each; BLAS stays at one thread. 1: all in turn on one core (a batch's
-    default: its parallelism comes from the workers). Results do not depend on it beyond the flow's tiling."""
+    default: its parallelism comes from the workers). The results do not depend on it."""

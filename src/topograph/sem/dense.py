@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -143,8 +144,9 @@ class DenseResult:
             "timings_s": dict(self.timings_s),
         }
 
-    def write(self, out: Path) -> dict[str, float]:
-        """Write cloud, height map (TIFF + PNG), meshes, metrics and renderings into ``out``.
+    def write(self, out: Path, threads: int = 1) -> dict[str, float]:
+        """Write cloud, height map (TIFF + PNG), meshes, metrics and renderings into ``out``, the files
+        ``threads`` at a time (they are independent; encoding and writing release the GIL in parts).
 
         Returns:
             The seconds spent on each file, as ``write_<name>`` (the run's summary.json adds them to the dense
@@ -167,11 +169,16 @@ class DenseResult:
         px = self.height_map.pixel_size
 
         seconds: dict[str, float] = {}
+        tasks: list[Callable[[], None]] = []
 
-        def timed(name: str, fn: Callable[..., object], *args: Any, **kwargs: Any) -> None:
-            t0 = time.perf_counter()
-            fn(*args, **kwargs)
-            seconds[f"write_{name}"] = time.perf_counter() - t0
+        def timed(name: str, fn: Callable[..., object], *args: Any, **kwargs: Any) -> Callable[[], None]:
+            def run() -> None:
+                t0 = time.perf_counter()
+                fn(*args, **kwargs)
+                seconds[f"write_{name}"] = time.perf_counter() - t0
+
+            tasks.append(run)
+            return run
 
         # One frame for every 3-D file: the substrate frame (FRAME); the in-memory cloud stays in the
         # reconstruction frame, the grain mesh is built in the substrate frame already.
@@ -182,6 +189,8 @@ class DenseResult:
             f"unit_description {unit_text}",
             f"frame {FRAME_NAME}",
         ]
+        figure = out / "figures" / "dense_cloud_views.png"
+        timed("cloud_views_png", render_cloud_views, cloud.xyz, cloud.intensity, figure, unit=shown_unit)
         timed("dense_ply", write_ply, out / "dense.ply", cloud, comments=comments)
         facts = {
             "frame": HEIGHT_MAP_FRAME,
@@ -202,17 +211,26 @@ class DenseResult:
         timed("grain_mask_png", write_png, out / "grain_mask.png", (self.grain_mask * 255).astype(np.uint8))
         mesh_comments = [f"unit {self.unit}", f"frame {FRAME_NAME}", "written by topograph"]  # as write_mesh's
         if self.grain_mesh is not None:
-            # What write_mesh does for each file, once for both: the watertight check and the pinched-vertex
-            # separation take longer than writing (~1 s each on quartz's 0.3 M faces).
-            t0 = time.perf_counter()
-            vertices = np.asarray(self.grain_mesh.vertices)
-            if self.grain_mesh.is_watertight:
-                vertices = separate_pinched_vertices(vertices, self.grain_mesh.faces)
-            seconds["write_grain_mesh_prepare"] = time.perf_counter() - t0
-            faces = self.grain_mesh.faces
-            timed("grain_mesh_ply", write_mesh_ply, out / "grain_mesh.ply", vertices, faces, comments=mesh_comments)
-            header = f"topograph mesh, unit {self.unit}"
-            timed("grain_mesh_stl", write_stl, out / "grain_mesh.stl", vertices, faces, header=header)
+            mesh = self.grain_mesh
+
+            def grain_mesh_files() -> None:
+                # What write_mesh does for each file, once for both: the watertight check and the pinched-
+                # vertex separation take longer than writing (~1 s each on quartz's 0.3 M faces).
+                t0 = time.perf_counter()
+                vertices = np.asarray(mesh.vertices)
+                if mesh.is_watertight:
+                    vertices = separate_pinched_vertices(vertices, mesh.faces)
+                seconds["write_grain_mesh_prepare"] = time.perf_counter() - t0
+                header = f"topograph mesh, unit {self.unit}"
+                for name, fn, path, kwargs in (
+                    ("grain_mesh_ply", write_mesh_ply, out / "grain_mesh.ply", {"comments": mesh_comments}),
+                    ("grain_mesh_stl", write_stl, out / "grain_mesh.stl", {"header": header}),
+                ):
+                    t0 = time.perf_counter()
+                    fn(path, vertices, mesh.faces, **kwargs)
+                    seconds[f"write_{name}"] = time.perf_counter() - t0
+
+            tasks.append(grain_mesh_files)
         if self.surface_mesh is not None:
             # open by construction (a height field): no watertight check, no pinched vertices to separate
             timed(
@@ -223,8 +241,12 @@ class DenseResult:
                 self.surface_mesh.faces,
                 comments=mesh_comments,
             )
-        figure = out / "figures" / "dense_cloud_views.png"
-        timed("cloud_views_png", render_cloud_views, cloud.xyz, cloud.intensity, figure, unit=shown_unit)
+        if threads > 1:
+            with ThreadPoolExecutor(max_workers=int(threads)) as pool:
+                list(pool.map(lambda task: task(), tasks))  # re-raises the first failure
+        else:
+            for task in tasks:
+                task()
         if self.metrics is not None:
             write_json(out / "grain_metrics.json", {"unit": self.unit, **self.metrics.to_dict()})
         if self.areal is not None:

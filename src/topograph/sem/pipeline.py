@@ -13,6 +13,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -216,8 +217,11 @@ def run_sem(
     with reporting(progress), blas_threads_limited(), opencv_threads(run_threads(cfg)):
         if out_dir is None:
             return _run_sem(args, None, None)
-        with output_transaction(out_dir, [*inputs, *([sidecar] if sidecar else [])]) as stage_dir:
-            run = _run_sem(args, Path(out_dir), stage_dir)
+        with (
+            output_transaction(out_dir, [*inputs, *([sidecar] if sidecar else [])]) as stage_dir,
+            ThreadPoolExecutor(max_workers=1) as writer,  # finished before the transaction ends
+        ):
+            run = _run_sem(args, Path(out_dir), stage_dir, writer if run_threads(cfg) > 1 else None)
     log.info("results written to %s (report: %s)", out_dir, Path(out_dir) / "report.html")
     return run
 
@@ -235,8 +239,11 @@ class SemInputs:
     use_cache: bool
 
 
-def _run_sem(args: SemInputs, out_dir: Path | None, stage_dir: Path | None) -> SemRun:
-    """Compute the run and, with ``stage_dir``, write its files there (see :func:`run_sem`)."""
+def _run_sem(
+    args: SemInputs, out_dir: Path | None, stage_dir: Path | None, writer: ThreadPoolExecutor | None = None
+) -> SemRun:
+    """Compute the run and, with ``stage_dir``, write its files there (see :func:`run_sem`); ``writer``: a
+    thread that writes files while the computation goes on."""
     cfg = args.cfg
     timings = Timings()
 
@@ -296,6 +303,9 @@ def _run_sem(args: SemInputs, out_dir: Path | None, stage_dir: Path | None) -> S
             log.warning(warnings[-1])
     warnings = [phrase(w) for w in warnings]  # arguments, not --flags, for Python callers
 
+    figures = None  # the series' figures need only the sparse result: written beside the dense stage
+    if stage_dir is not None and writer is not None:
+        figures = writer.submit(write_series_figures, images, sparse.matches, recon, stage_dir)
     dense = None
     relief_failure: str | None = None
     if cfg.dense.enabled:
@@ -343,7 +353,9 @@ def _run_sem(args: SemInputs, out_dir: Path | None, stage_dir: Path | None) -> S
         from topograph.report.html import write_report
 
         stage("write")
-        write_outputs(run, stage_dir)
+        if figures is not None:
+            figures.result()
+        write_outputs(run, stage_dir, series_figures=figures is None)
         store.write(stage_dir)
         write_report(stage_dir)  # inside the transaction: OUT never lacks its report
     return run
@@ -478,13 +490,9 @@ def _uncertainty_summary(u: TiltUncertainty | None) -> dict[str, Any] | None:
     }
 
 
-def write_outputs(run: SemRun, out: Path) -> None:
-    """Write every artefact of a run into ``out`` (a staging folder)."""
-    from topograph.geometry.triangulation import reprojection_residuals
-    from topograph.report.match_figures import draw_match_count_matrix, draw_matches
-    from topograph.report.svg_charts import histogram_svg
-    from topograph.report.thumbnails import write_thumbnails
-
+def write_outputs(run: SemRun, out: Path, series_figures: bool = True) -> None:
+    """Write every artefact of a run into ``out`` (a staging folder); ``series_figures`` False: the files of
+    :func:`write_series_figures` are written already."""
     recon = run.reconstruction
     unit_text = "micrometres" if run.unit == "um" else "pixel units of view 0 (no pixel size known)"
     to_output = run.dense.to_output_frame if run.dense is not None else None  # the substrate frame, if any
@@ -525,14 +533,32 @@ def write_outputs(run: SemRun, out: Path) -> None:
         ],
     }
     write_json(out / "cameras.json", cameras)
-    names = run.images.names
+    if series_figures:
+        write_series_figures(run.images, run.matches, recon, out)
+    write_text(out / "config.yaml", to_yaml(run.config))
+    summary = run.summary
+    if run.dense is not None:
+        # the file writes are timed by the dense stage's writer; summary.json lists them with its steps
+        summary["dense"]["timings_s"].update(run.dense.write(out, run_threads(run.config)))  # type: ignore[index]
+    write_json(out / "summary.json", summary)
+
+
+def write_series_figures(images: ImageSet, matches: SparseMatches, recon: Reconstruction, out: Path) -> None:
+    """The files of a run that need only its sparse result: match figures and counts, the reprojection
+    residuals, series.json and the thumbnails."""
+    from topograph.geometry.triangulation import reprojection_residuals
+    from topograph.report.match_figures import draw_match_count_matrix, draw_matches
+    from topograph.report.svg_charts import histogram_svg
+    from topograph.report.thumbnails import write_thumbnails
+
+    names = images.names
     figs = out / "figures"
-    for p in run.matches.pairs:
+    for p in matches.pairs:
         i, j = p.raw.i, p.raw.j
         draw_matches(
-            run.images[i].pixels, run.images[j].pixels, p.raw, figs / f"matches_{i}_{j}.jpg", inlier_mask=p.inlier_mask
+            images[i].pixels, images[j].pixels, p.raw, figs / f"matches_{i}_{j}.jpg", inlier_mask=p.inlier_mask
         )
-    draw_match_count_matrix(run.matches.counts, names, figs / "match_counts.png")
+    draw_match_count_matrix(matches.counts, names, figs / "match_counts.png")
     residual_px = np.linalg.norm(reprojection_residuals(recon.cameras, recon.points.xyz, recon.tracks), axis=2)
     samples = {f"{f}: {names[f]}": [float(v) for v in residual_px[f] if np.isfinite(v)] for f in range(len(names))}
     write_text(
@@ -540,16 +566,10 @@ def write_outputs(run: SemRun, out: Path) -> None:
         histogram_svg(samples, "reprojection residual after bundle adjustment (px)"),
     )
     header = "," + ",".join(names)
-    rows = [header] + [names[f] + "," + ",".join(str(int(c)) for c in run.matches.counts[f]) for f in range(len(names))]
+    rows = [header] + [names[f] + "," + ",".join(str(int(c)) for c in matches.counts[f]) for f in range(len(names))]
     write_text(out / "match_counts.csv", "\n".join(rows) + "\n")
-    write_json(out / "series.json", describe_series(run.images))
-    write_thumbnails([im.pixels for im in run.images.images], names, out / "thumbnails")
-    write_text(out / "config.yaml", to_yaml(run.config))
-    summary = run.summary
-    if run.dense is not None:
-        # the file writes are timed by the dense stage's writer; summary.json lists them with its steps
-        summary["dense"]["timings_s"].update(run.dense.write(out))  # type: ignore[index]
-    write_json(out / "summary.json", summary)
+    write_json(out / "series.json", describe_series(images))
+    write_thumbnails([im.pixels for im in images.images], names, out / "thumbnails")
 
 
 def command_line() -> str:

@@ -99,6 +99,8 @@ class DenseConfig:
     first_pass_patch_stride: int | None = None
     """DIS patch stride of the first pass when ``passes`` ≥ 2 (None: ``patch_stride``); the later passes
     correct the first, so a sparser first pass costs little accuracy."""
+    first_pass_gradient_descent_iterations: int | None = None
+    """DIS patch gradient-descent iterations of the first pass when ``passes`` ≥ 2 (None: as the others)."""
     first_pass_downscale: int = 1
     """With ``passes`` ≥ 2: solve the first pass (forward, backward and their check) on both images
     downscaled by this whole factor (area averaging) and upsample its flow; the later passes at full

@@ -291,6 +291,8 @@ def dense_flow(
         first = replace(first, variational_refinement_iterations=cfg.first_pass_variational_iterations)
     if cfg.passes >= 2 and cfg.first_pass_patch_stride is not None:
         first = replace(first, patch_stride=cfg.first_pass_patch_stride)
+    if cfg.passes >= 2 and cfg.first_pass_gradient_descent_iterations is not None:
+        first = replace(first, gradient_descent_iterations=cfg.first_pass_gradient_descent_iterations)
     k = int(cfg.first_pass_downscale) if cfg.passes >= 2 else 1
     if k > 1:
         forward, fb_error = _coarse_flow(u8_i, warped_j, first, k)

@@ -321,6 +321,7 @@ def flow_config(cfg: DenseConfig, n_pixels: int = 0, threads: int = 0) -> FlowCo
         first_pass_downscale=k,
         check_downscale=cfg.flow_check_downscale,
         first_pass_patch_stride=cfg.flow_first_pass_patch_stride,
+        first_pass_gradient_descent_iterations=cfg.flow_first_pass_gradient_iterations,
         tile_px=cfg.flow_tile_px,
         threads=threads,
     )

@@ -169,8 +169,9 @@ def tile_grid(h: int, w: int, tile_px: int) -> tuple[int, int]:
 
 def _flow_field_tiled(src: np.ndarray, dst: np.ndarray, cfg: DenseConfig) -> np.ndarray:
     """:func:`_flow_field` solved tile by tile (:func:`tile_grid`, ``cfg.tile_margin_px`` overlap), the
-    tiles :func:`flow_threads` at a time. Only for small flows (a residual pass): a tile sees its own window
-    of ``dst``, so displacements beyond the margin are cut off."""
+    tiles :func:`flow_threads` at a time up to ``cfg.parallel_max_pixels`` per image (the solvers then hold
+    one image's memory at most), in turn with every thread above. Only for small flows (a residual pass): a
+    tile sees its own window of ``dst``, so displacements beyond the margin are cut off."""
     h, w = src.shape
     threads = flow_threads(cfg)
     n_rows, n_cols = tile_grid(h, w, int(cfg.tile_px))
@@ -191,7 +192,7 @@ def _flow_field_tiled(src: np.ndarray, dst: np.ndarray, cfg: DenseConfig) -> np.
 
         return run
 
-    _side_by_side([solve(t) for t in tiles], threads)
+    _side_by_side([solve(t) for t in tiles], threads, together=h * w <= cfg.parallel_max_pixels)
     return out
 
 

@@ -539,8 +539,19 @@ def write_outputs(run: SemRun, out: Path, series_figures: bool = True) -> None:
     summary = run.summary
     if run.dense is not None:
         # the file writes are timed by the dense stage's writer; summary.json lists them with its steps
-        summary["dense"]["timings_s"].update(run.dense.write(out, run_threads(run.config)))  # type: ignore[index]
+        summary["dense"]["timings_s"].update(run.dense.write(out, dense_write_threads(run)))  # type: ignore[index]
     write_json(out / "summary.json", summary)
+
+
+PARALLEL_WRITE_MAX_PX = 2_000_000
+"""The dense files are written side by side up to this many reference pixels; above, in turn (each holds
+copies of the cloud or mesh: side by side they raised the peak memory of a 7 × 3 MP series)."""
+
+
+def dense_write_threads(run: SemRun) -> int:
+    """Threads writing the dense files (:data:`PARALLEL_WRITE_MAX_PX`)."""
+    small = run.dense is not None and run.dense.n_views_grid.size <= PARALLEL_WRITE_MAX_PX
+    return run_threads(run.config) if small else 1
 
 
 def write_series_figures(images: ImageSet, matches: SparseMatches, recon: Reconstruction, out: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import types
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
@@ -203,17 +204,37 @@ def test_tile_slices_cover_the_range_once_with_margins():
         assert (covered == 1).all()
 
 
+def test_tile_grid_gives_two_cores_a_tile_each():
+    from topograph.matching.dense import tile_grid
+
+    assert tile_grid(1200, 1200, 832) == (2, 1)  # quartz: one tile, two strips
+    assert tile_grid(866, 1154, 832) == (1, 2)  # strips across the longer side
+    assert tile_grid(1500, 2000, 832) == (2, 2)  # already several tiles: unchanged
+    assert tile_grid(1200, 1200, 0) == (1, 1)  # no tiling asked
+
+
+def test_flow_threads_give_the_same_flow(bump_pair):
+    """Forward and backward solved side by side (one OpenCV thread each) or in turn: the same flow."""
+    a, b = bump_pair
+    cfg = DenseConfig(passes=2, tile_px=128)
+    one = dense_flow(a, b, replace(cfg, threads=1))
+    two = dense_flow(a, b, replace(cfg, threads=2))
+    assert np.array_equal(one.flow, two.flow) and np.array_equal(one.valid, two.valid)
+
+
 def test_tiled_residual_flow_equals_the_whole_image_flow(bump_pair):
-    """A small flow solved in tiles (two at a time) matches the one-piece solve and the truth."""
+    """A small flow solved in tiles (two at a time) matches the one-piece solve and the truth, and the
+    tiles give the same flow whether solved side by side or in turn."""
     from topograph.matching.base import to_uint8
     from topograph.matching.dense import _flow_field, _flow_field_tiled
 
     a, b = (to_uint8(x) for x in bump_pair)
-    cfg = DenseConfig(tile_px=128, tile_margin_px=32, tile_workers=2)
+    cfg = DenseConfig(tile_px=128, tile_margin_px=32, threads=2)
     whole = _flow_field(a, b, cfg)
     tiled = _flow_field_tiled(a, b, cfg)
     inner = (slice(16, -16), slice(16, -16))
     assert np.median(np.abs(tiled - whole)[inner]) < 0.02
+    assert np.array_equal(tiled, _flow_field_tiled(a, b, DenseConfig(tile_px=128, tile_margin_px=32, threads=1)))
     gx, gy = grid(SIZE, SIZE)
     xy = np.stack([gx, gy], axis=-1)
     err = np.linalg.norm(xy + tiled - bump_truth(xy), axis=2)[inner]

@@ -48,6 +48,21 @@ def test_affine_patch_alignment_recovers_warp_gain_and_bias() -> None:
         assert abs(fit.gain[0] - gain) < 0.1 and abs(fit.bias[0] - bias) < 0.05
 
 
+def test_affine_patch_alignment_is_the_same_on_several_threads() -> None:
+    """Chunks of anchors aligned side by side give every anchor the solution it gets in turn, bit for bit."""
+    yy, xx = np.mgrid[0:200, 0:200].astype(np.float64)
+    template = _texture(xx, yy)
+    target = 1.1 * _texture(xx * 0.98 + 1.3, yy * 1.02 - 0.7) + 0.02
+    anchors = np.random.default_rng(0).uniform(30, 170, (700, 2))  # three chunks
+    start = anchors + np.array([1.0, -0.5])
+    init = PatchFit(start, np.tile(np.eye(2), (700, 1, 1)), np.ones(700), np.zeros(700), np.zeros(0), np.zeros(0))
+    one = align_patches(template, target, anchors, init, radius_px=12, threads=1)
+    two = align_patches(template, target, anchors, init, radius_px=12, threads=2)
+    assert one.converged.mean() > 0.9
+    for field in ("xy", "affine", "gain", "bias", "residual_var", "converged"):
+        assert np.array_equal(getattr(one, field), getattr(two, field)), field
+
+
 @pytest.fixture(scope="module")
 def rendered() -> SemDataset:
     return render_sem_series(GrainSpec(seed=5), tilts_deg=(0.0, 5.0, 10.0), image_size=(320, 320), seed=5)

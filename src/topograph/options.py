@@ -253,6 +253,7 @@ SEM = EngineOptions(
         ),
         ConfigOption("--sparse-only", "dense.enabled", "Stop after the sparse reconstruction.", switch=False),
         ConfigOption("--mask", "dense.mask", "Grain mask image for the reference view.", check=text_path),
+        ConfigOption("--threads", "threads", "CPU threads (0 = all cores).", check=non_negative, batch_default=1),
     ),
 )
 

@@ -99,6 +99,8 @@ class DenseConfig:
     first_pass_patch_stride: int | None = None
     """DIS patch stride of the first pass when ``passes`` ≥ 2 (None: ``patch_stride``); the later passes
     correct the first, so a sparser first pass costs little accuracy."""
+    first_pass_gradient_descent_iterations: int | None = None
+    """DIS patch gradient-descent iterations of the first pass when ``passes`` ≥ 2 (None: as the others)."""
     first_pass_downscale: int = 1
     """With ``passes`` ≥ 2: solve the first pass (forward, backward and their check) on both images
     downscaled by this whole factor (area averaging) and upsample its flow; the later passes at full
@@ -108,14 +110,17 @@ class DenseConfig:
     serves the forward–backward check, on images downscaled by this whole factor (area averaging) and
     upsample it; the forward flow stays at full resolution. 2 costs a quarter of the backward solve."""
     tile_px: int = 0
-    """Solve the residual flow of the later passes in square tiles of about this side, px, two at a time
-    (0: the whole image in one piece). The residual is small, so tiles with a ``tile_margin_px`` margin
-    give the whole-image flow while memory holds two tiles' solvers, whatever the image size."""
+    """Solve the residual flow of the later passes in square tiles of about this side, px (0: the whole
+    image in one piece; an image of one tile is split in two strips, see :func:`tile_grid`). The
+    residual is small, so tiles with a ``tile_margin_px`` margin give the whole-image flow while memory
+    holds ``threads`` tiles' solvers, whatever the image size."""
     tile_margin_px: int = 32
     """Overlap around each tile, px (discarded after the solve)."""
-    tile_workers: int = 1
-    """Tiles solved at the same time (threads). DIS spreads one solve over the cores itself, so 1 keeps
-    memory at one tile's solver for little time."""
+    threads: int = 0
+    """CPU threads of one flow (0 = all cores). Independent solves run side by side, one OpenCV thread
+    each: the forward and backward flows (images up to ``parallel_max_pixels``) and the tiles of the later
+    passes; a solve that runs alone gets every thread. 1: everything in turn on one thread. The flow is
+    the same whatever the count."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,10 @@ References:
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -106,11 +109,39 @@ def _flow_field(src: np.ndarray, dst: np.ndarray, cfg: DenseConfig) -> np.ndarra
     return dis.calc(src, dst, None)
 
 
-def tile_slices(size: int, tile: int, margin: int) -> list[tuple[slice, slice]]:
-    """Split ``range(size)`` into ``round(size / tile)`` (≥ 1) near-equal pieces: ``(outer, inner)`` slice
-    pairs where ``outer`` extends the piece by ``margin`` on both sides (clipped) and ``inner`` is the piece
-    relative to ``outer``."""
-    n = max(1, round(size / max(int(tile), 1)))
+def flow_threads(cfg: DenseConfig) -> int:
+    """Threads of one flow: ``cfg.threads``, 0 = every core."""
+    return int(cfg.threads) if cfg.threads > 0 else max(1, os.cpu_count() or 1)
+
+
+@contextmanager
+def opencv_threads(n: int) -> Iterator[None]:
+    """OpenCV's own thread count held at ``n`` (process-wide; restored afterwards). Solves that run side by
+    side in our threads get one OpenCV thread each instead of each spreading over every core."""
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(int(n))
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
+def _side_by_side(tasks: list[Callable[[], Any]], threads: int, together: bool = True) -> list[Any]:
+    """Results of independent OpenCV ``tasks`` (in order): ``threads`` at a time in threads of ours, one
+    OpenCV thread each (OpenCV releases the GIL), or — ``together`` False or one thread — in turn, each
+    with ``threads`` OpenCV threads."""
+    if not together or threads <= 1 or len(tasks) <= 1:
+        with opencv_threads(max(1, threads)):
+            return [task() for task in tasks]
+    with opencv_threads(1), ThreadPoolExecutor(max_workers=min(threads, len(tasks))) as pool:
+        return list(pool.map(lambda task: task(), tasks))
+
+
+def tile_slices(size: int, tile: int, margin: int, pieces: int | None = None) -> list[tuple[slice, slice]]:
+    """Split ``range(size)`` into ``pieces`` (default ``round(size / tile)``, ≥ 1) near-equal pieces:
+    ``(outer, inner)`` slice pairs where ``outer`` extends the piece by ``margin`` on both sides (clipped)
+    and ``inner`` is the piece relative to ``outer``."""
+    n = max(1, pieces if pieces is not None else round(size / max(int(tile), 1)))
     edges = np.linspace(0, size, n + 1).round().astype(int)
     out = []
     for lo, hi in zip(edges[:-1], edges[1:], strict=True):
@@ -119,41 +150,60 @@ def tile_slices(size: int, tile: int, margin: int) -> list[tuple[slice, slice]]:
     return out
 
 
+ONE_PIECE_STRIPS = 2
+"""An image of one tile is solved in this many strips across its longer side, whatever the thread count:
+two cores solve them side by side, and the flow does not depend on the ``threads`` setting."""
+
+
+def tile_grid(h: int, w: int, tile_px: int) -> tuple[int, int]:
+    """(row pieces, column pieces) of the residual pass: ``round(side / tile_px)`` each (≥ 1; one piece
+    with ``tile_px`` 0), an image of one piece cut into :data:`ONE_PIECE_STRIPS` strips across its longer
+    side."""
+    if tile_px <= 0:
+        return 1, 1
+    rows, cols = max(1, round(h / tile_px)), max(1, round(w / tile_px))
+    if rows * cols == 1:
+        return (ONE_PIECE_STRIPS, 1) if h >= w else (1, ONE_PIECE_STRIPS)
+    return rows, cols
+
+
 def _flow_field_tiled(src: np.ndarray, dst: np.ndarray, cfg: DenseConfig) -> np.ndarray:
-    """:func:`_flow_field` solved tile by tile (``cfg.tile_px`` with ``cfg.tile_margin_px`` overlap),
-    ``cfg.tile_workers`` tiles at a time in threads (OpenCV releases the GIL). Only for small flows (a
-    residual pass): a tile sees its own window of ``dst``, so displacements beyond the margin are cut off."""
+    """:func:`_flow_field` solved tile by tile (:func:`tile_grid`, ``cfg.tile_margin_px`` overlap), the
+    tiles :func:`flow_threads` at a time up to ``cfg.parallel_max_pixels`` per image (the solvers then hold
+    one image's memory at most), in turn with every thread above. Only for small flows (a residual pass): a
+    tile sees its own window of ``dst``, so displacements beyond the margin are cut off."""
     h, w = src.shape
-    if cfg.tile_px <= 0 or (round(h / cfg.tile_px) <= 1 and round(w / cfg.tile_px) <= 1):
-        return _flow_field(src, dst, cfg)
+    threads = flow_threads(cfg)
+    n_rows, n_cols = tile_grid(h, w, int(cfg.tile_px))
+    if n_rows * n_cols == 1:
+        with opencv_threads(threads):
+            return _flow_field(src, dst, cfg)
     out = np.empty((h, w, 2), np.float32)
     margin = int(cfg.tile_margin_px)
-    tiles = [(r, c) for r in tile_slices(h, cfg.tile_px, margin) for c in tile_slices(w, cfg.tile_px, margin)]
+    tiles = [
+        (r, c) for r in tile_slices(h, cfg.tile_px, margin, n_rows) for c in tile_slices(w, cfg.tile_px, margin, n_cols)
+    ]
 
-    def solve(tile: tuple[tuple[slice, slice], tuple[slice, slice]]) -> None:
-        (ro, ri), (co, ci) = tile
-        flow = _flow_field(np.ascontiguousarray(src[ro, co]), np.ascontiguousarray(dst[ro, co]), cfg)
-        out[ro, co][ri, ci] = flow[ri, ci]
+    def solve(tile: tuple[tuple[slice, slice], tuple[slice, slice]]) -> Callable[[], None]:
+        def run() -> None:
+            (ro, ri), (co, ci) = tile
+            flow = _flow_field(np.ascontiguousarray(src[ro, co]), np.ascontiguousarray(dst[ro, co]), cfg)
+            out[ro, co][ri, ci] = flow[ri, ci]
 
-    if cfg.tile_workers <= 1:
-        for tile in tiles:
-            solve(tile)
-        return out
-    with ThreadPoolExecutor(max_workers=int(cfg.tile_workers)) as pool:
-        list(pool.map(solve, tiles))
+        return run
+
+    _side_by_side([solve(t) for t in tiles], threads, together=h * w <= cfg.parallel_max_pixels)
     return out
 
 
 def _flow_pair(a: np.ndarray, b: np.ndarray, cfg: DenseConfig) -> tuple[np.ndarray, np.ndarray]:
     """Forward (a → b) and backward (b → a) flows. They are independent and OpenCV releases the GIL, so
-    images up to ``cfg.parallel_max_pixels`` run them side by side; larger ones one after the other, so
-    that peak memory holds one DIS solver (~190 bytes per pixel) instead of two."""
-    if a.size > cfg.parallel_max_pixels:
-        return _flow_field(a, b, cfg), _flow_field(b, a, cfg)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        fut_forward = pool.submit(_flow_field, a, b, cfg)
-        fut_backward = pool.submit(_flow_field, b, a, cfg)
-        return fut_forward.result(), fut_backward.result()
+    images up to ``cfg.parallel_max_pixels`` run them side by side (one OpenCV thread each); larger ones
+    one after the other (every thread each), so that peak memory holds one DIS solver (~190 bytes per
+    pixel) instead of two."""
+    tasks = [lambda: _flow_field(a, b, cfg), lambda: _flow_field(b, a, cfg)]
+    forward, backward = _side_by_side(tasks, flow_threads(cfg), together=a.size <= cfg.parallel_max_pixels)
+    return forward, backward
 
 
 def forward_backward_error(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:
@@ -242,6 +292,8 @@ def dense_flow(
         first = replace(first, variational_refinement_iterations=cfg.first_pass_variational_iterations)
     if cfg.passes >= 2 and cfg.first_pass_patch_stride is not None:
         first = replace(first, patch_stride=cfg.first_pass_patch_stride)
+    if cfg.passes >= 2 and cfg.first_pass_gradient_descent_iterations is not None:
+        first = replace(first, gradient_descent_iterations=cfg.first_pass_gradient_descent_iterations)
     k = int(cfg.first_pass_downscale) if cfg.passes >= 2 else 1
     if k > 1:
         forward, fb_error = _coarse_flow(u8_i, warped_j, first, k)
@@ -308,15 +360,14 @@ def upsample_flow(flow: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def _flow_pair_coarse_backward(a: np.ndarray, b: np.ndarray, cfg: DenseConfig, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Forward flow a → b at full resolution and the backward flow b → a solved on both images downscaled
-    by ``k`` and upsampled (it only checks the forward flow), in two threads (OpenCV releases the GIL)."""
+    by ``k`` and upsampled (it only checks the forward flow), side by side (:func:`_side_by_side`)."""
     h, w = a.shape
     size = (max(1, round(w / k)), max(1, round(h / k)))
     small_a = cv2.resize(a, size, interpolation=cv2.INTER_AREA)
     small_b = cv2.resize(b, size, interpolation=cv2.INTER_AREA)
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        fut_backward = pool.submit(_flow_field, small_b, small_a, cfg)
-        forward = _flow_field(a, b, cfg)
-        backward = fut_backward.result()
+    forward, backward = _side_by_side(
+        [lambda: _flow_field(a, b, cfg), lambda: _flow_field(small_b, small_a, cfg)], flow_threads(cfg)
+    )
     return forward, upsample_flow(backward, (h, w))
 
 

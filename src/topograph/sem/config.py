@@ -151,10 +151,13 @@ class DenseConfig:
     1.44 MP, but the RMS error on a rendered 1-MP grain rises from 0.161 to 0.166 % of the diameter."""
     flow_first_pass_patch_stride: int = 2
     """DIS patch stride of the first flow pass, px (the second pass uses ``flow_patch_stride``)."""
+    flow_first_pass_gradient_iterations: int = 12
+    """DIS patch gradient-descent iterations of the first flow pass (the residual pass uses 12)."""
     flow_tile_px: int = 832
-    """The second (residual) flow pass runs in tiles of about this side, one after the other (each solve
-    uses every core): memory holds one tile's flow solver (~190 B per pixel), not a whole image's (0: one
-    piece). Sides up to 1.5 times this (1248 px: quartz's 1200² is one piece, no overlap cost) are not split."""
+    """The second (residual) flow pass runs in tiles of about this side, ``threads`` at a time (one OpenCV
+    thread each): memory holds those tiles' flow solvers (~190 B per pixel), not a whole image's (0: one
+    piece). Sides up to 1.5 times this are one tile; an image of one tile (quartz's 1200²) is solved in two
+    strips, so that two cores share it."""
     min_views: int = 2
     """A fused point needs at least this many views."""
     outlier_std_ratio: float = 3.0
@@ -173,3 +176,7 @@ class SemConfig:
     cameras: CameraConfig = field(default_factory=CameraConfig)
     bundle: BundleConfig = field(default_factory=BundleConfig)
     dense: DenseConfig = field(default_factory=DenseConfig)
+    threads: int = 0
+    """CPU threads of the run (0 = every core): independent flow solves, tiles and patch alignments run
+    side by side, one library thread each; BLAS stays at one thread. 1: all in turn on one core (a batch's
+    default: its parallelism comes from the workers). The results do not depend on it."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -143,8 +144,9 @@ class DenseResult:
             "timings_s": dict(self.timings_s),
         }
 
-    def write(self, out: Path) -> dict[str, float]:
-        """Write cloud, height map (TIFF + PNG), meshes, metrics and renderings into ``out``.
+    def write(self, out: Path, threads: int = 1) -> dict[str, float]:
+        """Write cloud, height map (TIFF + PNG), meshes, metrics and renderings into ``out``, the files
+        ``threads`` at a time (they are independent; encoding and writing release the GIL in parts).
 
         Returns:
             The seconds spent on each file, as ``write_<name>`` (the run's summary.json adds them to the dense
@@ -167,11 +169,16 @@ class DenseResult:
         px = self.height_map.pixel_size
 
         seconds: dict[str, float] = {}
+        tasks: list[Callable[[], None]] = []
 
-        def timed(name: str, fn: Callable[..., object], *args: Any, **kwargs: Any) -> None:
-            t0 = time.perf_counter()
-            fn(*args, **kwargs)
-            seconds[f"write_{name}"] = time.perf_counter() - t0
+        def timed(name: str, fn: Callable[..., object], *args: Any, **kwargs: Any) -> Callable[[], None]:
+            def run() -> None:
+                t0 = time.perf_counter()
+                fn(*args, **kwargs)
+                seconds[f"write_{name}"] = time.perf_counter() - t0
+
+            tasks.append(run)
+            return run
 
         # One frame for every 3-D file: the substrate frame (FRAME); the in-memory cloud stays in the
         # reconstruction frame, the grain mesh is built in the substrate frame already.
@@ -182,6 +189,8 @@ class DenseResult:
             f"unit_description {unit_text}",
             f"frame {FRAME_NAME}",
         ]
+        figure = out / "figures" / "dense_cloud_views.png"
+        timed("cloud_views_png", render_cloud_views, cloud.xyz, cloud.intensity, figure, unit=shown_unit)
         timed("dense_ply", write_ply, out / "dense.ply", cloud, comments=comments)
         facts = {
             "frame": HEIGHT_MAP_FRAME,
@@ -202,17 +211,26 @@ class DenseResult:
         timed("grain_mask_png", write_png, out / "grain_mask.png", (self.grain_mask * 255).astype(np.uint8))
         mesh_comments = [f"unit {self.unit}", f"frame {FRAME_NAME}", "written by topograph"]  # as write_mesh's
         if self.grain_mesh is not None:
-            # What write_mesh does for each file, once for both: the watertight check and the pinched-vertex
-            # separation take longer than writing (~1 s each on quartz's 0.3 M faces).
-            t0 = time.perf_counter()
-            vertices = np.asarray(self.grain_mesh.vertices)
-            if self.grain_mesh.is_watertight:
-                vertices = separate_pinched_vertices(vertices, self.grain_mesh.faces)
-            seconds["write_grain_mesh_prepare"] = time.perf_counter() - t0
-            faces = self.grain_mesh.faces
-            timed("grain_mesh_ply", write_mesh_ply, out / "grain_mesh.ply", vertices, faces, comments=mesh_comments)
-            header = f"topograph mesh, unit {self.unit}"
-            timed("grain_mesh_stl", write_stl, out / "grain_mesh.stl", vertices, faces, header=header)
+            mesh = self.grain_mesh
+
+            def grain_mesh_files() -> None:
+                # What write_mesh does for each file, once for both: the watertight check and the pinched-
+                # vertex separation take longer than writing (~1 s each on quartz's 0.3 M faces).
+                t0 = time.perf_counter()
+                vertices = np.asarray(mesh.vertices)
+                if mesh.is_watertight:
+                    vertices = separate_pinched_vertices(vertices, mesh.faces)
+                seconds["write_grain_mesh_prepare"] = time.perf_counter() - t0
+                header = f"topograph mesh, unit {self.unit}"
+                for name, fn, path, kwargs in (
+                    ("grain_mesh_ply", write_mesh_ply, out / "grain_mesh.ply", {"comments": mesh_comments}),
+                    ("grain_mesh_stl", write_stl, out / "grain_mesh.stl", {"header": header}),
+                ):
+                    t0 = time.perf_counter()
+                    fn(path, vertices, mesh.faces, **kwargs)
+                    seconds[f"write_{name}"] = time.perf_counter() - t0
+
+            tasks.append(grain_mesh_files)
         if self.surface_mesh is not None:
             # open by construction (a height field): no watertight check, no pinched vertices to separate
             timed(
@@ -223,8 +241,12 @@ class DenseResult:
                 self.surface_mesh.faces,
                 comments=mesh_comments,
             )
-        figure = out / "figures" / "dense_cloud_views.png"
-        timed("cloud_views_png", render_cloud_views, cloud.xyz, cloud.intensity, figure, unit=shown_unit)
+        if threads > 1:
+            with ThreadPoolExecutor(max_workers=int(threads)) as pool:
+                list(pool.map(lambda task: task(), tasks))  # re-raises the first failure
+        else:
+            for task in tasks:
+                task()
         if self.metrics is not None:
             write_json(out / "grain_metrics.json", {"unit": self.unit, **self.metrics.to_dict()})
         if self.areal is not None:
@@ -282,9 +304,9 @@ MB), its forward and backward flows take turns from this many coarse pixels on: 
 solver (~190 B per pixel) instead of two; each solve still uses every core."""
 
 
-def flow_config(cfg: DenseConfig, n_pixels: int = 0) -> FlowConfig:
+def flow_config(cfg: DenseConfig, n_pixels: int = 0, threads: int = 0) -> FlowConfig:
     """Dense-flow settings of the SEM dense stage (see :class:`topograph.matching.dense.DenseConfig`) for
-    images of ``n_pixels``."""
+    images of ``n_pixels``, with ``threads`` CPU threads (0: every core)."""
     k = first_pass_downscale(cfg, n_pixels)
     parallel = FlowConfig.parallel_max_pixels if k == 1 else SEQUENTIAL_COARSE_PASS_MIN_PX
     return FlowConfig(
@@ -299,12 +321,14 @@ def flow_config(cfg: DenseConfig, n_pixels: int = 0) -> FlowConfig:
         first_pass_downscale=k,
         check_downscale=cfg.flow_check_downscale,
         first_pass_patch_stride=cfg.flow_first_pass_patch_stride,
+        first_pass_gradient_descent_iterations=cfg.flow_first_pass_gradient_iterations,
         tile_px=cfg.flow_tile_px,
+        threads=threads,
     )
 
 
 def fuse_dense(
-    images: ImageSet, recon: Reconstruction, cfg: DenseConfig, ref: int
+    images: ImageSet, recon: Reconstruction, cfg: DenseConfig, ref: int, threads: int = 0
 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray | None]]:
     """Fused points of the reference grid: (H, W, 3) float32 (NaN where rejected), (H, W) int16 number of
     observations per pixel (the reference view included) and per-view visibility masks (H, W) bool.
@@ -321,7 +345,7 @@ def fuse_dense(
     grid = _pixel_grid(h, w)
     acc = NormalEquations(n, keep_observations=True)
     acc.add_view(cams[ref], grid, np.ones(n, dtype=bool))
-    flow_cfg = flow_config(cfg, n)
+    flow_cfg = flow_config(cfg, n, threads)
     direct: dict[int, int] = {}  # view → observation slot
     slot_view: list[int] = [ref]
     for f in steps([f for f in range(len(images)) if f != ref], "dense matching (to the reference view)"):
@@ -556,8 +580,11 @@ def grain_mesh_step(n_grain_pixels: int, pixel_size: float, max_cells: int = MAX
     return k * pixel_size
 
 
-def run_dense(images: ImageSet, recon: Reconstruction, cfg: DenseConfig, pixel_size_um: float | None) -> DenseResult:
-    """Dense cloud, substrate plane, grain mask, height map, meshes and grain metrics of a reconstructed series.
+def run_dense(
+    images: ImageSet, recon: Reconstruction, cfg: DenseConfig, pixel_size_um: float | None, threads: int = 0
+) -> DenseResult:
+    """Dense cloud, substrate plane, grain mask, height map, meshes and grain metrics of a reconstructed series
+    (``threads``: CPU threads of the flows, 0 = every core).
 
     Step timings (CPU-bound wall seconds) are kept in :attr:`DenseResult.timings_s`.
     """
@@ -569,7 +596,7 @@ def run_dense(images: ImageSet, recon: Reconstruction, cfg: DenseConfig, pixel_s
     t0 = time.perf_counter()
     ref = choose_reference_view(recon, cfg.reference_view)
     unit = recon.points.unit
-    grid, nviews, visible = fuse_dense(images, recon, cfg, ref)
+    grid, nviews, visible = fuse_dense(images, recon, cfg, ref, threads)
     h, w = nviews.shape
     timings["fuse"] = time.perf_counter() - t0
 

@@ -6,16 +6,20 @@ functions of :mod:`topograph.sem.sparse` and :mod:`topograph.sem.dense`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from topograph import __version__
 from topograph.config import to_yaml
@@ -50,6 +54,35 @@ if TYPE_CHECKING:
     from topograph.sem.dense import DenseResult
 
 log = logging.getLogger("topograph")
+
+BLAS_THREADS = 1
+"""BLAS threads during an SEM run. The engine's linear algebra is many small problems (bundle adjustment,
+8 × 8 patch normal equations, 3 × 3 fits) for which OpenBLAS's worker threads only spin: on quartz they
+burned ~6 of 35 CPU-seconds and slowed the bundle adjustment from 0.2 to 6 s wall on a busy machine. The
+work that can use both cores runs in threads of its own (flows, patch alignment, output writers)."""
+
+
+def blas_threads_limited() -> threadpool_limits:
+    """Context that holds every BLAS library at :data:`BLAS_THREADS` threads (scipy's own OpenBLAS is
+    loaded first: a limit covers only the libraries loaded when it is set)."""
+    import scipy.linalg  # noqa: F401
+
+    return threadpool_limits(limits=BLAS_THREADS, user_api="blas")
+
+
+def run_threads(cfg: SemConfig) -> int:
+    """CPU threads of a run: ``cfg.threads``, 0 = every core."""
+    return int(cfg.threads) if cfg.threads > 0 else max(1, os.cpu_count() or 1)
+
+
+@contextlib.contextmanager
+def opencv_threads(n: int) -> Iterator[None]:
+    """OpenCV's thread count held at ``n`` during a run (restored afterwards); the flows lower it to one per
+    solve where they run solves side by side (:func:`topograph.matching.dense.opencv_threads`)."""
+    from topograph.matching.dense import opencv_threads as hold
+
+    with hold(n):
+        yield
 
 
 @dataclass(frozen=True)
@@ -181,11 +214,14 @@ def run_sem(
         inputs = [inputs]  # one path, not a sequence of its characters
     cfg = cfg or SemConfig()
     args = SemInputs(list(inputs), cfg, command, overrides, Path(sidecar) if sidecar else None, on_loaded, use_cache)
-    with reporting(progress):
+    with reporting(progress), blas_threads_limited(), opencv_threads(run_threads(cfg)):
         if out_dir is None:
             return _run_sem(args, None, None)
-        with output_transaction(out_dir, [*inputs, *([sidecar] if sidecar else [])]) as stage_dir:
-            run = _run_sem(args, Path(out_dir), stage_dir)
+        with (
+            output_transaction(out_dir, [*inputs, *([sidecar] if sidecar else [])]) as stage_dir,
+            ThreadPoolExecutor(max_workers=1) as writer,  # finished before the transaction ends
+        ):
+            run = _run_sem(args, Path(out_dir), stage_dir, writer if run_threads(cfg) > 1 else None)
     log.info("results written to %s (report: %s)", out_dir, Path(out_dir) / "report.html")
     return run
 
@@ -203,8 +239,11 @@ class SemInputs:
     use_cache: bool
 
 
-def _run_sem(args: SemInputs, out_dir: Path | None, stage_dir: Path | None) -> SemRun:
-    """Compute the run and, with ``stage_dir``, write its files there (see :func:`run_sem`)."""
+def _run_sem(
+    args: SemInputs, out_dir: Path | None, stage_dir: Path | None, writer: ThreadPoolExecutor | None = None
+) -> SemRun:
+    """Compute the run and, with ``stage_dir``, write its files there (see :func:`run_sem`); ``writer``: a
+    thread that writes files while the computation goes on."""
     cfg = args.cfg
     timings = Timings()
 
@@ -264,6 +303,9 @@ def _run_sem(args: SemInputs, out_dir: Path | None, stage_dir: Path | None) -> S
             log.warning(warnings[-1])
     warnings = [phrase(w) for w in warnings]  # arguments, not --flags, for Python callers
 
+    figures = None  # the series' figures need only the sparse result: written beside the dense stage
+    if stage_dir is not None and writer is not None:
+        figures = writer.submit(write_series_figures, images, sparse.matches, recon, stage_dir)
     dense = None
     relief_failure: str | None = None
     if cfg.dense.enabled:
@@ -271,7 +313,7 @@ def _run_sem(args: SemInputs, out_dir: Path | None, stage_dir: Path | None) -> S
 
         stage("dense")
         with timings.timed("dense"):
-            dense = run_dense(images, recon, cfg.dense, pixel_size)
+            dense = run_dense(images, recon, cfg.dense, pixel_size, run_threads(cfg))
         if not cfg.dense.mask:
             from topograph.analysis.grain_mask import implausible_mask
 
@@ -311,7 +353,9 @@ def _run_sem(args: SemInputs, out_dir: Path | None, stage_dir: Path | None) -> S
         from topograph.report.html import write_report
 
         stage("write")
-        write_outputs(run, stage_dir)
+        if figures is not None:
+            figures.result()
+        write_outputs(run, stage_dir, series_figures=figures is None)
         store.write(stage_dir)
         write_report(stage_dir)  # inside the transaction: OUT never lacks its report
     return run
@@ -329,7 +373,7 @@ def sparse_stages(
             method = cfg.matching.track_refinement
             if method == "auto":  # tilts measured from the tracks need the precise positions
                 method = "affine" if any(t is None for t in images.tilts_deg) else "lk"
-            tracks = refine_tracks(images, tracks, method, max(1.0, matches.detection_downscale))
+            tracks = refine_tracks(images, tracks, method, max(1.0, matches.detection_downscale), run_threads(cfg))
 
     stage("cameras")
     with timings.timed("cameras"):
@@ -446,13 +490,9 @@ def _uncertainty_summary(u: TiltUncertainty | None) -> dict[str, Any] | None:
     }
 
 
-def write_outputs(run: SemRun, out: Path) -> None:
-    """Write every artefact of a run into ``out`` (a staging folder)."""
-    from topograph.geometry.triangulation import reprojection_residuals
-    from topograph.report.match_figures import draw_match_count_matrix, draw_matches
-    from topograph.report.svg_charts import histogram_svg
-    from topograph.report.thumbnails import write_thumbnails
-
+def write_outputs(run: SemRun, out: Path, series_figures: bool = True) -> None:
+    """Write every artefact of a run into ``out`` (a staging folder); ``series_figures`` False: the files of
+    :func:`write_series_figures` are written already."""
     recon = run.reconstruction
     unit_text = "micrometres" if run.unit == "um" else "pixel units of view 0 (no pixel size known)"
     to_output = run.dense.to_output_frame if run.dense is not None else None  # the substrate frame, if any
@@ -493,14 +533,43 @@ def write_outputs(run: SemRun, out: Path) -> None:
         ],
     }
     write_json(out / "cameras.json", cameras)
-    names = run.images.names
+    if series_figures:
+        write_series_figures(run.images, run.matches, recon, out)
+    write_text(out / "config.yaml", to_yaml(run.config))
+    summary = run.summary
+    if run.dense is not None:
+        # the file writes are timed by the dense stage's writer; summary.json lists them with its steps
+        summary["dense"]["timings_s"].update(run.dense.write(out, dense_write_threads(run)))  # type: ignore[index]
+    write_json(out / "summary.json", summary)
+
+
+PARALLEL_WRITE_MAX_PX = 2_000_000
+"""The dense files are written side by side up to this many reference pixels; above, in turn (each holds
+copies of the cloud or mesh: side by side they raised the peak memory of a 7 × 3 MP series)."""
+
+
+def dense_write_threads(run: SemRun) -> int:
+    """Threads writing the dense files (:data:`PARALLEL_WRITE_MAX_PX`)."""
+    small = run.dense is not None and run.dense.n_views_grid.size <= PARALLEL_WRITE_MAX_PX
+    return run_threads(run.config) if small else 1
+
+
+def write_series_figures(images: ImageSet, matches: SparseMatches, recon: Reconstruction, out: Path) -> None:
+    """The files of a run that need only its sparse result: match figures and counts, the reprojection
+    residuals, series.json and the thumbnails."""
+    from topograph.geometry.triangulation import reprojection_residuals
+    from topograph.report.match_figures import draw_match_count_matrix, draw_matches
+    from topograph.report.svg_charts import histogram_svg
+    from topograph.report.thumbnails import write_thumbnails
+
+    names = images.names
     figs = out / "figures"
-    for p in run.matches.pairs:
+    for p in matches.pairs:
         i, j = p.raw.i, p.raw.j
         draw_matches(
-            run.images[i].pixels, run.images[j].pixels, p.raw, figs / f"matches_{i}_{j}.jpg", inlier_mask=p.inlier_mask
+            images[i].pixels, images[j].pixels, p.raw, figs / f"matches_{i}_{j}.jpg", inlier_mask=p.inlier_mask
         )
-    draw_match_count_matrix(run.matches.counts, names, figs / "match_counts.png")
+    draw_match_count_matrix(matches.counts, names, figs / "match_counts.png")
     residual_px = np.linalg.norm(reprojection_residuals(recon.cameras, recon.points.xyz, recon.tracks), axis=2)
     samples = {f"{f}: {names[f]}": [float(v) for v in residual_px[f] if np.isfinite(v)] for f in range(len(names))}
     write_text(
@@ -508,16 +577,10 @@ def write_outputs(run: SemRun, out: Path) -> None:
         histogram_svg(samples, "reprojection residual after bundle adjustment (px)"),
     )
     header = "," + ",".join(names)
-    rows = [header] + [names[f] + "," + ",".join(str(int(c)) for c in run.matches.counts[f]) for f in range(len(names))]
+    rows = [header] + [names[f] + "," + ",".join(str(int(c)) for c in matches.counts[f]) for f in range(len(names))]
     write_text(out / "match_counts.csv", "\n".join(rows) + "\n")
-    write_json(out / "series.json", describe_series(run.images))
-    write_thumbnails([im.pixels for im in run.images.images], names, out / "thumbnails")
-    write_text(out / "config.yaml", to_yaml(run.config))
-    summary = run.summary
-    if run.dense is not None:
-        # the file writes are timed by the dense stage's writer; summary.json lists them with its steps
-        summary["dense"]["timings_s"].update(run.dense.write(out))  # type: ignore[index]
-    write_json(out / "summary.json", summary)
+    write_json(out / "series.json", describe_series(images))
+    write_thumbnails([im.pixels for im in images.images], names, out / "thumbnails")
 
 
 def command_line() -> str:

@@ -149,17 +149,19 @@ def series_tracks(images: ImageSet, matches: SparseMatches, min_tracks: int = 8)
     return tracks
 
 
-def refine_tracks(images: ImageSet, tracks: Tracks, method: str = "lk", max_shift_px: float = 1.0) -> Tracks:
+def refine_tracks(
+    images: ImageSet, tracks: Tracks, method: str = "lk", max_shift_px: float = 1.0, threads: int = 0
+) -> Tracks:
     """Sub-pixel refinement of the track positions: ``lk`` (:func:`refine_tracks_lk`, translation-only
     pyramidal Lucas–Kanade, fast) or ``affine`` (:func:`topograph.matching.patch_align.refine_tracks_affine`,
     affine warp + gain/bias on float images, several window sizes: about 2.5× more precise positions on
-    rendered grains, about 5× slower)."""
+    rendered grains, about 5× slower; ``threads`` patch chunks side by side, 0 = every core)."""
     if method == "lk":
         return refine_tracks_lk(images, tracks, max_shift_px=max_shift_px)
     if method == "affine":
         from topograph.matching.patch_align import refine_tracks_affine
 
-        return refine_tracks_affine(images, tracks)
+        return refine_tracks_affine(images, tracks, threads=threads)
     raise TopographError(f"unknown track refinement {method!r}", "use matching.track_refinement: lk or affine")
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from topograph.meso.functional.splat import GridSpec, normalise_splat, splat_bilinear
+from topograph.meso.functional.splat import GridSpec, splat_bilinear
 from topograph.meso.models.camera import MesoModel
 
 _CHUNK_PIXELS = 1 << 21
@@ -96,46 +96,84 @@ def render_mosaic(
     lo, hi = pts.min(0).values, pts.max(0).values
     pad = 0.03 * (hi - lo)
     grid = grid_around(torch.stack((lo - pad, hi + pad)), cell)
-    acc = torch.zeros(5, *grid.shape, device=device)
-    views = torch.zeros(grid.shape, device=device)
+    acc = torch.zeros(5, *grid.shape, device=device)  # RGB and height sums, then the splat weight
+    views = torch.zeros(grid.shape, dtype=torch.int16, device=device)  # images that saw each cell
+    own_weight = torch.zeros(grid.shape, device=device)  # one image's weight (reused, zeroed where touched)
     own = 0.25 * cell * cell  # about a quarter of one image's pixel density
     rows = max(1, _CHUNK_PIXELS // w)  # full-resolution float tensors exist for one band of rows at a time
     for i in range(n):
         idx = torch.tensor([i], device=device)
         shape_only = torch.empty((1, 1, h, w), device=device)  # height models read only the size
         hmap = model.heights(shape_only, idx).reshape(h, w)
-        own_weight = torch.zeros(grid.shape, device=device)
+        window = (grid.shape[0], grid.shape[1], 0, 0)  # (y0, x0, y1, x1) the image touched
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)
             uv = pixel_coordinates((w, h), (h, w), device, rows=(r0, r1))
-            band = torch.from_numpy(pixels[i, r0:r1].astype(np.float32) / 255.0).to(device).reshape(1, -1, 3)
+            band = torch.from_numpy(pixels[i, r0:r1]).to(device).reshape(1, -1, 3).float().div_(255.0)
             hb = hmap[r0:r1].reshape(1, -1)
             pts = model.object_points(uv, hb, idx)[0]
             vals = torch.cat((model.pose.photometric(band, idx)[0], (hb[0] * factors[i]).unsqueeze(-1)), dim=-1)
-            splat_window(acc, own_weight, grid.to_grid(pts), vals, None if image_weights is None else image_weights[i])
-        views += own_weight > own * (1.0 if image_weights is None else float(image_weights[i]))
-        acc[-1] += own_weight
-    avg, wsum = normalise_splat(acc)
-    valid = wsum > own
-    observed = views >= min_views
-    rgb = avg[:3].permute(1, 2, 0).clamp(0, 1).cpu().numpy()
-    height = torch.where(valid & observed, avg[3], torch.full_like(avg[3], float("nan"))).cpu().numpy()
-    rgb[~valid.cpu().numpy()] = 0.0
-    return rgb.astype(np.float32), height.astype(np.float32), wsum.cpu().numpy(), grid
+            del band, uv
+            box = splat_window(
+                acc, own_weight, grid.to_grid(pts), vals, None if image_weights is None else image_weights[i]
+            )
+            if box is not None:
+                window = (
+                    min(window[0], box[0]),
+                    min(window[1], box[1]),
+                    max(window[2], box[2]),
+                    max(window[3], box[3]),
+                )
+        y0, x0, y1, x1 = window
+        if y1 > y0 and x1 > x0:
+            mine = own_weight[y0:y1, x0:x1]
+            views[y0:y1, x0:x1] += mine > own * (1.0 if image_weights is None else float(image_weights[i]))
+            acc[-1, y0:y1, x0:x1] += mine
+            mine.zero_()
+    del own_weight
+    rgb, height, weight = _normalise_rows(acc, views, own, min_views)
+    return rgb, height, weight, grid
 
 
-def splat_window(acc: Tensor, weight: Tensor, grid_xy: Tensor, values: Tensor, scale: float | None = None) -> None:
+def _normalise_rows(
+    acc: Tensor, views: Tensor, own: float, min_views: int, rows: int = 256
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``acc`` (5, H, W) splat sums -> RGB (H, W, 3) in [0, 1] (0 where the weight is below ``own``), height
+    (H, W) (NaN there or where fewer than ``min_views`` images saw the cell) and the weight (H, W), a band of
+    rows at a time (the mosaic's only full-size buffers are the results)."""
+    _, gh, gw = acc.shape
+    rgb = np.empty((gh, gw, 3), np.float32)
+    height = np.empty((gh, gw), np.float32)
+    for r0 in range(0, gh, rows):
+        r1 = min(gh, r0 + rows)
+        a = acc[:, r0:r1]
+        wsum = a[-1]
+        valid = wsum > own
+        avg = a[:-1] / wsum.clamp(min=1e-6)
+        avg = torch.where(valid, avg, torch.zeros_like(avg))
+        rgb[r0:r1] = avg[:3].permute(1, 2, 0).clamp(0, 1).cpu().numpy()
+        ok = valid & (views[r0:r1] >= min_views)
+        height[r0:r1] = torch.where(ok, avg[3], torch.full_like(avg[3], float("nan"))).cpu().numpy()
+    weight = acc[-1].cpu().numpy().copy()
+    return rgb, height, weight
+
+
+def splat_window(
+    acc: Tensor, weight: Tensor, grid_xy: Tensor, values: Tensor, scale: float | None = None
+) -> tuple[int, int, int, int] | None:
     """:func:`splat_bilinear` of ``values`` into ``acc[:-1]`` and of the weights into ``weight``, on the
-    window of the grid the samples touch (a full-grid splat per band would allocate the whole mosaic)."""
+    window of the grid the samples touch (a full-grid splat per band would allocate the whole mosaic).
+    Returns that window ``(y0, x0, y1, x1)`` (None when the samples miss the grid)."""
     _, gh, gw = acc.shape
     lo = torch.floor(grid_xy.min(0).values).clamp_min(0).long()
     hi = (torch.floor(grid_xy.max(0).values).long() + 2).clamp(max=torch.tensor([gw, gh], device=grid_xy.device))
     x0, y0, x1, y1 = int(lo[0]), int(lo[1]), int(hi[0]), int(hi[1])
     if x1 <= x0 or y1 <= y0:
-        return
+        return None
     offset = torch.tensor([x0, y0], dtype=grid_xy.dtype, device=grid_xy.device)
     local = splat_bilinear(grid_xy - offset, values, (y1 - y0, x1 - x0))
     if scale is not None:  # a uniform weight of every sample of this band
         local *= float(scale)
     acc[:-1, y0:y1, x0:x1] += local[:-1]
     weight[y0:y1, x0:x1] += local[-1]
+    return y0, x0, y1, x1

@@ -13,6 +13,7 @@ import numpy as np
 from topograph.errors import TopographError
 from topograph.meso.config import CheckConfig, ScaleConfig
 from topograph.meso.types import ExifInfo, InputChecks, Intrinsics, MesoImages
+from topograph.progress import steps
 
 log = logging.getLogger("topograph")
 
@@ -89,7 +90,7 @@ def load_images(paths: Sequence[str | Path]) -> MesoImages:
     pixels: np.ndarray | None = None
     sizes: list[tuple[int, int]] = []
     exifs: list[ExifInfo] = []
-    for k, p in enumerate(paths):
+    for k, p in enumerate(steps(paths, "load images")):
         if not p.is_file():
             raise TopographError(f"image not found: {p}", "check the path")
         data = np.fromfile(str(p), dtype=np.uint8)

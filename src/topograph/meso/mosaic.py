@@ -13,6 +13,7 @@ from torch import Tensor
 
 from topograph.meso.functional.splat import GridSpec, splat_bilinear
 from topograph.meso.models.camera import MesoModel
+from topograph.progress import steps
 
 _CHUNK_PIXELS = 1 << 21
 """Pixels per band when splatting full-resolution images (bounds the mosaic's transient memory)."""
@@ -62,6 +63,7 @@ def render_mosaic(
     device: torch.device | str = "cpu",
     min_views: int = 2,
     image_weights: np.ndarray | None = None,
+    description: str = "mosaic (images)",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, GridSpec]:
     """Splat every full-resolution pixel (RGB and height) onto one grid: the orthomosaic and height map.
 
@@ -75,6 +77,7 @@ def render_mosaic(
         min_views: heights are reported only where at least this many images contribute (a point seen
             by one image has no parallax, so its height is not observable).
         image_weights: (N,) splat weight of each image (None = 1; blurred photos get less).
+        description: name of the counted work shown by the active progress reporter (one step per image).
 
     Returns:
         ``(rgb, height, weight, grid)``: (H, W, 3) float32 in [0, 1], (H, W) float32 (NaN where fewer
@@ -101,7 +104,7 @@ def render_mosaic(
     own_weight = torch.zeros(grid.shape, device=device)  # one image's weight (reused, zeroed where touched)
     own = 0.25 * cell * cell  # about a quarter of one image's pixel density
     rows = max(1, _CHUNK_PIXELS // w)  # full-resolution float tensors exist for one band of rows at a time
-    for i in range(n):
+    for i in steps(range(n), description):
         idx = torch.tensor([i], device=device)
         shape_only = torch.empty((1, 1, h, w), device=device)  # height models read only the size
         hmap = model.heights(shape_only, idx).reshape(h, w)

@@ -28,7 +28,7 @@ from topograph.meso.optimise.history import History
 from topograph.meso.optimise.rounds import run_rounds
 from topograph.meso.quality import Gate, QualityReport, enforce, height_gate, registration_gate, registration_scores
 from topograph.meso.types import CameraEstimate, InputChecks, Intrinsics, MesoImages
-from topograph.progress import StepReporter, reporting
+from topograph.progress import StepReporter, reporting, stage
 from topograph.timing import Timings
 from topograph.types import HeightMap
 
@@ -324,6 +324,7 @@ def check_and_initialise(
 ) -> tuple[MesoImages, InputChecks, Intrinsics, InitialPositions, MesoConfig]:
     """Input checks, intrinsics and initial positions; images linked to no other are left out
     (:func:`drop_unlinked`, which renumbers the reference image in the returned configuration)."""
+    stage("input checks")
     checks = check_inputs(images, cfg.checks)
     intrinsics = resolve_intrinsics(images, cfg.scale)
     log.info(
@@ -331,6 +332,7 @@ def check_and_initialise(
         len(images), *images.size, intrinsics.focal_mm, intrinsics.source["focal_mm"],
         intrinsics.pixel_pitch_mm * 1000, intrinsics.source["pixel_pitch"], intrinsics.focal_px,
     )  # fmt: skip
+    stage("initial positions")
     init = estimate_initial_positions(images.pixels, images.names, cfg.init)
     if init.linked is not None and not init.linked.all():
         images, init, checks, cfg = drop_unlinked(images, init, checks, cfg)
@@ -374,14 +376,14 @@ def finish(
     scale and the full-resolution mosaic."""
     if cfg.model.level_plane:
         coarse = 4.0 * cfg.output.downsample
-        _, h_units, _, g = render_mosaic(model, images.pixels, coarse, None, device)
+        _, h_units, _, g = render_mosaic(model, images.pixels, coarse, None, device, description="levelling (images)")
         plane = fit_dominant_plane(h_units, g)
         level_model(model, plane, images.size)
         log.info("levelled to the dominant plane: slopes %.2e, %.2e; offset %.3g units", *plane)
     scale = resolve_scale(model, intrinsics, cfg)
     cell = mosaic_cell(model, scale, cfg, images.size)
     ortho, height, weight, grid = render_mosaic(
-        model, images.pixels, cell, scale.height_factors, device, cfg.output.min_views, weights
+        model, images.pixels, cell, scale.height_factors, device, cfg.output.min_views, weights, "orthomosaic (images)"
     )
     seen = weight > 0.25 * grid.cell**2
     coverage = float(np.isfinite(height)[seen].mean()) if seen.any() else 0.0
@@ -423,7 +425,7 @@ def reconstruct(
     if resume and checkpoint is None:
         raise TopographError("resuming needs a checkpoint file", "give the output folder of the earlier run")
     timings = Timings()
-    with timings.timed("checks_init"):
+    with reporting(progress), timings.timed("checks_init"):
         device = select_device(cfg.device)
         torch.set_num_threads(cfg.threads if cfg.threads > 0 else max(1, os.cpu_count() or 1))
         torch.manual_seed(cfg.seed)
@@ -441,10 +443,11 @@ def reconstruct(
             checkpoint=checkpoint, resume=resume, fingerprint=fingerprint, image_weights=weights,
         )  # fmt: skip
     model = rounds.model
-    for stage, seconds in rounds.timings.items():
-        timings.add(stage, seconds)
+    for name, seconds in rounds.timings.items():
+        timings.add(name, seconds)
     model.eval()
-    with timings.timed("mosaic"):
+    with reporting(progress), timings.timed("mosaic"):
+        stage("registration check")
         registration, ncc, overlap = check_registration(model, images, cfg, device)
         mosaic = finish(model, images, intrinsics, cfg, device, weights)
         coverage = enforce(height_gate(mosaic.height_coverage, cfg.checks), cfg.checks)

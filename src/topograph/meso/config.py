@@ -61,6 +61,12 @@ class LevelConfig:
     """Working long side (pixels) of the round's images: the downsampling factor is chosen from the input
     size as ``round(long side / target_size)`` (then limited by ``min_size``), so 1 MP and 12 MP photos run
     the same amount of work per round; 0 = use ``downsample`` as given."""
+    plateau_iterations: int = 0
+    """End the round early when its lowest loss of the last this many iterations is not below
+    ``1 - plateau_tolerance`` times its lowest loss before them (a converged round; the learning-rate decay
+    keeps its schedule); 0 = always run every iteration."""
+    plateau_tolerance: float = 1e-3
+    """Relative improvement over ``plateau_iterations`` iterations that counts as progress."""
 
 
 FINE_MIN_SIZE = 400
@@ -376,9 +382,9 @@ def validate_config(cfg: MesoConfig) -> None:
         raise TopographError("the schedule has no rounds", "give at least one entry under 'schedule'")
     lr_names = {f.name for f in fields(LearningRates)}
     for lvl in cfg.schedule:
-        if lvl.downsample < 1 or lvl.iterations < 0 or lvl.min_size < 0:
+        if lvl.downsample < 1 or lvl.iterations < 0 or lvl.min_size < 0 or lvl.plateau_iterations < 0:
             raise TopographError(
-                f"schedule round '{lvl.name}' needs downsample >= 1, iterations >= 0 and min_size >= 0",
+                f"schedule round '{lvl.name}' needs downsample >= 1 and iterations, min_size, plateau_iterations >= 0",
                 "fix the schedule",
             )
         unknown = [g for g in lvl.train if g not in lr_names]

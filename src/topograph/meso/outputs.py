@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,9 @@ FRAME = (
     "toward the cameras (right-handed); x, y of mosaic pixel (col, row) = origin + pixel_size · (col, −row)"
 )
 """The frame of ``surface.ply`` and of the camera positions in ``cameras.json`` (``position_output``)."""
+
+FIGURE_MAX_SIDE = 2000
+"""Cells along the long side of the height-map figure (the mosaic is sampled with a stride above it)."""
 
 
 def write_orthomosaic(out: Path, rgb: np.ndarray, valid: np.ndarray, pixel_size_um: float | None) -> list[Path]:
@@ -152,7 +156,12 @@ def write_outputs(rec: MesoReconstruction, out_dir: str | Path, command: str | N
     facts = {"frame": "mosaic raster (column, row); value = height above the dominant plane", "origin": origin}
     files["height_tif"], files["height_gwy"] = write_height_map(out, rec.height, pixel_um, unit, facts)
     bar_px, bar_unit = (rec.pixel_size_mm, "mm") if scaled else (px, "px")  # a scale bar of a few mm
-    files["height_png"] = height_figure(rec.height, bar_px, bar_unit, unit, out / "height_map.png", "height map")
+    # the figure is ~1000 px wide: every k-th cell (matplotlib would otherwise hold float64 copies of a
+    # 12 MP mosaic's ~40 M cells, measured 4.7 GB)
+    k = max(1, math.ceil(max(rec.height.shape) / FIGURE_MAX_SIDE))
+    files["height_png"] = height_figure(
+        rec.height[::k, ::k], bar_px * k, bar_unit, unit, out / "height_map.png", "height map"
+    )
     # heights share the lateral unit (µm, or object units when unscaled): z_scale 1
     xyz, col, faces = height_field_mesh(rec.height, rec.ortho, px, origin, 1.0, rec.config.output.max_mesh_vertices)
     xyz[:, 1] = -xyz[:, 1]  # y up: the right-handed mosaic frame (FRAME) ...

@@ -151,6 +151,7 @@ def run_rounds(
                 model, cache[level.downsample], level, r, lr, cfg.loss, cfg.batching, cfg.robust, seed=cfg.seed,
                 progress=progress, resume=round_state if r == start_round else None,
                 on_checkpoint=save if checkpoint is not None else None,
+                prior_losses=tuple(x.loss for x in history if x.level == level.name) if resumed_inside else (),
             )  # fmt: skip
         history = history + result.records
         if checkpoint is not None:

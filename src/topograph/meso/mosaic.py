@@ -64,6 +64,7 @@ def render_mosaic(
     min_views: int = 2,
     image_weights: np.ndarray | None = None,
     description: str = "mosaic (images)",
+    full_size: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, GridSpec]:
     """Splat every full-resolution pixel (RGB and height) onto one grid: the orthomosaic and height map.
 
@@ -78,21 +79,24 @@ def render_mosaic(
             by one image has no parallax, so its height is not observable).
         image_weights: (N,) splat weight of each image (None = 1; blurred photos get less).
         description: name of the counted work shown by the active progress reporter (one step per image).
+        full_size: ``(W, H)`` of the images the model was built for when ``pixels`` are a downsampled copy
+            (a coarse mosaic splats fewer samples); None = the size of ``pixels``.
 
     Returns:
         ``(rgb, height, weight, grid)``: (H, W, 3) float32 in [0, 1], (H, W) float32 (NaN where fewer
         than ``min_views`` images), (H, W) splat weight, and the grid.
     """
     n, h, w = pixels.shape[:3]
+    w_full, h_full = full_size or (w, h)
     factors = torch.ones(n) if height_factors is None else torch.as_tensor(height_factors, dtype=torch.float32)
     # bounds from the flat back-projection of the image borders, with room for height shifts
-    us, vs = torch.arange(w, dtype=torch.float32), torch.arange(h, dtype=torch.float32)
+    us, vs = torch.arange(w_full, dtype=torch.float32), torch.arange(h_full, dtype=torch.float32)
     border = torch.cat(
         (
             torch.stack((us, torch.zeros_like(us)), 1),
-            torch.stack((us, torch.full_like(us, h - 1.0)), 1),
+            torch.stack((us, torch.full_like(us, h_full - 1.0)), 1),
             torch.stack((torch.zeros_like(vs), vs), 1),
-            torch.stack((torch.full_like(vs, w - 1.0), vs), 1),
+            torch.stack((torch.full_like(vs, w_full - 1.0), vs), 1),
         )
     ).to(device)
     pts = model.object_points(border).reshape(-1, 2).cpu()
@@ -111,7 +115,7 @@ def render_mosaic(
         window = (grid.shape[0], grid.shape[1], 0, 0)  # (y0, x0, y1, x1) the image touched
         for r0 in range(0, h, rows):
             r1 = min(h, r0 + rows)
-            uv = pixel_coordinates((w, h), (h, w), device, rows=(r0, r1))
+            uv = pixel_coordinates((w_full, h_full), (h, w), device, rows=(r0, r1))
             band = torch.from_numpy(pixels[i, r0:r1]).to(device).reshape(1, -1, 3).float().div_(255.0)
             hb = hmap[r0:r1].reshape(1, -1)
             pts = model.object_points(uv, hb, idx)[0]

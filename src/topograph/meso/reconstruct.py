@@ -350,6 +350,20 @@ def start_model(images: MesoImages, intrinsics: Intrinsics, init: InitialPositio
     return model
 
 
+def downsampled(pixels: np.ndarray, factor: float) -> np.ndarray:
+    """(N, H, W, 3) uint8 images area-averaged by ``factor`` (a copy; the images themselves when ``factor <= 1``)."""
+    import cv2
+
+    n, h, w = pixels.shape[:3]
+    size = (max(2, round(w / factor)), max(2, round(h / factor)))
+    if factor <= 1 or size == (w, h):
+        return pixels
+    out = np.empty((n, size[1], size[0], 3), np.uint8)
+    for i in range(n):
+        out[i] = cv2.resize(pixels[i], size, interpolation=cv2.INTER_AREA)
+    return out
+
+
 @dataclass(frozen=True)
 class Mosaic:
     """The rendered outputs of :func:`finish`: ``ortho`` (H, W, 3), ``height`` (H, W) in
@@ -376,7 +390,12 @@ def finish(
     scale and the full-resolution mosaic."""
     if cfg.model.level_plane:
         coarse = 4.0 * cfg.output.downsample
-        _, h_units, _, g = render_mosaic(model, images.pixels, coarse, None, device, description="levelling (images)")
+        # the plane needs a coarse height map only: images at the mosaic's cell size splat 1/16 of the samples
+        small = downsampled(images.pixels, coarse)
+        _, h_units, _, g = render_mosaic(
+            model, small, coarse, None, device, description="levelling (images)", full_size=images.size
+        )
+        del small
         plane = fit_dominant_plane(h_units, g)
         level_model(model, plane, images.size)
         log.info("levelled to the dominant plane: slopes %.2e, %.2e; offset %.3g units", *plane)
@@ -385,6 +404,7 @@ def finish(
     ortho, height, weight, grid = render_mosaic(
         model, images.pixels, cell, scale.height_factors, device, cfg.output.min_views, weights, "orthomosaic (images)"
     )
+    log.info("orthomosaic %dx%d px at %.3g object units per pixel", grid.shape[1], grid.shape[0], grid.cell)
     seen = weight > 0.25 * grid.cell**2
     coverage = float(np.isfinite(height)[seen].mean()) if seen.any() else 0.0
     return Mosaic(ortho, height, weight, grid, scale, coverage)

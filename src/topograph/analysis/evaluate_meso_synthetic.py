@@ -81,15 +81,19 @@ def labels_on_grid(
         (H, W) labels on the mosaic grid.
     """
     h, w = grid.shape
-    jj, ii = np.meshgrid(np.arange(w), np.arange(h))
-    obj = np.stack((grid.origin[0] + grid.cell * jj.ravel(), grid.origin[1] + grid.cell * ii.ravel()), axis=1)
-    world = to_world.apply(obj)
-    tx = np.round((world[:, 0] - origin_mm[0]) / texel_mm).astype(int)
-    ty = np.round((world[:, 1] - origin_mm[1]) / texel_mm).astype(int)
-    ok = (tx >= 0) & (tx < labels.shape[1]) & (ty >= 0) & (ty < labels.shape[0])
-    out = np.full(h * w, fill, dtype=labels.dtype)
-    out[ok] = labels[ty[ok], tx[ok]]
-    return out.reshape(h, w)
+    out = np.full((h, w), fill, dtype=labels.dtype)
+    rows = max(1, (1 << 20) // max(w, 1))  # a band of rows at a time: a 12 MP mosaic has ~70 M cells
+    for r0 in range(0, h, rows):
+        r1 = min(h, r0 + rows)
+        jj, ii = np.meshgrid(np.arange(w), np.arange(r0, r1))
+        obj = np.stack((grid.origin[0] + grid.cell * jj.ravel(), grid.origin[1] + grid.cell * ii.ravel()), axis=1)
+        world = to_world.apply(obj)
+        tx = np.round((world[:, 0] - origin_mm[0]) / texel_mm).astype(int)
+        ty = np.round((world[:, 1] - origin_mm[1]) / texel_mm).astype(int)
+        ok = (tx >= 0) & (tx < labels.shape[1]) & (ty >= 0) & (ty < labels.shape[0])
+        band = out[r0:r1].reshape(-1)
+        band[ok] = labels[ty[ok], tx[ok]]
+    return out
 
 
 @dataclass(frozen=True)

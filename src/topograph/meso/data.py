@@ -13,6 +13,7 @@ import numpy as np
 from topograph.errors import TopographError
 from topograph.meso.config import CheckConfig, ScaleConfig
 from topograph.meso.types import ExifInfo, InputChecks, Intrinsics, MesoImages
+from topograph.progress import steps
 
 log = logging.getLogger("topograph")
 
@@ -86,35 +87,33 @@ def load_images(paths: Sequence[str | Path]) -> MesoImages:
             f"the mesoscopic engine needs at least 2 overlapping images, got {len(paths)}",
             "pass all images of the sequence, e.g. photos/*.jpg",
         )
-    arrays: list[np.ndarray] = []
+    pixels: np.ndarray | None = None
+    sizes: list[tuple[int, int]] = []
     exifs: list[ExifInfo] = []
-    for p in paths:
+    for k, p in enumerate(steps(paths, "load images")):
         if not p.is_file():
             raise TopographError(f"image not found: {p}", "check the path")
         data = np.fromfile(str(p), dtype=np.uint8)
         img = cv2.imdecode(data, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION) if data.size else None
+        del data
         if img is None:
             raise TopographError(f"cannot read image {p}", "give JPEG, PNG or TIFF files that open in an image viewer")
-        arrays.append(cv2.cvtColor(img, cv2.COLOR_BGR2RGB))
+        sizes.append((img.shape[1], img.shape[0]))
         exifs.append(read_exif(p, img.shape[1], img.shape[0]))
-    sizes = sorted({(a.shape[1], a.shape[0]) for a in arrays})
-    if len(sizes) > 1:
-        counts = {s: sum((a.shape[1], a.shape[0]) == s for a in arrays) for s in sizes}
-        odd = [
-            p.name
-            for p, a in zip(paths, arrays, strict=True)
-            if (a.shape[1], a.shape[0]) != max(counts, key=counts.get)
-        ]
+        if pixels is None:  # one uint8 array for the set, filled in place: no list of copies to stack
+            pixels = np.empty((len(paths), *img.shape[:2], 3), dtype=np.uint8)
+        if sizes[-1] == sizes[0]:
+            cv2.cvtColor(img, cv2.COLOR_BGR2RGB, dst=pixels[k])
+    if len(set(sizes)) > 1:
+        counts = {s: sizes.count(s) for s in set(sizes)}
+        common = max(counts, key=counts.get)
+        odd = [p.name for p, s in zip(paths, sizes, strict=True) if s != common]
+        listed = ", ".join(f"{w}x{h}" for w, h in sorted(counts))
         raise TopographError(
-            f"images differ in size ({', '.join(f'{w}x{h}' for w, h in sizes)}; odd ones: {', '.join(odd[:5])})",
+            f"images differ in size ({listed}; odd ones: {', '.join(odd[:5])})",
             "use images from one camera at one resolution",
         )
-    return MesoImages(
-        names=tuple(p.name for p in paths),
-        pixels=np.stack(arrays),
-        exif=tuple(exifs),
-        paths=tuple(paths),
-    )
+    return MesoImages(names=tuple(p.name for p in paths), pixels=pixels, exif=tuple(exifs), paths=tuple(paths))
 
 
 def resolve_intrinsics(images: MesoImages, scale: ScaleConfig) -> Intrinsics:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,18 @@ FRAME = (
 )
 """The frame of ``surface.ply`` and of the camera positions in ``cameras.json`` (``position_output``)."""
 
+FIGURE_MAX_SIDE = 2000
+"""Cells along the long side of the height-map figure (the mosaic is sampled with a stride above it)."""
+
 
 def write_orthomosaic(out: Path, rgb: np.ndarray, valid: np.ndarray, pixel_size_um: float | None) -> list[Path]:
     """``orthomosaic.png`` (RGBA) and ``orthomosaic.tif`` (RGB uint8, calibrated in µm when known)."""
-    u8 = np.clip(np.round(rgb * 255.0), 0, 255).astype(np.uint8)
-    rgba = np.dstack((u8, np.where(valid, 255, 0).astype(np.uint8)))
+    rgba = np.empty((*rgb.shape[:2], 4), np.uint8)
+    rows = max(1, (1 << 20) // max(1, rgb.shape[1]))  # float temporaries for a band of rows, not the mosaic
+    for r0 in range(0, rgb.shape[0], rows):
+        rgba[r0 : r0 + rows, :, :3] = np.clip(np.round(rgb[r0 : r0 + rows] * 255.0), 0, 255)
+        rgba[r0 : r0 + rows, :, 3] = np.where(valid[r0 : r0 + rows], 255, 0)
+    u8 = rgba[..., :3]
     return [write_png(out / "orthomosaic.png", rgba), write_rgb_tiff(out / "orthomosaic.tif", u8, pixel_size_um)]
 
 
@@ -152,7 +160,12 @@ def write_outputs(rec: MesoReconstruction, out_dir: str | Path, command: str | N
     facts = {"frame": "mosaic raster (column, row); value = height above the dominant plane", "origin": origin}
     files["height_tif"], files["height_gwy"] = write_height_map(out, rec.height, pixel_um, unit, facts)
     bar_px, bar_unit = (rec.pixel_size_mm, "mm") if scaled else (px, "px")  # a scale bar of a few mm
-    files["height_png"] = height_figure(rec.height, bar_px, bar_unit, unit, out / "height_map.png", "height map")
+    # the figure is ~1000 px wide: every k-th cell (matplotlib would otherwise hold float64 copies of a
+    # 12 MP mosaic's ~40 M cells)
+    k = max(1, math.ceil(max(rec.height.shape) / FIGURE_MAX_SIDE))
+    files["height_png"] = height_figure(
+        rec.height[::k, ::k], bar_px * k, bar_unit, unit, out / "height_map.png", "height map"
+    )
     # heights share the lateral unit (µm, or object units when unscaled): z_scale 1
     xyz, col, faces = height_field_mesh(rec.height, rec.ortho, px, origin, 1.0, rec.config.output.max_mesh_vertices)
     xyz[:, 1] = -xyz[:, 1]  # y up: the right-handed mosaic frame (FRAME) ...

@@ -17,7 +17,7 @@ from topograph.meso.data import load_images
 from topograph.meso.outputs import write_inputs, write_outputs
 from topograph.meso.paths import expand_images
 from topograph.meso.reconstruct import MesoReconstruction, reconstruct
-from topograph.progress import StepReporter, reporting
+from topograph.progress import StepReporter, reporting, stage
 
 log = logging.getLogger("topograph")
 
@@ -84,15 +84,17 @@ def run_meso(
     cfg = cfg or MesoConfig()
     # The folder is checked and locked before any compute; the checkpoint lives in OUT itself (so an
     # interrupted run can resume), every other file is staged and OUT replaced as a whole at the end.
-    with reporting(progress), output_transaction(out, paths) as stage:
+    with reporting(progress), output_transaction(out, paths) as staging:
         images = load_images(paths)
         rec = reconstruct(images, cfg, checkpoint=out / "checkpoint.pt", resume=resume)
-        staged = write_outputs(rec, stage, command)
-        write_inputs(images, stage)
+        stage("write outputs")
+        staged = write_outputs(rec, staging, command)
+        write_inputs(images, staging)
         from topograph.report.html import write_report
 
-        staged["report_html"] = write_report(stage)
-    files = {name: out / path.relative_to(stage) for name, path in staged.items()}
+        stage("write report")
+        staged["report_html"] = write_report(staging)
+    files = {name: out / path.relative_to(staging) for name, path in staged.items()}
     log.info("wrote %d files to %s (report: %s)", len(files), out, files["report_html"])
     return MesoRun(
         reconstruction=rec,

@@ -28,7 +28,7 @@ from topograph.meso.optimise.history import History
 from topograph.meso.optimise.rounds import run_rounds
 from topograph.meso.quality import Gate, QualityReport, enforce, height_gate, registration_gate, registration_scores
 from topograph.meso.types import CameraEstimate, InputChecks, Intrinsics, MesoImages
-from topograph.progress import StepReporter, reporting
+from topograph.progress import StepReporter, reporting, stage
 from topograph.timing import Timings
 from topograph.types import HeightMap
 
@@ -324,6 +324,7 @@ def check_and_initialise(
 ) -> tuple[MesoImages, InputChecks, Intrinsics, InitialPositions, MesoConfig]:
     """Input checks, intrinsics and initial positions; images linked to no other are left out
     (:func:`drop_unlinked`, which renumbers the reference image in the returned configuration)."""
+    stage("input checks")
     checks = check_inputs(images, cfg.checks)
     intrinsics = resolve_intrinsics(images, cfg.scale)
     log.info(
@@ -331,6 +332,7 @@ def check_and_initialise(
         len(images), *images.size, intrinsics.focal_mm, intrinsics.source["focal_mm"],
         intrinsics.pixel_pitch_mm * 1000, intrinsics.source["pixel_pitch"], intrinsics.focal_px,
     )  # fmt: skip
+    stage("initial positions")
     init = estimate_initial_positions(images.pixels, images.names, cfg.init)
     if init.linked is not None and not init.linked.all():
         images, init, checks, cfg = drop_unlinked(images, init, checks, cfg)
@@ -346,6 +348,20 @@ def start_model(images: MesoImages, intrinsics: Intrinsics, init: InitialPositio
     model.heights.prepare(images.pixels)
     log.info("heights: %s", model.heights.describe(cfg.heights, cfg.loss.tv_weight))
     return model
+
+
+def downsampled(pixels: np.ndarray, factor: float) -> np.ndarray:
+    """(N, H, W, 3) uint8 images area-averaged by ``factor`` (a copy; the images themselves when ``factor <= 1``)."""
+    import cv2
+
+    n, h, w = pixels.shape[:3]
+    size = (max(2, round(w / factor)), max(2, round(h / factor)))
+    if factor <= 1 or size == (w, h):
+        return pixels
+    out = np.empty((n, size[1], size[0], 3), np.uint8)
+    for i in range(n):
+        out[i] = cv2.resize(pixels[i], size, interpolation=cv2.INTER_AREA)
+    return out
 
 
 @dataclass(frozen=True)
@@ -374,15 +390,21 @@ def finish(
     scale and the full-resolution mosaic."""
     if cfg.model.level_plane:
         coarse = 4.0 * cfg.output.downsample
-        _, h_units, _, g = render_mosaic(model, images.pixels, coarse, None, device)
+        # the plane needs a coarse height map only: images at the mosaic's cell size splat 1/16 of the samples
+        small = downsampled(images.pixels, coarse)
+        _, h_units, _, g = render_mosaic(
+            model, small, coarse, None, device, description="levelling (images)", full_size=images.size
+        )
+        del small
         plane = fit_dominant_plane(h_units, g)
         level_model(model, plane, images.size)
         log.info("levelled to the dominant plane: slopes %.2e, %.2e; offset %.3g units", *plane)
     scale = resolve_scale(model, intrinsics, cfg)
     cell = mosaic_cell(model, scale, cfg, images.size)
     ortho, height, weight, grid = render_mosaic(
-        model, images.pixels, cell, scale.height_factors, device, cfg.output.min_views, weights
+        model, images.pixels, cell, scale.height_factors, device, cfg.output.min_views, weights, "orthomosaic (images)"
     )
+    log.info("orthomosaic %dx%d px at %.3g object units per pixel", grid.shape[1], grid.shape[0], grid.cell)
     seen = weight > 0.25 * grid.cell**2
     coverage = float(np.isfinite(height)[seen].mean()) if seen.any() else 0.0
     return Mosaic(ortho, height, weight, grid, scale, coverage)
@@ -423,7 +445,7 @@ def reconstruct(
     if resume and checkpoint is None:
         raise TopographError("resuming needs a checkpoint file", "give the output folder of the earlier run")
     timings = Timings()
-    with timings.timed("checks_init"):
+    with reporting(progress), timings.timed("checks_init"):
         device = select_device(cfg.device)
         torch.set_num_threads(cfg.threads if cfg.threads > 0 else max(1, os.cpu_count() or 1))
         torch.manual_seed(cfg.seed)
@@ -441,10 +463,11 @@ def reconstruct(
             checkpoint=checkpoint, resume=resume, fingerprint=fingerprint, image_weights=weights,
         )  # fmt: skip
     model = rounds.model
-    for stage, seconds in rounds.timings.items():
-        timings.add(stage, seconds)
+    for name, seconds in rounds.timings.items():
+        timings.add(name, seconds)
     model.eval()
-    with timings.timed("mosaic"):
+    with reporting(progress), timings.timed("mosaic"):
+        stage("registration check")
         registration, ncc, overlap = check_registration(model, images, cfg, device)
         mosaic = finish(model, images, intrinsics, cfg, device, weights)
         coverage = enforce(height_gate(mosaic.height_coverage, cfg.checks), cfg.checks)

@@ -26,7 +26,7 @@ from topograph.meso.optimise.checkpoint import Checkpoint, RoundState, load_chec
 from topograph.meso.optimise.history import History, IterationRecord
 from topograph.meso.optimise.solver import solve_round
 from topograph.meso.quality import Gate, enforce, match_gate, refinement_gate
-from topograph.progress import StepReporter
+from topograph.progress import StepReporter, stage
 from topograph.timing import Timings
 
 log = logging.getLogger("topograph")
@@ -65,6 +65,7 @@ class RoundsResult:
 def _flow_step(model: MesoModel, pixels: np.ndarray, cfg: MesoConfig) -> tuple[Gate, Gate]:
     """The flow step before the first height round (:mod:`topograph.meso.flow`): heights measured from dense
     matches start the height model. Returns its dense-matching and refinement gates (:func:`enforce`)."""
+    stage("flow step: dense matches, camera refinement, heights")
     measured = measure_heights(model, pixels, cfg.heights.flow, cfg.seed)
     measured = clip_measured_heights(measured, model, cfg.robust.max_height_fraction)
     misfit = initialise_heights(model, measured, cfg.heights.fit_iterations, cfg.heights.fit_lr)
@@ -150,6 +151,7 @@ def run_rounds(
                 model, cache[level.downsample], level, r, lr, cfg.loss, cfg.batching, cfg.robust, seed=cfg.seed,
                 progress=progress, resume=round_state if r == start_round else None,
                 on_checkpoint=save if checkpoint is not None else None,
+                prior_losses=tuple(x.loss for x in history if x.level == level.name) if resumed_inside else (),
             )  # fmt: skip
         history = history + result.records
         if checkpoint is not None:

@@ -189,6 +189,17 @@ class _RoundSolver:
         )  # fmt: skip
         return True
 
+    def converged(self, prior: tuple[float, ...]) -> bool:
+        """The loss plateau (``plateau_iterations``, ``plateau_tolerance``): the lowest loss of the last
+        ``k`` accepted iterations is not below ``1 - tol`` times the lowest before them. ``prior`` are the
+        losses of this round's iterations before a resume (the decision is the uninterrupted run's)."""
+        k = int(getattr(self.cfg, "plateau_iterations", 0))
+        losses = (*prior, *(r.loss for r in self.records))
+        if k <= 0 or len(losses) <= max(k, self.warmup):
+            return False
+        before, recent = min(losses[:-k]), min(losses[-k:])
+        return recent > before * (1.0 - float(self.cfg.plateau_tolerance))
+
     def step(self, it: int) -> None:
         """Adam step with the warm-up factor, then the exponential decay of every rate."""
         warm = min(1.0, (it + 1) / self.warmup) if self.warmup > 0 else 1.0
@@ -199,8 +210,15 @@ class _RoundSolver:
         for g in self.opt.param_groups:
             g["lr"] *= self.gamma / warm
 
-    def run(self, loss: LossConfig, seed: int, progress: StepReporter, on_checkpoint: CheckpointHook | None) -> None:
-        """Iterate from ``start`` to the round's end (or to the rollback limit)."""
+    def run(
+        self,
+        loss: LossConfig,
+        seed: int,
+        progress: StepReporter,
+        on_checkpoint: CheckpointHook | None,
+        prior: tuple[float, ...] = (),
+    ) -> None:
+        """Iterate from ``start`` to the round's end (or to the rollback limit, or to a loss plateau)."""
         n, cfg, robust = self.level.n_images, self.cfg, self.robust
         snap = self.snapshot(self.start)
         last_save = time.monotonic()
@@ -226,6 +244,9 @@ class _RoundSolver:
             )
             progress.step(value)
             it += 1
+            if it < self.iterations and self.converged(prior):
+                log.info("round %s: loss plateau, ending after %d of %d iterations", cfg.name, it, self.iterations)
+                break
             if it % robust.checkpoint_every == 0 and it < self.iterations:
                 snap = self.snapshot(it)
                 if on_checkpoint is not None and time.monotonic() - last_save >= robust.save_interval_s:
@@ -246,6 +267,7 @@ def solve_round(
     progress: StepReporter | None = None,
     resume: RoundState | None = None,
     on_checkpoint: CheckpointHook | None = None,
+    prior_losses: tuple[float, ...] = (),
 ) -> RoundResult:
     """Optimise one round (see the module docstring).
 
@@ -264,6 +286,8 @@ def solve_round(
         resume: continue this round from a saved state (the model must hold the saved parameters).
         on_checkpoint: called with the round's state and its records so far at in-memory checkpoints, at
             most every ``robust.save_interval_s`` seconds (to write a resumable checkpoint file).
+        prior_losses: with ``resume``, the losses of this round's iterations before it (the loss-plateau
+            test, ``level_cfg.plateau_iterations``, then decides as in the uninterrupted run).
 
     Returns:
         The accepted iterations of this call (after ``resume.iteration`` when resuming) and the rollbacks.
@@ -279,7 +303,7 @@ def solve_round(
              "" if solver.all_in_one else f", m={m}")  # fmt: skip
     progress.begin(f"{level_cfg.name} (1/{level.downsample})", solver.iterations - solver.start)
     try:
-        solver.run(loss, seed, progress, on_checkpoint)
+        solver.run(loss, seed, progress, on_checkpoint, tuple(prior_losses) if resume is not None else ())
     finally:
         progress.end()
     if solver.records:

@@ -26,7 +26,17 @@ from topograph.meso.mosaic import render_mosaic
 from topograph.meso.optimise.checkpoint import load_checkpoint
 from topograph.meso.optimise.history import History
 from topograph.meso.optimise.rounds import run_rounds
-from topograph.meso.quality import Gate, QualityReport, enforce, height_gate, registration_gate, registration_scores
+from topograph.meso.quality import (
+    Gate,
+    QualityReport,
+    SeamMap,
+    enforce,
+    height_gate,
+    link_residuals,
+    registration_gate,
+    registration_scores,
+    seam_map,
+)
 from topograph.meso.types import CameraEstimate, InputChecks, Intrinsics, MesoImages
 from topograph.progress import StepReporter, reporting
 from topograph.timing import Timings
@@ -81,6 +91,8 @@ class MesoReconstruction:
     """``(width, height)`` of the input images."""
     quality: QualityReport = field(default_factory=QualityReport)
     """The quality gates (status ``failed`` when any failed)."""
+    seams: SeamMap | None = None
+    """Where the images meet in the mosaic and how well they agree there (the seam figure)."""
 
     @property
     def pixel_size_mm(self) -> float | None:
@@ -460,9 +472,11 @@ def reconstruct(
     model.eval()
     with timings.timed("mosaic"):
         registration, ncc, overlap = check_registration(model, images, cfg, device)
+        residual_px = link_residuals(model, init.links, len(images))
+        seams = seam_map(model, images.pixels, device=device)
         mosaic = finish(model, images, intrinsics, cfg, device, weights)
         coverage = enforce(height_gate(mosaic.height_coverage, cfg.checks), cfg.checks)
-    quality = QualityReport((*rounds.gates, registration, coverage), ncc, overlap)
+    quality = QualityReport((*rounds.gates, registration, coverage), ncc, overlap, residual_px)
     timings_s = dict(timings.frozen())
     model = model.cpu()
     return MesoReconstruction(
@@ -482,4 +496,5 @@ def reconstruct(
         timings=timings_s,
         image_size=images.size,
         quality=quality,
+        seams=seams,
     )

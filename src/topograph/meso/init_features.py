@@ -142,9 +142,7 @@ def overlap_share(h_ij: np.ndarray, size: tuple[int, int]) -> float:
     return float(((p[2] > 0) & (x >= 0) & (x < w) & (y >= 0) & (y < ht)).mean())
 
 
-def find_links(
-    pixels: np.ndarray, size: int = 1024, min_inliers: int = 15, n_features: int = 6000
-) -> list[PairLink]:
+def find_links(pixels: np.ndarray, size: int = 1024, min_inliers: int = 15, n_features: int = 6000) -> list[PairLink]:
     """Links of every pair of images (module docstring, steps 1-2)."""
     n, h, w = pixels.shape[:3]
     feats, f = _features(pixels, size, n_features)

@@ -171,7 +171,7 @@ class _FlatFit:
             for img, grad in ((self.ii, gi), (self.jj, gj)):
                 cols = _PER_IMAGE * img[:, None] + np.arange(_PER_IMAGE)
                 np.add.at(block, (np.repeat(rows, _PER_IMAGE), cols.ravel()), grad.numpy().ravel())
-            jac[axis:2 * m:2] = block
+            jac[axis : 2 * m : 2] = block
         tilt_cols = (_PER_IMAGE * np.arange(self.n)[:, None] + np.array([3, 4])).ravel()
         jac[2 * m + np.arange(2 * self.n), tilt_cols] = self.tilt_prior
         r = np.concatenate((diff.detach().numpy().ravel(), self.tilt_prior * cams[:, 3:5].numpy().ravel()))
@@ -198,7 +198,13 @@ def _start(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def fit_cameras(
-    links: list[PairLink], n: int, centre: np.ndarray, focal: float, projection: str, root: int, noise_px: float,
+    links: list[PairLink],
+    n: int,
+    centre: np.ndarray,
+    focal: float,
+    projection: str,
+    root: int,
+    noise_px: float,
     iterations: int = 30,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Steps 1-2 of the module docstring on ``links``: ``(cams (N, 6), per-match misfit norm (M,), link index

@@ -31,9 +31,9 @@ from topograph.config import to_yaml
 from topograph.io.atomic import write_json, write_text
 from topograph.io.exports import write_height_map, write_mesh_ply, write_png, write_rgb_tiff
 from topograph.meso.optimise.history import History
+from topograph.meso.quality import registration_csv, registration_rows
 from topograph.meso.reconstruct import MesoReconstruction
 from topograph.meso.types import MesoImages
-from topograph.meso.quality import registration_csv, registration_rows
 from topograph.report.meso_figures import distortion_figure, height_figure, loss_figure, seam_figure
 
 log = logging.getLogger("topograph")

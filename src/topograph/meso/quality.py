@@ -269,7 +269,9 @@ def registration_csv(rows: list[dict[str, Any]]) -> str:
     """:func:`registration_rows` as CSV text (empty cells for unknown values)."""
     lines = ["image,ncc_with_mosaic,overlap,residual_px,passed"]
     for r in rows:
-        cells = [r["image"]] + ["" if r[k] is None else f"{r[k]:.4f}" for k in ("ncc_with_mosaic", "overlap", "residual_px")]
+        cells = [r["image"]] + [
+            "" if r[k] is None else f"{r[k]:.4f}" for k in ("ncc_with_mosaic", "overlap", "residual_px")
+        ]
         lines.append(",".join([*cells, "yes" if r["passed"] else "no"]))
     return "\n".join(lines) + "\n"
 

@@ -128,9 +128,9 @@ def seam_figure(
     disagreement of the overlapping images with the same seams (a misregistered image: bright bands)."""
     h, w = owner.shape
     seam = np.zeros_like(owner, dtype=bool)
-    seam[:, 1:] |= owner[:, 1:] != owner[:, :-1]
-    seam[1:, :] |= owner[1:, :] != owner[:-1, :]
-    seam &= owner >= 0
+    seen = owner >= 0
+    seam[:, 1:] |= (owner[:, 1:] != owner[:, :-1]) & seen[:, 1:] & seen[:, :-1]  # between two images only
+    seam[1:, :] |= (owner[1:, :] != owner[:-1, :]) & seen[1:, :] & seen[:-1, :]
     aspect = h / max(w, 1)
     fig = _figure(11.0, max(3.0, 5.2 * aspect + 0.8))
     axes = fig.subplots(1, 2)

@@ -289,13 +289,11 @@ def solve_links(
             residual[k] = float(np.median(err[mine]))
     cams[~linked] = 0.0
     gm = float(cams[linked, 2].mean()) if linked.any() else 0.0
-    scale = np.exp(-gm)  # object frame scaled so that the geometric-mean camera height is the focal length
-    nadir = cams[:, :2] * scale
+    # object frame scaled so that the geometric-mean camera height is the focal length; cams[:, :2] is
+    # already the model's position (where the optical axis meets the plane)
+    positions = cams[:, :2] * np.exp(-gm)
     log_scales = np.where(linked, cams[:, 2] - gm, 0.0)
     tilts = cams[:, 3:5]
-    z = focal * np.exp(log_scales)
-    nz = normal_z(torch.as_tensor(tilts)).numpy()
-    positions = nadir - z[:, None] * tilts / nz[:, None]  # the model's position: where the optical axis lands
     positions[linked] -= positions[linked].mean(0)
     positions[~linked] = 0.0
     return LinkSolution(

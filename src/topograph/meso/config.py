@@ -241,8 +241,8 @@ class InitConfig:
     method: Literal["auto", "zero", "xcorr", "features"] = "auto"
     """``auto``: zero start unless the cross-correlation estimates spread wider than ``zero_max_spread``;
     when cross-correlation leaves images unlinked (rotated photos, e.g. a second flight line), SIFT
-    features. ``features``: positions and in-plane angles from SIFT similarities
-    (:mod:`topograph.meso.init_features`)."""
+    features. ``features``: positions, heights, tilts and in-plane angles from SIFT homography links solved
+    jointly (:mod:`topograph.meso.init_features`, :mod:`topograph.meso.init_global`)."""
     feature_size: int = 1024
     """Long side (pixels) of the images used for SIFT matching (``features``)."""
     size: int = 256

@@ -1,13 +1,20 @@
-"""Initial camera positions *and in-plane angles* from SIFT matches (robust to rotated photos).
+"""Initial cameras (position, height, tilt, in-plane angle) from SIFT matches, robust to rotated photos and
+to repetitive, low-texture scenes (crop rows, paper fibres, fabric).
 
-Phase correlation (:mod:`topograph.meso.init_positions`) finds translations only; photos taken on the
-way back along a second flight line or sweep are rotated by up to 180 degrees and correlate with nothing.
-Here every pair is matched with SIFT (ratio test) at low resolution and a similarity ``u_j = s R(phi) u_i
-+ t`` is fitted by RANSAC (``cv2.estimateAffinePartial2D``). The pairs with enough inliers form a graph;
-the maximum spanning tree (most inliers first) from the reference image chains the similarities into one
-map ``G_i`` of every image's pixels into the reference image's pixels. With the model's flat back-projection
-``X = R(theta_i) (u - c) + p_i`` (unit scale, no tilt), ``theta_i`` is the angle of ``G_i`` and
-``p_i = G_i(c) - c``.
+Phase correlation (:mod:`topograph.meso.init_positions`) finds translations only; photos taken on the way
+back along a second flight line are rotated by up to 180 degrees and correlate with nothing. Here:
+
+1. every image is contrast-equalised (CLAHE: low-texture fields get keypoints) and described by RootSIFT
+   at a long side of ``size`` pixels;
+2. every pair is matched (ratio test) and a homography is fitted by MAGSAC++ (a hand-held or gimbal-less
+   camera is tilted: a similarity leaves most true matches outliers). A pair is a *link* only when its
+   inliers are many, spread over the overlap (not a cluster on one repeated feature) and the homography's
+   local Jacobian is a plausible view change (singular values in [0.5, 2]; repeated texture and fixed
+   sensor blemishes give collapsed maps);
+3. the links are solved *jointly* (:mod:`topograph.meso.init_global`): a linear similarity solve, then the
+   flat tilted-camera model fitted to every link's inlier matches at once (robust loss), and links that
+   disagree with the rest (loop closure) rejected one round at a time. Images no consistent link reaches
+   are returned unlinked (the caller leaves them out and names them).
 """
 
 from __future__ import annotations
@@ -24,130 +31,190 @@ log = logging.getLogger("topograph")
 
 
 @dataclass(frozen=True)
+class PairLink:
+    """Matched inliers of images ``i`` and ``j``: ``uv_i``, ``uv_j`` (K, 2) full-resolution pixels, and the
+    homography ``h_ij`` (3, 3) taking pixels of ``i`` to pixels of ``j``."""
+
+    i: int
+    j: int
+    uv_i: np.ndarray
+    uv_j: np.ndarray
+    h_ij: np.ndarray
+
+    @property
+    def inliers(self) -> int:
+        return len(self.uv_i)
+
+
+@dataclass(frozen=True)
 class FeatureInit:
-    """Result of :func:`feature_initialisation`: ``positions`` (N, 2) and ``angles`` (N,) radians in the
-    reference image's pixel frame, ``inliers`` (N, N) RANSAC inlier counts of the pairs (0 = not linked),
-    ``overlap`` (N, N) estimated overlap fractions of the linked pairs; ``linked`` (N,) whether the image
-    is in the group that was initialised (unlinked images have zero position and angle)."""
+    """Result of :func:`feature_initialisation`, in the model's parameterisation (object unit ~ one image
+    pixel, geometric-mean camera height = focal length):
+
+    ``positions`` (N, 2) where the optical axes meet the object plane, ``angles`` (N,) in-plane angles
+    (radians), ``tilts`` (N, 2) plane normals ``(n_x, n_y)`` in the camera frames, ``log_scales`` (N,)
+    camera heights ``Z = f exp(log_scale)``; ``inliers`` (N, N) inlier counts of the accepted links;
+    ``overlap`` (N, N) shares of image i mapped inside image j; ``linked`` (N,) whether the image is in the
+    initialised group (others have zeros); ``residual_px`` (N,) median misfit of each image's matches
+    after the joint fit (NaN when unlinked); ``links`` the accepted links; ``rejected`` the pairs dropped
+    as inconsistent with the others."""
 
     positions: np.ndarray
     angles: np.ndarray
+    tilts: np.ndarray
+    log_scales: np.ndarray
     inliers: np.ndarray
     overlap: np.ndarray
     linked: np.ndarray
+    residual_px: np.ndarray
+    links: tuple[PairLink, ...] = ()
+    rejected: tuple[tuple[int, int], ...] = ()
 
 
-def _features(pixels: np.ndarray, size: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:
+def _features(pixels: np.ndarray, size: int, n_features: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:
+    """RootSIFT keypoints (full-resolution pixels) and descriptors of CLAHE-equalised grey images."""
     h, w = pixels.shape[1:3]
     f = min(1.0, size / max(h, w))
-    sift = cv2.SIFT_create(nfeatures=4000)
+    sift = cv2.SIFT_create(nfeatures=n_features)
+    clahe = cv2.createCLAHE(clipLimit=3.0, tileGridSize=(8, 8))
     out = []
     for img in pixels:
         g = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
         if f < 1.0:
             g = cv2.resize(g, (max(16, round(w * f)), max(16, round(h * f))), interpolation=cv2.INTER_AREA)
-        kp, desc = sift.detectAndCompute(g, None)
-        pts = np.array([k.pt for k in kp], np.float32).reshape(-1, 2) / f
-        out.append((pts, desc if desc is not None else np.zeros((0, 128), np.float32)))
+        kp, desc = sift.detectAndCompute(clahe.apply(g), None)
+        pts = (np.array([k.pt for k in kp], np.float32).reshape(-1, 2) + 0.5) / f - 0.5
+        if desc is None:
+            desc = np.zeros((0, 128), np.float32)
+        desc = np.sqrt(desc / (desc.sum(1, keepdims=True) + 1e-7)).astype(np.float32)  # RootSIFT (Hellinger)
+        out.append((pts, desc))
     return out, f
 
 
-def pairwise_similarity(
-    a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], threshold_px: float
-) -> tuple[np.ndarray | None, int]:
-    """Similarity mapping pixels of image a to image b (2x3), and its RANSAC inlier count."""
-    if len(a[1]) < 8 or len(b[1]) < 8:
-        return None, 0
+def local_jacobian(h: np.ndarray, point: np.ndarray) -> np.ndarray:
+    """(2, 2) Jacobian of the homography ``h`` at ``point``: ``(A - x' c^T) / w`` with ``w = c . (u, 1)``,
+    ``A`` the upper-left block, ``c`` the last row's first two entries and ``x'`` the mapped point."""
+    p = np.array([point[0], point[1], 1.0])
+    w = float(h[2] @ p)
+    mapped = (h[:2] @ p) / w
+    return (h[:2, :2] - np.outer(mapped, h[2, :2])) / w
+
+
+def pair_link(
+    a: tuple[np.ndarray, np.ndarray],
+    b: tuple[np.ndarray, np.ndarray],
+    i: int,
+    j: int,
+    threshold_px: float,
+    min_inliers: int,
+    min_spread_px: float,
+) -> PairLink | None:
+    """The link of images ``i`` and ``j`` from their features, or None (module docstring, step 2)."""
+    if len(a[1]) < min_inliers or len(b[1]) < min_inliers:
+        return None
     knn = cv2.BFMatcher(cv2.NORM_L2).knnMatch(a[1], b[1], k=2)
-    good = [m[0] for m in knn if len(m) == 2 and m[0].distance < 0.8 * m[1].distance]
-    if len(good) < 8:
-        return None, 0
+    good = [m[0] for m in knn if len(m) == 2 and m[0].distance < 0.85 * m[1].distance]
+    if len(good) < min_inliers:
+        return None
     src = a[0][[m.queryIdx for m in good]]
     dst = b[0][[m.trainIdx for m in good]]
-    model, mask = cv2.estimateAffinePartial2D(
-        src, dst, method=cv2.RANSAC, ransacReprojThreshold=threshold_px, maxIters=4000, confidence=0.999
-    )
-    if model is None or mask is None:
-        return None, 0
-    scale = float(np.hypot(model[0, 0], model[1, 0]))
-    if not 0.7 < scale < 1.4:  # photos of one sweep at one height: a wild scale is a false match
-        return None, 0
-    return model, int(mask.sum())
+    h, mask = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, threshold_px, maxIters=5000, confidence=0.999)
+    if h is None or mask is None or int(mask.sum()) < min_inliers:
+        return None
+    keep = mask.ravel().astype(bool)
+    src, dst = src[keep], dst[keep]
+    sv = np.linalg.svd(local_jacobian(h, src.mean(0)), compute_uv=False)
+    if not (0.5 < sv[1] and sv[0] < 2.0):  # collapsed or exploding map: repeated texture or a fixed blemish
+        return None
+    spread = min(np.sqrt(np.maximum(np.linalg.eigvalsh(np.cov(p.T)), 0.0)).min() for p in (src, dst))
+    if spread < min_spread_px:  # a cluster of look-alike keypoints, not an overlap
+        return None
+    return PairLink(i, j, src.astype(np.float64), dst.astype(np.float64), h)
 
 
-def _overlap(sim: np.ndarray, size: tuple[int, int]) -> float:
-    """Share of image a's area that ``sim`` maps inside image b (sampled on a 16 x 12 grid)."""
-    w, h = size
-    u, v = np.meshgrid(np.linspace(0, w, 16), np.linspace(0, h, 12))
-    p = sim[:, :2] @ np.stack((u.ravel(), v.ravel())) + sim[:, 2:]
-    return float(((p[0] >= 0) & (p[0] < w) & (p[1] >= 0) & (p[1] < h)).mean())
+def overlap_share(h_ij: np.ndarray, size: tuple[int, int]) -> float:
+    """Share of image i's area that ``h_ij`` maps inside image j (sampled on a 16 x 12 grid)."""
+    w, ht = size
+    u, v = np.meshgrid(np.linspace(0, w, 16), np.linspace(0, ht, 12))
+    p = h_ij @ np.stack((u.ravel(), v.ravel(), np.ones(u.size)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x, y = p[0] / p[2], p[1] / p[2]
+    return float(((p[2] > 0) & (x >= 0) & (x < w) & (y >= 0) & (y < ht)).mean())
 
 
-def _spanning_tree(weights: np.ndarray, root: int) -> list[tuple[int, int]]:
-    """Edges (parent, child) of the maximum spanning tree from ``root`` (Prim), over positive weights."""
-    n = weights.shape[0]
-    inside = {root}
-    edges = []
-    while len(inside) < n:
-        best = (0.0, -1, -1)
-        for p in inside:
-            for c in range(n):
-                if c not in inside and weights[p, c] > best[0]:
-                    best = (weights[p, c], p, c)
-        if best[1] < 0:
-            break
-        edges.append((best[1], best[2]))
-        inside.add(best[2])
-    return edges
+def find_links(pixels: np.ndarray, size: int = 1024, min_inliers: int = 15, n_features: int = 6000) -> list[PairLink]:
+    """Links of every pair of images (module docstring, steps 1-2)."""
+    n, h, w = pixels.shape[:3]
+    feats, f = _features(pixels, size, n_features)
+    links = []
+    for i in range(n):
+        for j in range(i + 1, n):
+            link = pair_link(feats[i], feats[j], i, j, 3.0 / f, min_inliers, 0.025 * max(h, w))
+            if link is not None:
+                links.append(link)
+    return links
 
 
 def feature_initialisation(
-    pixels: np.ndarray, names: tuple[str, ...], size: int = 1024, min_inliers: int = 25, root: int | None = None
+    pixels: np.ndarray,
+    names: tuple[str, ...],
+    size: int = 1024,
+    min_inliers: int = 15,
+    root: int | None = None,
+    focal_px: float | None = None,
+    projection: str = "expansion",
 ) -> FeatureInit:
-    """Positions and in-plane angles of every image from pairwise SIFT similarities (module docstring).
+    """Positions, heights, tilts and in-plane angles of every image from SIFT links (module docstring).
 
-    The spanning tree grows from ``root`` (None: the image with the most inliers); images it cannot reach
-    are returned unlinked (``FeatureInit.linked``).
+    Args:
+        pixels: (N, H, W, 3) uint8 images.
+        names: image names (for messages).
+        size: long side of the images SIFT runs on.
+        min_inliers: fewest homography inliers of a link.
+        root: the image whose angle is the frame's (None: the best-linked image).
+        focal_px: focal length in full-resolution pixels (None: the image diagonal, a 53-degree view).
+        projection: the model's back-projection (``expansion`` or ``exact``).
 
     Raises:
         TopographError: fewer than half of the images (or fewer than 2) are linked.
     """
+    from topograph.meso.init_global import solve_links
+
     n, h, w = pixels.shape[:3]
-    feats, f = _features(pixels, size)
-    sims: dict[tuple[int, int], np.ndarray] = {}
-    inliers = np.zeros((n, n), int)
-    overlap = np.zeros((n, n))
-    for i in range(n):
-        for j in range(i + 1, n):
-            sim, k = pairwise_similarity(feats[i], feats[j], 3.0 / f)
-            if sim is None or k < min_inliers:
-                continue
-            inv = cv2.invertAffineTransform(sim)
-            sims[(i, j)], sims[(j, i)] = sim, inv
-            inliers[i, j] = inliers[j, i] = k
-            overlap[i, j] = overlap[j, i] = _overlap(sim, (w, h))
-    root = int(np.argmax(inliers.sum(1))) if root is None else root
-    edges = _spanning_tree(inliers.astype(float), root)
-    linked = {root} | {c for _, c in edges}
-    if len(linked) < max(2, (n + 1) // 2):
-        missing = [names[k] for k in range(n) if k not in linked]
+    links = find_links(pixels, size, min_inliers)
+    focal = float(focal_px) if focal_px else float(np.hypot(w, h))
+    fit = solve_links(links, n, (w, h), focal, projection, root, noise_px=1.0 / min(1.0, size / max(h, w)))
+    linked = fit.linked
+    if int(linked.sum()) < max(2, (n + 1) // 2):
+        missing = [names[k] for k in range(n) if not linked[k]]
         raise TopographError(
-            f"feature matching links only {len(linked)} of {n} photos (no chain to {', '.join(missing[:6])})",
+            f"feature matching links only {int(linked.sum())} of {n} photos (no chain to {', '.join(missing[:6])})",
             "take the photos with more overlap (~70 % between neighbours), or check they show one scene",
         )
-    to_root = {root: np.eye(3)}
-    for p, c in edges:  # G_c = G_p @ (c -> p)
-        to_root[c] = to_root[p] @ np.vstack((sims[(c, p)], [0.0, 0.0, 1.0]))
-    centre = np.array([(w - 1) / 2.0, (h - 1) / 2.0, 1.0])
-    eye = np.eye(3)
-    positions = np.array([(to_root.get(k, eye) @ centre)[:2] - centre[:2] for k in range(n)])
-    angles = np.array([np.arctan2(to_root.get(k, eye)[1, 0], to_root.get(k, eye)[0, 0]) for k in range(n)])
-    mask = np.array([k in linked for k in range(n)])
-    positions -= positions[mask].mean(0)
-    positions[~mask] = 0.0
+    inliers = np.zeros((n, n), int)
+    overlap = np.zeros((n, n))
+    for link in fit.links:
+        inliers[link.i, link.j] = inliers[link.j, link.i] = link.inliers
+        overlap[link.i, link.j] = overlap_share(link.h_ij, (w, h))
+        overlap[link.j, link.i] = overlap_share(np.linalg.inv(link.h_ij), (w, h))
+    for i, j in fit.rejected:
+        log.warning("feature link %s - %s disagrees with the other links: not used", names[i], names[j])
     log.info(
-        "initial positions and angles from SIFT: %d linked pairs, angles %s deg",
-        int((inliers > 0).sum() // 2),
-        np.array2string(np.degrees(angles), precision=0, max_line_width=200),
+        "initial cameras from SIFT: %d consistent links (%d rejected), residual median %.2f px, angles %s deg, "
+        "tilts up to %.1f deg",
+        len(fit.links), len(fit.rejected), float(np.nanmedian(fit.residual_px)),
+        np.array2string(np.degrees(fit.angles), precision=0, max_line_width=200),
+        float(np.degrees(np.arcsin(np.clip(np.linalg.norm(fit.tilts, axis=1).max(), 0, 1)))),
+    )  # fmt: skip
+    return FeatureInit(
+        positions=fit.positions,
+        angles=fit.angles,
+        tilts=fit.tilts,
+        log_scales=fit.log_scales,
+        inliers=inliers,
+        overlap=overlap,
+        linked=linked,
+        residual_px=fit.residual_px,
+        links=tuple(fit.links),
+        rejected=tuple(fit.rejected),
     )
-    return FeatureInit(positions=positions, angles=angles, inliers=inliers, overlap=overlap, linked=mask)

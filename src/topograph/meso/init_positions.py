@@ -38,6 +38,14 @@ class InitialPositions:
     linked: np.ndarray | None = None
     """(N,) False for images no chain of matches links to the others (``features`` only; they are left
     out of the reconstruction with a warning); None = all linked."""
+    tilts: np.ndarray | None = None
+    """(N, 2) initial tilts ``(n_x, n_y)`` (``features`` only; None = zero)."""
+    log_scales: np.ndarray | None = None
+    """(N,) initial camera heights ``Z = f exp(log_scale)`` (``features`` only; None = all equal)."""
+    residual_px: np.ndarray | None = None
+    """(N,) median misfit (pixels) of each image's feature matches after the joint fit (``features`` only)."""
+    links: tuple = ()
+    """The feature links (:class:`topograph.meso.init_features.PairLink`) the cameras were fitted to."""
 
 
 def _gray_small(pixels: np.ndarray, size: int) -> tuple[list[np.ndarray], float]:
@@ -137,13 +145,22 @@ def _components(adj: np.ndarray) -> list[list[int]]:
     return comps
 
 
-def estimate_initial_positions(pixels: np.ndarray, names: tuple[str, ...], cfg: InitConfig) -> InitialPositions:
-    """Camera positions from pairwise phase correlation, or zero (see ``InitConfig.method``).
+def estimate_initial_positions(
+    pixels: np.ndarray,
+    names: tuple[str, ...],
+    cfg: InitConfig,
+    focal_px: float | None = None,
+    projection: str = "expansion",
+) -> InitialPositions:
+    """Camera positions from pairwise phase correlation, or zero (see ``InitConfig.method``); with
+    ``features``, cameras (positions, heights, tilts, angles) from SIFT links solved jointly.
 
     Args:
         pixels: (N, H, W, 3) uint8 images.
         names: image names (for error messages).
         cfg: initialisation settings.
+        focal_px: focal length in pixels (``features``; None = the image diagonal).
+        projection: the model's back-projection (``features``).
 
     Returns:
         The initial positions in full-resolution pixels (mean zero) and the overlap matrix.
@@ -152,22 +169,27 @@ def estimate_initial_positions(pixels: np.ndarray, names: tuple[str, ...], cfg: 
         TopographError: an image overlaps no other image, or the set splits into disconnected groups.
     """
     if cfg.method == "features":
-        return _from_features(pixels, names, cfg)
+        return _from_features(pixels, names, cfg, focal_px, projection)
     try:
         return _from_xcorr(pixels, names, cfg)
     except TopographError as exc:
         if cfg.method != "auto":
             raise
         log.warning("cross-correlation initialisation failed (%s): trying SIFT features", exc.cause)
-        return _from_features(pixels, names, cfg)
+        return _from_features(pixels, names, cfg, focal_px, projection)
 
 
-def _from_features(pixels: np.ndarray, names: tuple[str, ...], cfg: InitConfig) -> InitialPositions:
+def _from_features(
+    pixels: np.ndarray, names: tuple[str, ...], cfg: InitConfig, focal_px: float | None, projection: str
+) -> InitialPositions:
     from topograph.meso.init_features import feature_initialisation
 
-    fi = feature_initialisation(pixels, names, cfg.feature_size)
+    fi = feature_initialisation(pixels, names, cfg.feature_size, focal_px=focal_px, projection=projection)
     ncc = np.minimum(1.0, fi.inliers / 100.0)
-    return InitialPositions(fi.positions, "features", fi.overlap, ncc, fi.positions, angles=fi.angles, linked=fi.linked)
+    return InitialPositions(
+        fi.positions, "features", fi.overlap, ncc, fi.positions, angles=fi.angles, linked=fi.linked,
+        tilts=fi.tilts, log_scales=fi.log_scales, residual_px=fi.residual_px, links=fi.links,
+    )  # fmt: skip
 
 
 def _from_xcorr(pixels: np.ndarray, names: tuple[str, ...], cfg: InitConfig) -> InitialPositions:

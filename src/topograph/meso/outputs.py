@@ -9,6 +9,8 @@ else mosaic pixels (``px``). Files in the output folder:
 * ``surface.ply``: the height field as a triangle mesh with vertex colours in the mosaic frame (:data:`FRAME`)
 * ``cameras.json``: poses, focal length, distortion profile and centre, scale, and the frame
 * ``loss.png``, ``distortion.png``: figures; ``history.csv``: loss per iteration
+* ``registration.csv`` (per-image registration NCC and residual) and ``registration_seams.png`` (seams and
+  the disagreement of overlapping images)
 * ``input_checks.json``: sharpness, overlap matrix, EXIF drift warnings; ``config.yaml``: resolved config
 * ``summary.json``: engine, command, version, units, frame, pixel size, scale source, quality, timings
 * ``series.json`` and ``thumbnails/``: the inputs (:func:`write_inputs`)
@@ -30,9 +32,10 @@ from topograph.config import to_yaml
 from topograph.io.atomic import write_json, write_text
 from topograph.io.exports import write_height_map, write_mesh_ply, write_png, write_rgb_tiff
 from topograph.meso.optimise.history import History
+from topograph.meso.quality import registration_csv, registration_rows
 from topograph.meso.reconstruct import MesoReconstruction
 from topograph.meso.types import MesoImages
-from topograph.report.meso_figures import distortion_figure, height_figure, loss_figure
+from topograph.report.meso_figures import distortion_figure, height_figure, loss_figure, seam_figure
 
 log = logging.getLogger("topograph")
 
@@ -137,6 +140,18 @@ def write_inputs(images: MesoImages, out_dir: str | Path) -> list[Path]:
     ]
 
 
+def write_registration(rec: MesoReconstruction, out: Path) -> dict[str, Path]:
+    """``registration.csv`` (per image, worst NCC first: NCC with the mosaic of the others, covered share,
+    feature residual in px, gate passed) and ``registration_seams.png`` (:func:`seam_figure`)."""
+    rows = registration_rows(rec.names, rec.quality, rec.config.checks.min_registration_ncc)
+    files = {"registration_csv": write_text(out / "registration.csv", registration_csv(rows))}
+    if rec.seams is not None:
+        labels = [n.rsplit(".", 1)[0] for n in rec.names]
+        s = rec.seams
+        files["seams_png"] = seam_figure(s.grey, s.owner, s.disagreement, labels, out / "registration_seams.png")
+    return files
+
+
 def write_outputs(rec: MesoReconstruction, out_dir: str | Path, command: str | None = None) -> dict[str, Path]:
     """Write every output file of ``rec`` into ``out_dir`` (created if needed).
 
@@ -204,6 +219,7 @@ def write_outputs(rec: MesoReconstruction, out_dir: str | Path, command: str | N
     files["loss_png"] = loss_figure([r.level for r in h], [r.loss for r in h], [r.mse_rgb for r in h], out / "loss.png")
     files["distortion_png"] = distortion_figure(rec.cameras.distortion, rec.image_size, out / "distortion.png")
     files["history_csv"] = write_text(out / "history.csv", _history_csv(rec.history))
+    files.update(write_registration(rec, out))
     files["input_checks_json"] = write_json(out / "input_checks.json", rec.checks.to_dict(rec.names))
     files["config_yaml"] = write_text(out / "config.yaml", to_yaml(rec.config))
     finite = rec.height[np.isfinite(rec.height)]

@@ -61,6 +61,9 @@ class QualityReport:
     gates: tuple[Gate, ...] = ()
     registration_ncc: np.ndarray | None = None
     registration_overlap: np.ndarray | None = None
+    registration_residual_px: np.ndarray | None = None
+    """(N,) median misfit (image pixels) of each image's feature matches under the final cameras
+    (:func:`link_residuals`; None without feature links)."""
 
     @property
     def failed(self) -> list[Gate]:
@@ -74,9 +77,12 @@ class QualityReport:
     def to_dict(self, names: tuple[str, ...]) -> dict[str, Any]:
         per_image = None
         if self.registration_ncc is not None and self.registration_overlap is not None:
+            res = self.registration_residual_px
+            if res is None:
+                res = np.full(len(names), np.nan)
             per_image = [
-                {"image": n, "ncc_with_mosaic": _finite(c), "overlap": float(o)}
-                for n, c, o in zip(names, self.registration_ncc, self.registration_overlap, strict=True)
+                {"image": n, "ncc_with_mosaic": _finite(c), "overlap": float(o), "residual_px": _finite(r)}
+                for n, c, o, r in zip(names, self.registration_ncc, self.registration_overlap, res, strict=True)
             ]
         return {
             "status": self.status,
@@ -237,3 +243,124 @@ def height_gate(coverage: float, cfg: CheckConfig) -> Gate:
         detail=f"heights observed by two or more images on only {100 * coverage:.0f} % of the mosaic",
         hint="more overlap between neighbouring photos (~70 %)",
     )
+
+
+def registration_rows(names: tuple[str, ...], report: QualityReport, threshold: float) -> list[dict[str, Any]]:
+    """The per-image registration table, worst NCC first: image, NCC with the mosaic of the others,
+    covered share, feature residual (px, NaN without links) and whether the image passes the gate."""
+    n = len(names)
+    ncc = report.registration_ncc if report.registration_ncc is not None else np.full(n, np.nan)
+    cover = report.registration_overlap if report.registration_overlap is not None else np.zeros(n)
+    res = report.registration_residual_px if report.registration_residual_px is not None else np.full(n, np.nan)
+    order = sorted(range(n), key=lambda k: ncc[k] if np.isfinite(ncc[k]) else -np.inf)
+    return [
+        {
+            "image": names[k],
+            "ncc_with_mosaic": _finite(ncc[k]),
+            "overlap": float(cover[k]),
+            "residual_px": _finite(res[k]),
+            "passed": bool(np.isfinite(ncc[k]) and ncc[k] >= threshold),
+        }
+        for k in order
+    ]
+
+
+def registration_csv(rows: list[dict[str, Any]]) -> str:
+    """:func:`registration_rows` as CSV text (empty cells for unknown values)."""
+    lines = ["image,ncc_with_mosaic,overlap,residual_px,passed"]
+    for r in rows:
+        cells = [r["image"]] + [
+            "" if r[k] is None else f"{r[k]:.4f}" for k in ("ncc_with_mosaic", "overlap", "residual_px")
+        ]
+        lines.append(",".join([*cells, "yes" if r["passed"] else "no"]))
+    return "\n".join(lines) + "\n"
+
+
+@torch.no_grad()
+def link_residuals(model: MesoModel, links: tuple, n: int) -> np.ndarray:
+    """(N,) median distance (image pixels) between the flat back-projections of each image's feature
+    matches and those of their partners, under the model's cameras (NaN for images without links).
+
+    The misfit ``|X_i(u_i) - X_j(u_j)|`` is divided by the image's object units per pixel; relief adds its
+    parallax to it (the matches are back-projected without heights)."""
+    if not links:
+        return np.full(n, np.nan)
+    device = model.log_focal.device
+    per_image: list[list[np.ndarray]] = [[] for _ in range(n)]
+    scale = model.pose.relative_scale().cpu().numpy()
+    for lk in links:
+        ui = torch.as_tensor(lk.uv_i, dtype=torch.float32, device=device)
+        uj = torch.as_tensor(lk.uv_j, dtype=torch.float32, device=device)
+        xi = model.object_points(ui, index=torch.tensor([lk.i], device=device))[0]
+        xj = model.object_points(uj, index=torch.tensor([lk.j], device=device))[0]
+        d = torch.linalg.norm(xi - xj, dim=1).cpu().numpy()
+        per_image[lk.i].append(d / scale[lk.i])
+        per_image[lk.j].append(d / scale[lk.j])
+    return np.array([float(np.median(np.concatenate(v))) if v else np.nan for v in per_image])
+
+
+@dataclass(frozen=True)
+class SeamMap:
+    """Where the images meet in the mosaic, on a coarse grid: ``grey`` (H, W) mean grey value (NaN where no
+    image), ``owner`` (H, W) index of the image seen closest to its centre (-1 where none; its borders are
+    the seams), ``disagreement`` (H, W) RMS spread of the band-passed grey values of the images covering a
+    cell, in units of their overall RMS (NaN where fewer than two images), ``cell`` the grid spacing."""
+
+    grey: np.ndarray
+    owner: np.ndarray
+    disagreement: np.ndarray
+    cell: float
+
+
+@torch.no_grad()
+def seam_map(model: MesoModel, pixels: np.ndarray, long_side: int = 320, device: torch.device | str = "cpu") -> SeamMap:
+    """The :class:`SeamMap` of a registered model, images resampled to a long side of ``long_side`` px.
+
+    A well-registered image agrees with the others where they overlap (disagreement ~ noise, < 0.5); a
+    misplaced one doubles edges along its overlaps (disagreement ~ 1 or more)."""
+    n, h_full, w_full = pixels.shape[:3]
+    f = min(1.0, long_side / max(h_full, w_full))
+    h, w = max(8, round(h_full * f)), max(8, round(w_full * f))
+    uv = pixel_coordinates((w_full, h_full), (h, w), device)
+    centre = torch.tensor([(w_full - 1) / 2.0, (h_full - 1) / 2.0], device=device)
+    closeness = (1.0 - torch.linalg.norm((uv - centre) / centre, dim=1) / np.sqrt(2.0))[:, None]
+    points, values = [], []
+    sigma = max(2.0, 0.03 * max(h, w))
+    for i in range(n):
+        small = cv2.resize(pixels[i], (w, h), interpolation=cv2.INTER_AREA) if f < 1.0 else pixels[i]
+        img = torch.from_numpy(small.astype(np.float32) / 255.0).to(device)
+        idx = torch.tensor([i], device=device)
+        hmap = model.heights(img.permute(2, 0, 1)[None], idx).reshape(1, -1)
+        points.append(model.object_points(uv, hmap, idx)[0])
+        grey = model.pose.photometric(img.reshape(1, -1, 3), idx)[0].mean(-1)
+        band = _band_pass(grey.cpu().numpy().reshape(h, w), np.ones((h, w), bool), sigma).reshape(-1)
+        values.append(torch.stack((grey, torch.from_numpy(band).to(device)), dim=1))
+    grid = grid_around(torch.cat(points), 1.0 / f)
+    shape = grid.shape
+    grey_sum = torch.zeros(shape, device=device)
+    weight_sum = torch.zeros(shape, device=device)
+    band_sum = torch.zeros(shape, device=device)
+    band_sq = torch.zeros(shape, device=device)
+    count = torch.zeros(shape, device=device)
+    best = torch.full(shape, -1.0, device=device)
+    owner = torch.full(shape, -1, dtype=torch.long, device=device)
+    for i in range(n):
+        sp = splat_bilinear(grid.to_grid(points[i]), torch.cat((values[i], closeness), dim=1), shape)
+        wgt = sp[-1]
+        seen = wgt > 0.25  # about one sample per cell at this resolution
+        mean = sp[:-1] / wgt.clamp_min(1e-6)
+        grey_sum += sp[0]
+        weight_sum += wgt
+        band_sum += torch.where(seen, mean[1], 0.0)
+        band_sq += torch.where(seen, mean[1] ** 2, 0.0)
+        count += seen.float()
+        closer = seen & (mean[2] > best)
+        best = torch.where(closer, mean[2], best)
+        owner = torch.where(closer, torch.full_like(owner, i), owner)
+    grey = torch.where(weight_sum > 0.25, grey_sum / weight_sum.clamp_min(1e-6), torch.nan)
+    multi = count >= 2
+    mean_b = band_sum / count.clamp_min(1.0)
+    spread = torch.sqrt(torch.clamp(band_sq / count.clamp_min(1.0) - mean_b**2, min=0.0))
+    rms = torch.sqrt((band_sq[count > 0].sum() / count[count > 0].sum()).clamp_min(1e-12))
+    disagreement = torch.where(multi, spread / rms, torch.nan)
+    return SeamMap(grey.cpu().numpy(), owner.cpu().numpy(), disagreement.cpu().numpy(), grid.cell)

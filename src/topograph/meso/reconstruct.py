@@ -26,7 +26,17 @@ from topograph.meso.mosaic import render_mosaic
 from topograph.meso.optimise.checkpoint import load_checkpoint
 from topograph.meso.optimise.history import History
 from topograph.meso.optimise.rounds import run_rounds
-from topograph.meso.quality import Gate, QualityReport, enforce, height_gate, registration_gate, registration_scores
+from topograph.meso.quality import (
+    Gate,
+    QualityReport,
+    SeamMap,
+    enforce,
+    height_gate,
+    link_residuals,
+    registration_gate,
+    registration_scores,
+    seam_map,
+)
 from topograph.meso.types import CameraEstimate, InputChecks, Intrinsics, MesoImages
 from topograph.progress import StepReporter, reporting, stage
 from topograph.timing import Timings
@@ -81,6 +91,8 @@ class MesoReconstruction:
     """``(width, height)`` of the input images."""
     quality: QualityReport = field(default_factory=QualityReport)
     """The quality gates (status ``failed`` when any failed)."""
+    seams: SeamMap | None = None
+    """Where the images meet in the mosaic and how well they agree there (the seam figure)."""
 
     @property
     def pixel_size_mm(self) -> float | None:
@@ -268,6 +280,12 @@ def camera_estimate(model: MesoModel, names: tuple[str, ...], scale: ScaleResult
     )
 
 
+def renumber_links(links: tuple, keep: list[int]) -> tuple:
+    """The feature links among the ``keep`` images, renumbered to their positions in ``keep``."""
+    index = {k: m for m, k in enumerate(keep)}
+    return tuple(replace(lk, i=index[lk.i], j=index[lk.j]) for lk in links if lk.i in index and lk.j in index)
+
+
 def drop_unlinked(
     images: MesoImages, init: InitialPositions, checks: InputChecks, cfg: MesoConfig
 ) -> tuple[MesoImages, InitialPositions, InputChecks, MesoConfig]:
@@ -291,6 +309,10 @@ def drop_unlinked(
         xcorr_positions=init.xcorr_positions[keep],
         angles=None if init.angles is None else init.angles[keep],
         linked=None,
+        tilts=None if init.tilts is None else init.tilts[keep],
+        log_scales=None if init.log_scales is None else init.log_scales[keep],
+        residual_px=None if init.residual_px is None else init.residual_px[keep],
+        links=renumber_links(init.links, keep),
     )
     checks = replace(
         checks,
@@ -333,7 +355,9 @@ def check_and_initialise(
         intrinsics.pixel_pitch_mm * 1000, intrinsics.source["pixel_pitch"], intrinsics.focal_px,
     )  # fmt: skip
     stage("initial positions")
-    init = estimate_initial_positions(images.pixels, images.names, cfg.init)
+    init = estimate_initial_positions(
+        images.pixels, images.names, cfg.init, focal_px=intrinsics.focal_px, projection=cfg.model.projection
+    )
     if init.linked is not None and not init.linked.all():
         images, init, checks, cfg = drop_unlinked(images, init, checks, cfg)
     return images, replace(checks, overlap=init.overlap), intrinsics, init, cfg
@@ -342,9 +366,11 @@ def check_and_initialise(
 def start_model(images: MesoImages, intrinsics: Intrinsics, init: InitialPositions, cfg: MesoConfig) -> MesoModel:
     """The deformation model at the initial positions and angles, its height model prepared on the images."""
     model = build_model(len(images), images.size, intrinsics.focal_px, init.positions, cfg)
-    if init.angles is not None:
-        with torch.no_grad():
-            model.pose.angle.copy_(torch.as_tensor(init.angles, dtype=model.pose.angle.dtype))
+    with torch.no_grad():
+        pose = model.pose
+        for value, param in ((init.angles, pose.angle), (init.tilts, pose.tilt), (init.log_scales, pose.log_scale)):
+            if value is not None:
+                param.copy_(torch.as_tensor(value, dtype=param.dtype))
     model.heights.prepare(images.pixels)
     log.info("heights: %s", model.heights.describe(cfg.heights, cfg.loss.tv_weight))
     return model
@@ -469,9 +495,11 @@ def reconstruct(
     with reporting(progress), timings.timed("mosaic"):
         stage("registration check")
         registration, ncc, overlap = check_registration(model, images, cfg, device)
+        residual_px = link_residuals(model, init.links, len(images))
+        seams = seam_map(model, images.pixels, device=device)
         mosaic = finish(model, images, intrinsics, cfg, device, weights)
         coverage = enforce(height_gate(mosaic.height_coverage, cfg.checks), cfg.checks)
-    quality = QualityReport((*rounds.gates, registration, coverage), ncc, overlap)
+    quality = QualityReport((*rounds.gates, registration, coverage), ncc, overlap, residual_px)
     timings_s = dict(timings.frozen())
     model = model.cpu()
     return MesoReconstruction(
@@ -491,4 +519,5 @@ def reconstruct(
         timings=timings_s,
         image_size=images.size,
         quality=quality,
+        seams=seams,
     )

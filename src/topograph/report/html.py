@@ -79,6 +79,8 @@ _KNOWN_CAPTIONS = {
     "loss": "Loss curves of the coarse-to-fine rounds",
     "distortion": "Radial lens distortion profile",
     "orthomosaic": "Orthomosaic",
+    "registration_seams": "Seams between the images of the mosaic (labelled by the image owning each part) and "
+    "the disagreement of overlapping images: a misregistered image shows bright bands along its seams",
     "grain_mask": "Grain mask (reference view)",
     "dense_cloud_views": "Dense cloud, rendered views",
 }
@@ -725,10 +727,38 @@ def match_matrix_html(counts: Any, names: list[str]) -> str:
     return "<h3>Matches per image pair</h3>" + _table(["view"] + [_esc(k) for k in range(n)], rows, "matrix")
 
 
+def registration_html(summary: dict[str, Any]) -> str:
+    """The meso run's per-image registration table (worst NCC first), or '' without one."""
+    gates = summary.get("quality_gates")
+    rows = gates.get("registration") if isinstance(gates, dict) else None
+    if not (isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows)):
+        return ""
+    limit = next((g.get("threshold") for g in gates.get("gates", []) if g.get("step") == "registration"), None)
+
+    def key(r: dict[str, Any]) -> float:
+        v = r.get("ncc_with_mosaic")
+        return float(v) if _is_number(v) else -1e9
+
+    body = []
+    for r in sorted(rows, key=key):
+        v = r.get("ncc_with_mosaic")
+        ok = _is_number(v) and (limit is None or float(v) >= float(limit))
+        mark = '<span class="ok">pass</span>' if ok else "<b>FAIL</b>"
+        body.append([_esc(r.get("image")), _esc(_fmt(v)), _esc(_fmt(r.get("overlap"))),
+                     _esc(_fmt(r.get("residual_px"))), mark])  # fmt: skip
+    head = f"<h3>Registration per image (worst first; gate: NCC ≥ {_esc(_fmt(limit))})</h3>"
+    note = (
+        '<p class="muted">NCC: band-passed grey values of the image against the mosaic of the other images, '
+        "over the part they cover (covered). Residual: median misfit of its feature matches under the final "
+        "cameras, in image pixels (relief adds its parallax).</p>"
+    )
+    return head + note + _table(["image", "NCC", "covered", "residual px", "gate"], body, "series")
+
+
 def quality_html(run: RunArtifacts) -> str:
     s = run.summary
     names = _series_names(run)
-    parts = []
+    parts = [registration_html(s)]
     per_view = _per_view_keys(s, len(names))
     if per_view:
         rows = [[_esc(k), _esc(names[k])] + [_esc(_fmt(s[c][k])) for c in per_view] for k in range(len(names))]

@@ -118,3 +118,40 @@ def distortion_figure(description: dict[str, Any], image_size: tuple[int, int], 
     c = description.get("centre_px", [0, 0])
     fig.suptitle(f"{description.get('model', '')} distortion, centre ({c[0]:.1f}, {c[1]:.1f}) px", fontsize=9)
     return _save(fig, path)
+
+
+def seam_figure(
+    grey: np.ndarray, owner: np.ndarray, disagreement: np.ndarray, labels: Sequence[str], path: Path
+) -> Path:
+    """Two panels: the mosaic's grey values with the seams (borders between the images that own the cells,
+    :class:`topograph.meso.quality.SeamMap`) and each image's label at its region's centre; and the
+    disagreement of the overlapping images with the same seams (a misregistered image: bright bands)."""
+    h, w = owner.shape
+    seam = np.zeros_like(owner, dtype=bool)
+    seen = owner >= 0
+    seam[:, 1:] |= (owner[:, 1:] != owner[:, :-1]) & seen[:, 1:] & seen[:, :-1]  # between two images only
+    seam[1:, :] |= (owner[1:, :] != owner[:-1, :]) & seen[1:, :] & seen[:-1, :]
+    aspect = h / max(w, 1)
+    fig = _figure(11.0, max(3.0, 5.2 * aspect + 0.8))
+    axes = fig.subplots(1, 2)
+    g = np.where(np.isfinite(grey), grey, np.nan)
+    lo, hi = np.nanpercentile(g, [1, 99]) if np.isfinite(g).any() else (0.0, 1.0)
+    axes[0].imshow(g, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
+    over = np.zeros((h, w, 4))
+    over[seam] = (1.0, 0.85, 0.0, 1.0)
+    axes[0].imshow(over, interpolation="nearest")
+    for k, label in enumerate(labels):
+        rows, cols = np.nonzero(owner == k)
+        if rows.size:
+            axes[0].text(np.median(cols), np.median(rows), label, color="yellow", fontsize=6, ha="center",
+                         va="center", bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "linewidth": 0})  # fmt: skip
+    axes[0].set_title("mosaic and seams (image owning each cell)", fontsize=9)
+    im = axes[1].imshow(disagreement, cmap="magma", vmin=0.0, vmax=1.5, interpolation="nearest")
+    over[seam] = (0.3, 0.9, 1.0, 0.8)
+    axes[1].imshow(over, interpolation="nearest")
+    axes[1].set_title("disagreement of overlapping images (RMS / overall RMS)", fontsize=9)
+    fig.colorbar(im, ax=axes[1], fraction=0.04)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return _save(fig, path)

@@ -6,6 +6,8 @@ Scenes (lengths in mm, world frame as in :mod:`topograph.meso.functional.project
 * ``cut_cards``: a textured flat background with six raised flat cards of known heights (the paper's
   Table-1 phantom); labels 0 (background) and 1..6 (cards).
 * ``relief``: the same background with a smooth relief (Gaussian hills and a ridge); one label.
+* ``dome``: the same background curved as one paraboloid cap over the whole scene (a curved specimen:
+  height ``A (1 - r^2 / R^2)`` with ``R`` half the scene's diagonal, so the corners are at 0); one label.
 
 Camera: pinhole with a realistic, non-polynomial radial distortion about an off-centre principal point;
 a freehand path (serpentine lateral raster with ~70 % overlap, tilts of a few degrees, in-plane
@@ -34,7 +36,7 @@ _DIAG_35MM = math.hypot(36.0, 24.0)
 class MesoSynthConfig:
     """Parameters of a rendered phone sequence."""
 
-    scene: Literal["cut_cards", "relief"] = "cut_cards"
+    scene: Literal["cut_cards", "relief", "dome"] = "cut_cards"
     image_size: tuple[int, int] = (1000, 750)
     """``(width, height)`` in pixels."""
     raster: tuple[int, int] = (5, 3)
@@ -50,6 +52,7 @@ class MesoSynthConfig:
     card_heights_gsd: tuple[float, ...] = (4.0, 6.0, 8.0, 10.0, 12.0, 14.0)
     """Card heights in ground-sample distances (rounded to whole micrometres)."""
     relief_amplitude_gsd: float = 12.0
+    """Peak height of the ``relief`` and ``dome`` scenes, GSD."""
     tilt_deg: float = 1.5
     """Standard deviation of each tilt component, degrees."""
     rotation_deg: float = 2.5
@@ -237,6 +240,12 @@ def _scene(cfg: MesoSynthConfig, gsd: float, extent: tuple[float, float, float, 
             tex = _texture(rng, (int(r1 - r0), int(c1 - c0)), base, 0.14)
             sub = inside[r0:r1, c0:c1]
             texture[r0:r1, c0:c1][sub] = tex[sub]
+    elif cfg.scene == "dome":
+        radius_sq = 0.25 * (span_x**2 + span_y**2)
+        rel = np.clip(1.0 - ((xx - cx) ** 2 + (yy - cy) ** 2) / radius_sq, 0.0, None)
+        height = (cfg.relief_amplitude_gsd * gsd * rel).astype(np.float32)
+        names[0] = "surface"
+        region_h = {}
     else:
         amp = cfg.relief_amplitude_gsd * gsd
         rel = np.zeros((h, w))

@@ -17,6 +17,7 @@ PARAMETER_GROUPS: tuple[str, ...] = (
     "scale",
     "tilt",
     "angle",
+    "rolling",
     "gain",
     "bias",
     "focal",
@@ -26,8 +27,8 @@ PARAMETER_GROUPS: tuple[str, ...] = (
 )
 """Names of the trainable parameter groups (see :class:`LearningRates` for their units)."""
 
-_CAMERA = ("position", "scale", "tilt", "angle", "gain", "bias", "focal", "distortion", "centre")
-_POSE = ("position", "scale", "tilt", "angle", "gain", "bias")
+_CAMERA = ("position", "scale", "tilt", "angle", "rolling", "gain", "bias", "focal", "distortion", "centre")
+_POSE = ("position", "scale", "tilt", "angle", "rolling", "gain", "bias")
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,9 @@ class LearningRates:
     """Object-plane normal components ``(n_x, n_y)`` (radians for small tilts)."""
     angle: float = 2e-3
     """In-plane rotation, radians."""
+    rolling: float = 1e-3
+    """Rolling-shutter image motion, pixels per row (a hand-held sweep: about 0.01; it moves a corner as
+    much as the same in-plane angle)."""
     gain: float = 3e-3
     """Log gain per image."""
     bias: float = 3e-3

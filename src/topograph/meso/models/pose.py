@@ -1,4 +1,4 @@
-"""Per-image camera parameters: lateral position, height, tilt, in-plane angle, gain and bias."""
+"""Per-image camera parameters: lateral position, height, tilt, in-plane angle, rolling shutter, gains and bias."""
 
 from __future__ import annotations
 
@@ -19,6 +19,10 @@ class PoseModel(nn.Module):
       removed so that the global scale of the object frame is fixed (object unit ~ one image pixel).
     * ``tilt`` (N, 2): ``(n_x, n_y)`` of the object-plane normal in the camera frame.
     * ``angle`` (N,): in-plane rotation, radians.
+    * ``rolling`` (N, 2): rolling-shutter image motion ``s`` in pixels per row (see
+      :func:`topograph.meso.functional.projection.rolling_shutter`); a hand-held sweep skews each photo
+      along its motion. A shear common to every image is a near-gauge (a sheared scene): it stays at its
+      start, only the differences between the images are determined.
     * ``log_gain`` (N,), ``bias`` (N,): intensity correction ``g I + b`` (means removed: no collapse).
     * ``log_colour`` (N, 3): per-channel gains ``c`` on top of ``g`` (white balance; the mean over the
       images of each channel removed), so the correction is ``g c_k I_k + b`` (an affine photometric model
@@ -32,6 +36,7 @@ class PoseModel(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(n_images))
         self.tilt = nn.Parameter(torch.zeros(n_images, 2))
         self.angle = nn.Parameter(torch.zeros(n_images))
+        self.rolling = nn.Parameter(torch.zeros(n_images, 2))
         self.log_gain = nn.Parameter(torch.zeros(n_images))
         self.log_colour = nn.Parameter(torch.zeros(n_images, 3))
         self.bias = nn.Parameter(torch.zeros(n_images))
@@ -65,6 +70,7 @@ class PoseModel(nn.Module):
             "scale": [self.log_scale],
             "tilt": [self.tilt],
             "angle": [self.angle],
+            "rolling": [self.rolling],
             "gain": [self.log_gain, self.log_colour],
             "bias": [self.bias],
         }

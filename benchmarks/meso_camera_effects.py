@@ -34,6 +34,7 @@ EFFECTS = {
 
 
 def run(effect: str, size: tuple[int, int], preset: str, seed: int, settings: dict) -> dict:
+    import numpy as np
     import torch
 
     from topograph.analysis.evaluate_meso_synthetic import evaluate_synthetic
@@ -53,6 +54,11 @@ def run(effect: str, size: tuple[int, int], preset: str, seed: int, settings: di
     rec = reconstruct(MesoImages(seq.names, seq.images, (exif,) * len(seq.names)), cfg)
     c1, w1 = os.times(), time.perf_counter()
     ev = evaluate_synthetic(rec, t, erode_px=3)
+    skew = None
+    if t.rolling_px_per_row is not None:  # recovered skews against the truth's, common part removed (a gauge)
+        est = rec.model.pose.rolling.detach().numpy()[:, 0].astype(float)
+        err = (est - est.mean()) - (t.rolling_px_per_row - t.rolling_px_per_row.mean())
+        skew = {"true_rms": float(np.std(t.rolling_px_per_row)), "error_rms": float(np.sqrt(np.mean(err**2)))}
     return {
         "effect": effect,
         "settings": settings,
@@ -61,6 +67,7 @@ def run(effect: str, size: tuple[int, int], preset: str, seed: int, settings: di
         "rescale": round(ev.table1.rescale, 3),
         "registration_max_px": round(float(ev.registration_px.max()), 3),
         "blurry": list(rec.checks.blurry),
+        "rolling_skew_px_per_row": skew,
         "status": rec.quality.status,
         "wall_s": round(w1 - w0, 1),
         "cpu_s": round((c1.user + c1.system) - (c0.user + c0.system), 1),

@@ -57,7 +57,7 @@ def _run(effects: dict):
 def test_accuracy_with_camera_effects_within_1_5x_of_clean():
     """Issue 18 point 5: with every effect at once, Table-1 accuracy within 1.5x of the clean sequence's
     (fast preset, 15 x 320x240, threads 1; docs/benchmarks.md has the per-effect ablation). The blur
-    detection and the gates are asserted exactly, the recovered rolling-shutter skews against the truth's."""
+    detection and the gates are asserted exactly."""
     _, clean = _run({})
     rec, ev = _run(EFFECTS)
     assert set(rec.checks.blurry) == {rec.names[3], rec.names[9]}

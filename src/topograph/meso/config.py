@@ -175,9 +175,10 @@ class FlowHeightConfig:
     """... and at most this many in all (its memory and time do not grow with the number of images)."""
     flat_weight: float = 0.3
     """Weight of the flat-scene prior of the refinement (fixes the dome ambiguity of radial distortion with
-    near-parallel views; relief counts as an outlier of it, see ``refine_cameras``; 0 = none). It flattens
-    a specimen curved as a whole: on the dome phantom (docs/benchmarks.md, issue 18) it kept 3 % of a
-    12-GSD dome (84 % with 0), so set 0 for curved specimens and accept the radial-distortion ambiguity."""
+    near-parallel views; relief counts as an outlier of it, see ``refine_cameras``; 0 = none). It suits steps
+    on a flat base (cards, coins) and flattens smooth relief: at 320x240 (docs/benchmarks.md, issue 18) it
+    kept 3 % of a 12-GSD dome (84 % with 0) and 27 % of the relief phantom's hills (84 % with 0); set 0 for
+    curved or smoothly relieved specimens."""
     passes: int = 1
     """Rounds of flow matching and camera refinement (the heights come from the last)."""
     fill_sigma_px: float = 8.0

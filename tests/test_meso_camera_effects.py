@@ -54,10 +54,10 @@ def _run(effects: dict):
 
 
 @pytest.mark.slow
-def test_accuracy_with_camera_effects_stays_bounded():
-    """Issue 18 asks for 1.5x of the clean accuracy; measured (fast preset, 15 x 320x240): clean 0.44 GSD,
-    with all effects 1.08 GSD (x2.43), rescale 1.013 — the target is NOT met yet. This guards the measured
-    level (x3) until it is; the blur detection and the gates are asserted exactly."""
+def test_accuracy_with_camera_effects_within_1_5x_of_clean():
+    """Issue 18 point 5: with every effect at once, Table-1 accuracy within 1.5x of the clean sequence's
+    (fast preset, 15 x 320x240, threads 1; docs/benchmarks.md has the per-effect ablation). The blur
+    detection and the gates are asserted exactly."""
     _, clean = _run({})
     rec, ev = _run(EFFECTS)
     assert set(rec.checks.blurry) == {rec.names[3], rec.names[9]}
@@ -67,5 +67,5 @@ def test_accuracy_with_camera_effects_stays_bounded():
         f"clean {clean.table1.mean_accuracy / clean.gsd_um:.3f} GSD, with effects "
         f"{ev.table1.mean_accuracy / ev.gsd_um:.3f} GSD (x{ratio:.2f}); rescale {ev.table1.rescale:.3f}"
     )
-    assert ratio < 3.0
-    assert abs(ev.table1.rescale - 1.0) < 0.25
+    assert ratio <= 1.5
+    assert abs(ev.table1.rescale - 1.0) < 0.1

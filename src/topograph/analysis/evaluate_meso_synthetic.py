@@ -189,3 +189,72 @@ def evaluate_synthetic(rec: SynthComparable, truth: MesoSynthTruth, erode_px: in
         gsd_um=gsd * 1000.0,
         to_world=sim,
     )
+
+
+def heights_on_grid(
+    height_mm: np.ndarray, origin_mm: tuple[float, float], texel_mm: float, grid: MosaicGrid, to_world: Similarity2D
+) -> np.ndarray:
+    """Resample a truth height raster (mm) into a mosaic grid (bilinear): (H, W) micrometres, NaN outside."""
+    import cv2
+
+    h, w = grid.shape
+    jj, ii = np.meshgrid(np.arange(w), np.arange(h))
+    obj = np.stack((grid.origin[0] + grid.cell * jj.ravel(), grid.origin[1] + grid.cell * ii.ravel()), axis=1)
+    world = to_world.apply(obj)
+    tx = ((world[:, 0] - origin_mm[0]) / texel_mm).astype(np.float32).reshape(h, w)
+    ty = ((world[:, 1] - origin_mm[1]) / texel_mm).astype(np.float32).reshape(h, w)
+    src = (np.asarray(height_mm, np.float32) * 1000.0).astype(np.float32)
+    return cv2.remap(src, tx, ty, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=np.nan)
+
+
+@dataclass(frozen=True)
+class ReliefEvaluation:
+    """Height-map errors of a reconstruction of a smooth scene (``relief`` or ``dome``) against its truth.
+
+    ``rms_um`` the RMS of ``h_est + shift - h_true`` over the cells with an estimate, after the one global
+    shift ``shift = mean(h_true - h_est)`` (the height gauge); ``relief_ratio`` the least-squares slope of
+    the estimated on the true heights, ``cov(h_true, h_est) / var(h_true)`` (1 = the relief's full size,
+    below 1 = flattened); ``true_range_um`` the truth's 1-99 % range over the same cells; ``gsd_um``.
+    """
+
+    rms_um: float
+    relief_ratio: float
+    true_range_um: float
+    n_cells: int
+    gsd_um: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rms_um": self.rms_um,
+            "rms_gsd": self.rms_um / self.gsd_um,
+            "relief_ratio": self.relief_ratio,
+            "true_range_um": self.true_range_um,
+            "true_range_gsd": self.true_range_um / self.gsd_um,
+            "n_cells": self.n_cells,
+        }
+
+
+def evaluate_relief(rec: SynthComparable, truth: MesoSynthTruth) -> ReliefEvaluation:
+    """Height errors of ``rec`` against a smooth truth surface (:class:`ReliefEvaluation`).
+
+    The frame is aligned as in :func:`evaluate_synthetic` (similarity of the images' footprints), twice: on
+    the estimate's plane of height 0, then on the plane that the first alignment says is the truth's
+    ``z = 0`` (the median of ``h_est - h_true``), since camera-centric heights scale the footprints.
+    """
+    uv = _pixel_grid(truth.image_size)
+    true_pts = np.concatenate([truth.flat_points_mm(i, uv) for i in range(truth.n_images)])
+    plane = None
+    for _ in range(2):
+        sim = fit_similarity(rec.ground_points(uv, plane).reshape(-1, 2), true_pts)
+        h_true = heights_on_grid(truth.height_mm, truth.origin_mm, truth.texel_mm, rec.grid, sim)
+        ok = np.isfinite(rec.height) & np.isfinite(h_true)
+        if not ok.any():
+            raise ValueError("the reconstruction's height map does not overlap the truth")
+        plane = float(np.median(rec.height[ok] - h_true[ok])) / rec.height_factors
+    est, ref = rec.height[ok].astype(float), h_true[ok].astype(float)
+    shift = float(np.mean(ref - est))
+    rms = float(np.sqrt(np.mean((est + shift - ref) ** 2)))
+    var = float(np.var(ref))
+    ratio = float(np.mean((ref - ref.mean()) * (est - est.mean())) / var) if var > 0 else float("nan")
+    lo, hi = np.percentile(ref, [1, 99])
+    return ReliefEvaluation(rms, ratio, float(hi - lo), int(ok.sum()), truth.gsd_mm * 1000.0)

@@ -23,7 +23,7 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
     @synth_app.command("meso")
     def synth_meso(
         out: Path = typer.Argument(..., help="Output folder (images/ and truth/)."),
-        scene: str = typer.Option("cut_cards", "--scene", help="cut_cards or relief."),
+        scene: str = typer.Option("cut_cards", "--scene", help="cut_cards, relief or dome."),
         size: str = typer.Option("1000x750", "--size", help="Image size WIDTHxHEIGHT."),
         raster: str = typer.Option("5x3", "--raster", help="Columns x rows of the freehand path."),
         distortion_scale: float = typer.Option(1.0, "--distortion-scale", help="0 = distortion-free camera."),
@@ -33,8 +33,8 @@ def register(app: typer.Typer, synth_app: typer.Typer) -> None:
         """Render a cut-cards (or smooth-relief) phone sequence with its ground truth (docs/ground-truth.md)."""
         from topograph.synth.meso import MesoSynthConfig, render_meso_sequence, write_meso_dataset
 
-        if scene not in ("cut_cards", "relief"):
-            raise TopographError(f"unknown scene '{scene}'", "use cut_cards or relief")
+        if scene not in ("cut_cards", "relief", "dome"):
+            raise TopographError(f"unknown scene '{scene}'", "use cut_cards, relief or dome")
         if not 1 <= jpeg_quality <= 100:
             raise TopographError(f"--jpeg-quality must be 1..100, got {jpeg_quality}", "e.g. 92")
         cfg = MesoSynthConfig(

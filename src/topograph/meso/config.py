@@ -17,6 +17,7 @@ PARAMETER_GROUPS: tuple[str, ...] = (
     "scale",
     "tilt",
     "angle",
+    "rolling",
     "gain",
     "bias",
     "focal",
@@ -26,8 +27,8 @@ PARAMETER_GROUPS: tuple[str, ...] = (
 )
 """Names of the trainable parameter groups (see :class:`LearningRates` for their units)."""
 
-_CAMERA = ("position", "scale", "tilt", "angle", "gain", "bias", "focal", "distortion", "centre")
-_POSE = ("position", "scale", "tilt", "angle", "gain", "bias")
+_CAMERA = ("position", "scale", "tilt", "angle", "rolling", "gain", "bias", "focal", "distortion", "centre")
+_POSE = ("position", "scale", "tilt", "angle", "rolling", "gain", "bias")
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,9 @@ class LearningRates:
     """Object-plane normal components ``(n_x, n_y)`` (radians for small tilts)."""
     angle: float = 2e-3
     """In-plane rotation, radians."""
+    rolling: float = 1e-3
+    """Rolling-shutter image motion, pixels per row (a hand-held sweep: about 0.01; it moves a corner as
+    much as the same in-plane angle)."""
     gain: float = 3e-3
     """Log gain per image."""
     bias: float = 3e-3
@@ -185,7 +189,10 @@ class FlowHeightConfig:
     """... and at most this many in all (its memory and time do not grow with the number of images)."""
     flat_weight: float = 0.3
     """Weight of the flat-scene prior of the refinement (fixes the dome ambiguity of radial distortion with
-    near-parallel views; relief counts as an outlier of it, see ``refine_cameras``; 0 = none)."""
+    near-parallel views; relief counts as an outlier of it, see ``refine_cameras``; 0 = none). It suits steps
+    on a flat base (cards, coins) and flattens smooth relief: at 320x240 (docs/benchmarks.md, issue 18) it
+    kept 3 % of a 12-GSD dome (84 % with 0) and 27 % of the relief phantom's hills (84 % with 0); set 0 for
+    curved or smoothly relieved specimens."""
     passes: int = 1
     """Rounds of flow matching and camera refinement (the heights come from the last)."""
     fill_sigma_px: float = 8.0

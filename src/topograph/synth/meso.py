@@ -6,6 +6,8 @@ Scenes (lengths in mm, world frame as in :mod:`topograph.meso.functional.project
 * ``cut_cards``: a textured flat background with six raised flat cards of known heights (the paper's
   Table-1 phantom); labels 0 (background) and 1..6 (cards).
 * ``relief``: the same background with a smooth relief (Gaussian hills and a ridge); one label.
+* ``dome``: the same background curved as one paraboloid cap over the whole scene (a curved specimen:
+  height ``A (1 - r^2 / R^2)`` with ``R`` half the scene's diagonal, so the corners are at 0); one label.
 
 Camera: pinhole with a realistic, non-polynomial radial distortion about an off-centre principal point;
 a freehand path (serpentine lateral raster with ~70 % overlap, tilts of a few degrees, in-plane
@@ -34,7 +36,7 @@ _DIAG_35MM = math.hypot(36.0, 24.0)
 class MesoSynthConfig:
     """Parameters of a rendered phone sequence."""
 
-    scene: Literal["cut_cards", "relief"] = "cut_cards"
+    scene: Literal["cut_cards", "relief", "dome"] = "cut_cards"
     image_size: tuple[int, int] = (1000, 750)
     """``(width, height)`` in pixels."""
     raster: tuple[int, int] = (5, 3)
@@ -50,6 +52,7 @@ class MesoSynthConfig:
     card_heights_gsd: tuple[float, ...] = (4.0, 6.0, 8.0, 10.0, 12.0, 14.0)
     """Card heights in ground-sample distances (rounded to whole micrometres)."""
     relief_amplitude_gsd: float = 12.0
+    """Peak height of the ``relief`` and ``dome`` scenes, GSD."""
     tilt_deg: float = 1.5
     """Standard deviation of each tilt component, degrees."""
     rotation_deg: float = 2.5
@@ -117,6 +120,17 @@ class MesoSynthTruth:
     region_names: dict[int, str]
     scene: str
     texture: np.ndarray | None = field(default=None, repr=False)
+    rolling_px_per_row: np.ndarray | None = None
+    """(N,) rolling-shutter skew of each photo: raw row ``v`` sees the scene as the pinhole would at column
+    ``u + k_i (v - H / 2)`` (None = a global shutter)."""
+
+    def readout_pixels(self, i: int, uv: np.ndarray) -> np.ndarray:
+        """(P, 2) raw pixel coordinates ``uv`` of image ``i`` moved to the middle row's instant (the pose)."""
+        if self.rolling_px_per_row is None:
+            return uv
+        out = np.array(uv, dtype=float, copy=True)
+        out[:, 0] += self.rolling_px_per_row[i] * (out[:, 1] - 0.5 * self.image_size[1])
+        return out
 
     @property
     def n_images(self) -> int:
@@ -141,7 +155,7 @@ class MesoSynthTruth:
     def flat_points_mm(self, i: int, uv: np.ndarray, plane_height_mm: float = 0.0) -> np.ndarray:
         """Where the rays of pixels ``uv`` (P, 2) of image ``i`` meet the plane of height ``plane_height_mm``."""
         d = _ray_directions(
-            self.undistort(uv), self.normals[i], self.angles_rad[i], self.focal_px
+            self.undistort(self.readout_pixels(i, uv)), self.normals[i], self.angles_rad[i], self.focal_px
         )  # (P, 3) world directions
         t = (self.heights_mm[i] - plane_height_mm) / d[:, 2]
         return self.positions_mm[i][None, :] + t[:, None] * d[:, :2]
@@ -237,6 +251,12 @@ def _scene(cfg: MesoSynthConfig, gsd: float, extent: tuple[float, float, float, 
             tex = _texture(rng, (int(r1 - r0), int(c1 - c0)), base, 0.14)
             sub = inside[r0:r1, c0:c1]
             texture[r0:r1, c0:c1][sub] = tex[sub]
+    elif cfg.scene == "dome":
+        radius_sq = 0.25 * (span_x**2 + span_y**2)
+        rel = np.clip(1.0 - ((xx - cx) ** 2 + (yy - cy) ** 2) / radius_sq, 0.0, None)
+        height = (cfg.relief_amplitude_gsd * gsd * rel).astype(np.float32)
+        names[0] = "surface"
+        region_h = {}
     else:
         amp = cfg.relief_amplitude_gsd * gsd
         rel = np.zeros((h, w))
@@ -445,17 +465,19 @@ def make_meso_truth(cfg: MesoSynthConfig = MesoSynthConfig()) -> MesoSynthTruth:
         region_names=names,
         scene=cfg.scene,
         texture=texture,
+        rolling_px_per_row=_rolling_skew(cfg),
     )
 
 
-def _rolling_shutter(uv: np.ndarray, cfg: MesoSynthConfig, i: int, size: tuple[int, int]) -> np.ndarray:
-    """Pixel coordinates of a rolling-shutter exposure: row ``v`` shifted along the sweep (x)."""
-    w, h = size
-    cols = cfg.raster[0]
-    sweep = 1.0 if (i // cols) % 2 == 0 else -1.0  # serpentine path: every other row runs backwards
-    out = uv.copy()
-    out[:, 0] += sweep * cfg.rolling_shutter * w * (uv[:, 1] / h - 0.5)
-    return out
+def _rolling_skew(cfg: MesoSynthConfig) -> np.ndarray | None:
+    """(N,) rolling-shutter skew, pixels per row: ``rolling_shutter`` x width over the frame's height, its
+    sign the sweep's (the serpentine path runs every other raster row backwards)."""
+    if not cfg.rolling_shutter:
+        return None
+    cols, rows = cfg.raster
+    w, h = cfg.image_size
+    sweep = np.where((np.arange(cols * rows) // cols) % 2 == 0, 1.0, -1.0)
+    return sweep * cfg.rolling_shutter * w / h
 
 
 def _highlight(uv: np.ndarray, hits: np.ndarray, truth: MesoSynthTruth, cfg: MesoSynthConfig) -> np.ndarray:
@@ -522,7 +544,7 @@ def render_meso_sequence(cfg: MesoSynthConfig = MesoSynthConfig()) -> MesoSynthD
     images, jpegs = [], []
     effects = np.random.default_rng([cfg.seed, 2])  # its own stream: the clean sequence is unchanged
     for i in range(len(pos)):
-        xy_i = truth.undistort(_rolling_shutter(uv, cfg, i, (w, h))) if cfg.rolling_shutter else xy_u
+        xy_i = truth.undistort(truth.readout_pixels(i, uv)) if cfg.rolling_shutter else xy_u
         dirs = _ray_directions(xy_i, normals[i], angles[i], f_px)
         hits = _trace(np.array([pos[i, 0], pos[i, 1], -zs[i]]), dirs, hr, bound, truth.origin_mm, texel)
         rgb = _sample(tex, hits).numpy().reshape(h * ss, w * ss, 3)

@@ -26,7 +26,7 @@ import torch
 
 from topograph.matching.dense import DenseConfig, _flow_pair, forward_backward_error
 from topograph.meso.config import FlowHeightConfig
-from topograph.meso.functional.projection import rotate_in_plane
+from topograph.meso.functional.projection import rolling_shutter, rotate_in_plane
 from topograph.meso.models.camera import MesoModel
 from topograph.meso.mosaic import pixel_coordinates
 from topograph.progress import steps
@@ -96,7 +96,7 @@ def flat_per_point(model: MesoModel, uv: torch.Tensor, image: torch.Tensor) -> t
     """
     xy = model.distortion.undistort(uv)
     pose = model.pose
-    rotated = rotate_in_plane(xy[:, None, :], pose.angle[image])
+    rotated = rotate_in_plane(rolling_shutter(xy[:, None, :], pose.rolling[image]), pose.angle[image])
     z = model.camera_heights()[image]
     rel = model.projection.backproject(rotated, pose.tilt[image], z, model.focal())[:, 0]
     return rel, model.nadirs()[image], z

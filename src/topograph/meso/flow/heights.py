@@ -51,14 +51,21 @@ class FlowHeights:
 
 
 @torch.no_grad()
-def flow_heights(model: MesoModel, matches: FlowMatches, cfg: FlowHeightConfig | None = None) -> FlowHeights:
+def flow_heights(
+    model: MesoModel,
+    matches: FlowMatches,
+    cfg: FlowHeightConfig | None = None,
+    image_weights: np.ndarray | None = None,
+) -> FlowHeights:
     """Camera-centric height maps of every image from its matches with the current cameras (closed-form
-    height per match, fused with weights ``|b|^2``, module docstring).
+    height per match, fused with weights ``w_j |b|^2``, module docstring).
 
     Args:
         model: the deformation model with registered cameras (its heights are not used).
         matches: from :func:`flow_matches`.
         cfg: settings.
+        image_weights: (N,) weight ``w_j`` of each image as a neighbour (None = 1): a blurred photo's flow
+            is less precise, so a sharp image's map leans on its sharp neighbours.
 
     Returns:
         The fused height maps on the flow grid (object units, positive toward the camera).
@@ -89,8 +96,9 @@ def flow_heights(model: MesoModel, matches: FlowMatches, cfg: FlowHeightConfig |
         epi = torch.linalg.norm(perp, dim=1) / (cell * ds)
         ok = ((epi < cfg.epipolar_threshold_px) & torch.isfinite(hh) & (bb > 0)).cpu().numpy()
         idx = p.flat_index[ok]
-        num[p.i, idx] += (bb * hh).cpu().numpy()[ok]  # flat_index is unique within a pair
-        den[p.i, idx] += bb.cpu().numpy()[ok]
+        w_j = 1.0 if image_weights is None else float(image_weights[p.j])
+        num[p.i, idx] += w_j * (bb * hh).cpu().numpy()[ok]  # flat_index is unique within a pair
+        den[p.i, idx] += w_j * bb.cpu().numpy()[ok]
         n_valid += int(ok.sum())
         used.append((p.i, p.j))
     heights = np.zeros((n, h, w), np.float32)
@@ -151,9 +159,12 @@ def initialise_heights(model: MesoModel, measured: FlowHeights, iterations: int 
     return heights.start_from(target, weight, iterations, lr)
 
 
-def measure_heights(model: MesoModel, pixels: np.ndarray, cfg: FlowHeightConfig, seed: int = 0) -> FlowHeights:
+def measure_heights(
+    model: MesoModel, pixels: np.ndarray, cfg: FlowHeightConfig, seed: int = 0, image_weights: np.ndarray | None = None
+) -> FlowHeights:
     """Dense matches -> cameras refined on them -> heights (``cfg.passes`` times matches and refinement: a
-    second pass warps with the refined cameras, so its flow starts closer and keeps more matches)."""
+    second pass warps with the refined cameras, so its flow starts closer and keeps more matches);
+    ``image_weights`` as in :func:`flow_heights`."""
     refinement = "skipped"
     for k in range(max(1, int(cfg.passes))):
         matches = flow_matches(model, pixels, cfg)
@@ -169,4 +180,4 @@ def measure_heights(model: MesoModel, pixels: np.ndarray, cfg: FlowHeightConfig,
             )
             if result.status != "skipped":  # a pass without matches keeps the previous pass's outcome
                 refinement = result.status
-    return replace(flow_heights(model, matches, cfg), refinement=refinement)
+    return replace(flow_heights(model, matches, cfg, image_weights), refinement=refinement)

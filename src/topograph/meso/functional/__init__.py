@@ -22,6 +22,7 @@ from topograph.meso.functional.projection import (
     normal_z,
     orthorectify,
     rectify_to_reference,
+    rolling_shutter,
     rotate_in_plane,
 )
 from topograph.meso.functional.regularizers import total_variation
@@ -42,6 +43,7 @@ __all__ = [
     "polynomial_magnification",
     "radius_of",
     "rectify_to_reference",
+    "rolling_shutter",
     "rotate_in_plane",
     "sample_bilinear",
     "splat_bilinear",

@@ -24,6 +24,25 @@ import torch
 from torch import Tensor
 
 
+def rolling_shutter(points: Tensor, shift: Tensor) -> Tensor:
+    """Undo a rolling shutter's row-linear displacement: ``p' = p + s y`` (supplement step 0).
+
+    A sensor read out row by row while the camera moves sees row ``y`` (relative to the principal point,
+    i.e. about the middle row, whose instant the pose describes) displaced by the image motion during its
+    delay, ``s y`` with ``s`` the motion in pixels per row (``s_x``: skew, ``s_y``: stretch).
+
+    Args:
+        points: (N, P, 2) or (P, 2) undistorted points relative to the principal point.
+        shift: (N, 2) ``s`` of each image.
+
+    Returns:
+        (N, P, 2) points on the middle row's instant.
+    """
+    if points.dim() == 2:
+        points = points.unsqueeze(0)
+    return points + shift[:, None, :] * points[..., 1:2]
+
+
 def rotate_in_plane(points: Tensor, angle: Tensor) -> Tensor:
     """Rotate image-plane points by ``angle`` (supplement step 1).
 

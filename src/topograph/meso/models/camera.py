@@ -13,6 +13,7 @@ from topograph.meso.functional.projection import (
     orthorectify,
     projection_named,
     rectify_to_reference,
+    rolling_shutter,
     rotate_in_plane,
 )
 from topograph.meso.models.distortion import Distortion
@@ -86,11 +87,11 @@ class MesoModel(nn.Module):
             (N,) camera heights.
         """
         xy = self.distortion.undistort(uv)
-        angle, tilt, pos = self.pose.angle, self.pose.tilt, self.nadirs()
+        angle, tilt, pos, shift = self.pose.angle, self.pose.tilt, self.nadirs(), self.pose.rolling
         z = self.camera_heights()
         if index is not None:
-            angle, tilt, pos, z = angle[index], tilt[index], pos[index], z[index]
-        rotated = rotate_in_plane(xy, angle)
+            angle, tilt, pos, z, shift = angle[index], tilt[index], pos[index], z[index], shift[index]
+        rotated = rotate_in_plane(rolling_shutter(xy, shift), angle)
         rel = self.projection.backproject(rotated, tilt, z, self.focal())
         return rel, pos, z
 

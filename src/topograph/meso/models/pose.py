@@ -1,4 +1,4 @@
-"""Per-image camera parameters: lateral position, height, tilt, in-plane angle, gain and bias."""
+"""Per-image camera parameters: lateral position, height, tilt, in-plane angle, rolling shutter, gains and bias."""
 
 from __future__ import annotations
 
@@ -19,7 +19,14 @@ class PoseModel(nn.Module):
       removed so that the global scale of the object frame is fixed (object unit ~ one image pixel).
     * ``tilt`` (N, 2): ``(n_x, n_y)`` of the object-plane normal in the camera frame.
     * ``angle`` (N,): in-plane rotation, radians.
+    * ``rolling`` (N, 2): rolling-shutter image motion ``s`` in pixels per row (see
+      :func:`topograph.meso.functional.projection.rolling_shutter`); a hand-held sweep skews each photo
+      along its motion. A shear common to every image is a near-gauge (a sheared scene): it stays at its
+      start, only the differences between the images are determined.
     * ``log_gain`` (N,), ``bias`` (N,): intensity correction ``g I + b`` (means removed: no collapse).
+    * ``log_colour`` (N, 3): per-channel gains ``c`` on top of ``g`` (white balance; the mean over the
+      images of each channel removed), so the correction is ``g c_k I_k + b`` (an affine photometric model
+      per image and channel; auto exposure and auto white balance of phones change ``g`` and ``c``).
     """
 
     def __init__(self, n_images: int, positions: Tensor | None = None) -> None:
@@ -29,7 +36,9 @@ class PoseModel(nn.Module):
         self.log_scale = nn.Parameter(torch.zeros(n_images))
         self.tilt = nn.Parameter(torch.zeros(n_images, 2))
         self.angle = nn.Parameter(torch.zeros(n_images))
+        self.rolling = nn.Parameter(torch.zeros(n_images, 2))
         self.log_gain = nn.Parameter(torch.zeros(n_images))
+        self.log_colour = nn.Parameter(torch.zeros(n_images, 3))
         self.bias = nn.Parameter(torch.zeros(n_images))
 
     @property
@@ -40,13 +49,19 @@ class PoseModel(nn.Module):
         """(N,) ``Z_i / f`` in object units per image pixel (geometric mean 1)."""
         return torch.exp(self.log_scale - self.log_scale.mean())
 
+    def gains(self) -> Tensor:
+        """(N, 3) multiplicative correction ``g_i c_ik`` of every image and channel (gauge: means removed)."""
+        log_g = (self.log_gain - self.log_gain.mean())[:, None] + (self.log_colour - self.log_colour.mean(0))
+        return torch.exp(log_g)
+
     def photometric(self, intensities: Tensor, index: Tensor | None = None) -> Tensor:
-        """Apply gain and bias: (N, P, C) intensities -> (N, P, C) corrected intensities."""
-        gain = torch.exp(self.log_gain - self.log_gain.mean())
+        """Apply the gains and bias: (N, P, 3) intensities -> (N, P, 3) corrected intensities
+        (``g_i c_ik I_k + b_i``)."""
+        gain = self.gains()
         bias = self.bias - self.bias.mean()
         if index is not None:
             gain, bias = gain[index], bias[index]
-        return intensities * gain[:, None, None] + bias[:, None, None]
+        return intensities * gain[:, None, :] + bias[:, None, None]
 
     def groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameter groups by name (see ``topograph.meso.config.PARAMETER_GROUPS``)."""
@@ -55,6 +70,7 @@ class PoseModel(nn.Module):
             "scale": [self.log_scale],
             "tilt": [self.tilt],
             "angle": [self.angle],
-            "gain": [self.log_gain],
+            "rolling": [self.rolling],
+            "gain": [self.log_gain, self.log_colour],
             "bias": [self.bias],
         }

@@ -50,7 +50,8 @@ def batch_loss(
     The prediction is the normalised bilinear read-back of the running splat (sampled sums over sampled
     weights), so a grid finer than the pixels does not pull predictions toward empty cells.
 
-    Loss = data term (MSE of RGB, or its Cauchy version when ``robust_scale > 0``) + lambda_h MSE(height)
+    Loss = data term (MSE of RGB, or its Cauchy version when ``robust_scale > 0``; each pixel weighted by its
+    image's weight when the level has image weights) + lambda_h MSE(height)
     + lambda_TV x the height model's regulariser (when ``with_regulariser``). Gradients reach the
     parameters through the sampling coordinates and the batch's own values, never through ``recon``.
 
@@ -73,11 +74,11 @@ def batch_loss(
     res = pred - bv.values
     sq = (res[:, :3] ** 2).sum(1)
     mse_rgb = sq.mean() / 3.0
-    if robust_scale > 0:
-        c2 = 3.0 * robust_scale**2
-        data_term = (c2 * torch.log1p(sq / c2)).mean() / 3.0
-    else:
-        data_term = mse_rgb
+    per_pixel = 3.0 * robust_scale**2 * torch.log1p(sq / (3.0 * robust_scale**2)) if robust_scale > 0 else sq
+    if bv.weights is None:
+        data_term = per_pixel.mean() / 3.0
+    else:  # a blurred photo's pixels count less: its misfit to the sharp reconstruction would bend the shared CNN
+        data_term = (bv.weights * per_pixel).sum() / bv.weights.sum().clamp_min(1e-12) / 3.0
     mse_h = (res[:, 3] ** 2).mean()
     total = data_term + loss.height_weight * mse_h
     reg = 0.0

@@ -62,11 +62,13 @@ class RoundsResult:
     """The flow step's dense-matching and refinement gates (none when this call did not run it)."""
 
 
-def _flow_step(model: MesoModel, pixels: np.ndarray, cfg: MesoConfig) -> tuple[Gate, Gate]:
+def _flow_step(
+    model: MesoModel, pixels: np.ndarray, cfg: MesoConfig, image_weights: np.ndarray | None
+) -> tuple[Gate, Gate]:
     """The flow step before the first height round (:mod:`topograph.meso.flow`): heights measured from dense
     matches start the height model. Returns its dense-matching and refinement gates (:func:`enforce`)."""
     stage("flow step: dense matches, camera refinement, heights")
-    measured = measure_heights(model, pixels, cfg.heights.flow, cfg.seed)
+    measured = measure_heights(model, pixels, cfg.heights.flow, cfg.seed, image_weights)
     measured = clip_measured_heights(measured, model, cfg.robust.max_height_fraction)
     misfit = initialise_heights(model, measured, cfg.heights.fit_iterations, cfg.heights.fit_lr)
     gates = (
@@ -134,7 +136,7 @@ def run_rounds(
         resumed_inside = r == start_round and round_state is not None
         if r == first_height_round and cfg.heights.init == "flow" and not resumed_inside:
             with timings.timed("height_init"):
-                gates = _flow_step(model, pixels, cfg)
+                gates = _flow_step(model, pixels, cfg, image_weights)
         if level.downsample not in cache:
             cache.clear()
             cache[level.downsample] = make_batched_level(pixels, level.downsample, device)

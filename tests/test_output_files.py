@@ -169,3 +169,18 @@ def test_meso_outputs_share_the_mosaic_frame_and_open_right(tmp_path: Path) -> N
     assert np.median(normals[:, 2]) > 0.9  # right-handed with z up: the surface faces the cameras
     cams = json.loads((out / "cameras.json").read_text())
     assert cams["position_output_unit"] == "um" and len(cams["cameras"][0]["position_output"]) == 2
+
+
+def test_atomic_writes_get_plain_open_permissions_from_threads(tmp_path: Path) -> None:
+    """Files written atomically (mkstemp makes 0600) get 0666 minus the umask, also from several threads."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from topograph.io.atomic import write_text
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    with ThreadPoolExecutor(4) as pool:
+        paths = list(pool.map(lambda i: write_text(tmp_path / f"d{i}" / "a.txt", "x"), range(16)))
+    assert {os.stat(p).st_mode & 0o777 for p in paths} == {0o666 & ~umask}
+    assert {os.stat(p.parent).st_mode & 0o777 for p in paths} == {0o777 & ~umask}

@@ -298,7 +298,10 @@ def drop_unlinked(
             "choose another --reference-image or remove it",
         )
     dropped = [images.names[k] for k in range(len(images)) if not init.linked[k]]
-    note = f"{len(dropped)} photo(s) link to no other photo and were left out: {', '.join(dropped)}"
+    note = (
+        f"{len(dropped)} photo(s) link to no other photo (or overlap too little to register) and were left out: "
+        f"{', '.join(dropped)}"
+    )
     log.warning(note)
     sub = np.ix_(keep, keep)
     init = replace(

@@ -6,8 +6,9 @@ heights assume a flat scene). This module builds the problem (:class:`MatchProbl
 Cauchy-weighted normal equations); the damping loop is the generic
 :func:`topograph.geometry.levenberg_marquardt.levenberg_marquardt`.
 
-Unknown vector layout: ``8 N`` camera unknowns (per image: nadir (2), camera height, tilt (2), in-plane
-angle, rolling shutter (2)), then the focal length (held: its column stays 0), then the distortion model's parameters.
+Unknown vector layout: ``6 N`` camera unknowns (per image: nadir (2), camera height, tilt (2), in-plane
+angle; the rolling-shutter terms of the photometric rounds are applied, not refined), then the focal
+length (held: its column stays 0), then the distortion model's parameters.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ from topograph.meso.models.camera import MesoModel
 
 log = logging.getLogger("topograph")
 
-_PER_IMAGE = 8
-"""Per-image unknowns of the refinement: nadir (2), camera height, tilt (2), in-plane angle, rolling shutter (2)."""
+_PER_IMAGE = 6
+"""Per-image unknowns of the refinement: nadir (2), camera height, tilt (2), in-plane angle. Refining the
+rolling-shutter terms here too traded them against the lens and tilts on a clean sequence (registration
+median 0.6 -> 2.1 px at 320x240), so they stay as the photometric rounds left them."""
 
 
 @dataclass(frozen=True)
@@ -57,14 +60,15 @@ def _sample_matches(matches: FlowMatches, per_pair: int, seed: int) -> tuple[np.
     return np.concatenate(ui), np.concatenate(uj), np.concatenate(ii), np.concatenate(jj)
 
 
-def _cross_residual(xy_i, xy_j, cam_i, cam_j, f_i, f_j, projection: Projection):
+def _cross_residual(xy_i, xy_j, cam_i, cam_j, f_i, f_j, projection: Projection, shift_i, shift_j):
     """Signed residuals of matches across and along their parallax direction, ``a x b / |b|`` and
     ``a . b / |b| = h |b|`` (module docstring), with every quantity given per match (so one backward pass
-    yields every match's own derivatives). ``cam_*`` (M, 8): nadir, camera height, tilt, angle, rolling shutter."""
+    yields every match's own derivatives). ``cam_*`` (M, 6): nadir, camera height, tilt, angle; ``shift_*`` (M, 2)
+    the rolling-shutter terms."""
     nadir_i, z_i, tilt_i, angle_i = cam_i[:, :2], cam_i[:, 2], cam_i[:, 3:5], cam_i[:, 5]
     nadir_j, z_j, tilt_j, angle_j = cam_j[:, :2], cam_j[:, 2], cam_j[:, 3:5], cam_j[:, 5]
-    rot_i = rotate_in_plane(rolling_shutter(xy_i[:, None, :], cam_i[:, 6:8]), angle_i)
-    rot_j = rotate_in_plane(rolling_shutter(xy_j[:, None, :], cam_j[:, 6:8]), angle_j)
+    rot_i = rotate_in_plane(rolling_shutter(xy_i[:, None, :], shift_i), angle_i)
+    rot_j = rotate_in_plane(rolling_shutter(xy_j[:, None, :], shift_j), angle_j)
     rel_i = projection.backproject(rot_i, tilt_i, z_i, f_i[:, None])[:, 0]
     rel_j = projection.backproject(rot_j, tilt_j, z_j, f_j[:, None])[:, 0]
     a = (rel_i + nadir_i) - (rel_j + nadir_j)
@@ -94,6 +98,8 @@ class MatchProblem:
         self.uv_j = torch.as_tensor(uv_j, dtype=dt, device=device)
         self.i_t = torch.as_tensor(self.ii, device=device)
         self.j_t = torch.as_tensor(self.jj, device=device)
+        rolling = model.pose.rolling.detach().to(dt)
+        self.shift_i, self.shift_j = rolling[self.i_t], rolling[self.j_t]
         self.n = model.n_images
         self.projection = model.projection
         self.dist = model.distortion
@@ -123,7 +129,6 @@ class MatchProblem:
                 model.camera_heights()[:, None],
                 model.pose.tilt,
                 model.pose.angle[:, None],
-                model.pose.rolling,
             ),
             dim=1,
         ).to(dt)
@@ -133,7 +138,7 @@ class MatchProblem:
         return torch.cat((cams.reshape(-1), focal, dvec)).cpu().numpy()
 
     def split(self, x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(cams (N, 8), focal (1,), distortion (D,))`` views of an unknown vector, as float64 tensors."""
+        """``(cams (N, 6), focal (1,), distortion (D,))`` views of an unknown vector, as float64 tensors."""
         t = torch.from_numpy(np.asarray(x, dtype=np.float64))
         return t[: self.n_cam].reshape(self.n, _PER_IMAGE), t[self.n_cam : self.n_cam + 1], t[self.n_cam + 1 :]
 
@@ -153,7 +158,7 @@ class MatchProblem:
         ci, cj = cams[self.i_t], cams[self.j_t]
         f = focal.expand(self.m)
         xy_i, xy_j = self.undistort(dvec, self.uv_i), self.undistort(dvec, self.uv_j)
-        across, along = _cross_residual(xy_i, xy_j, ci, cj, f, f, self.projection)
+        across, along = _cross_residual(xy_i, xy_j, ci, cj, f, f, self.projection, self.shift_i, self.shift_j)
         return torch.cat((across, self.flat_w * along)).numpy()
 
     def cost(self, x: np.ndarray) -> float:
@@ -167,7 +172,7 @@ class MatchProblem:
         return float((r[ok] ** 2).mean().sqrt()) if bool(ok.any()) else float("nan")
 
     def jacobian(self, x: np.ndarray) -> tuple[np.ndarray, scipy.sparse.csr_matrix, np.ndarray]:
-        """Residuals (2 M,), the sparse camera columns (2 M, 8 N) and the dense distortion columns (2 M, D)."""
+        """Residuals (2 M,), the sparse camera columns (2 M, 6 N) and the dense distortion columns (2 M, D)."""
         cams, focal, dvec = self.split(x)
         with torch.no_grad():
             xy_i, xy_j = self.undistort(dvec, self.uv_i), self.undistort(dvec, self.uv_j)
@@ -176,7 +181,7 @@ class MatchProblem:
         f = focal.expand(self.m)
         xi = xy_i.detach().clone().requires_grad_(True)
         xj = xy_j.detach().clone().requires_grad_(True)
-        across, along = _cross_residual(xi, xj, ci, cj, f, f, self.projection)
+        across, along = _cross_residual(xi, xj, ci, cj, f, f, self.projection, self.shift_i, self.shift_j)
         dxy = []
         eps = 1e-6  # d xy / d distortion by forward differences in float64 (cheap evaluations)
         for k in range(dvec.numel()):
@@ -185,7 +190,7 @@ class MatchProblem:
             moved_i, moved_j = self.undistort(dvec + step, self.uv_i), self.undistort(dvec + step, self.uv_j)
             dxy.append(((moved_i - xy_i) / eps, (moved_j - xy_j) / eps))
         m, cols, rows = self.m, np.arange(_PER_IMAGE), np.arange(self.m)
-        cam_rows, cam_cols, cam_vals = [], [], []  # camera columns: 16 non-zeros per row (sparse)
+        cam_rows, cam_cols, cam_vals = [], [], []  # camera columns: 12 non-zeros per row (sparse)
         jac_dist = np.zeros((2 * m, len(dxy)))
         for block, (res, scale) in enumerate(((across, 1.0), (along, self.flat_w))):
             gi, gj, gxi, gxj = torch.autograd.grad(res.sum(), (ci, cj, xi, xj), retain_graph=block == 0)
@@ -216,16 +221,14 @@ class MatchProblem:
         hess[dist_sl, dist_sl] = jac_dist.T @ wd
         grad[:n_cam] = wc.T @ rn
         grad[dist_sl] = wd.T @ rn
-        # Gauges held where they are, like the knot mean below: the mean camera height (a scale, undone by
-        # _write_back; shrinking every height shrinks every residual with it, and with few matches the
-        # solution slid down that direction to a collapsed frame: heights x0.01 at 320x240) and the mean
-        # rolling shutter of each axis (a shear common to every image is a sheared scene).
+        # The mean camera height is a scale gauge (undone by _write_back), but shrinking every height shrinks
+        # every residual with it: with few matches the solution slid down that direction to a collapsed frame
+        # (heights x0.01 at 320x240). Held where it is, like the knot mean below.
         k_g = 1e3 * max(float(np.diag(hess).max()), 1.0)
-        for col in (2, 6, 7):
-            v = np.zeros(n_par)
-            v[col:n_cam:_PER_IMAGE] = 1.0 / self.n
-            hess += k_g * np.outer(v, v)
-            grad += k_g * v * float((x - self.x0)[col:n_cam:_PER_IMAGE].mean())
+        v = np.zeros(n_par)
+        v[2:n_cam:_PER_IMAGE] = 1.0 / self.n
+        hess += k_g * np.outer(v, v)
+        grad += k_g * v * float((x - self.x0)[2:n_cam:_PER_IMAGE].mean())
         if self.knot_cols.size:  # the mean magnification is a scale gauge (a focal change): keep it where it is
             v = np.zeros(n_par)
             v[self.knot_cols] = 1.0 / self.knot_cols.size
@@ -251,8 +254,9 @@ def refine_cameras(
     Each match's residual is its offset across its parallax direction (the height along it is eliminated
     in closed form, :mod:`topograph.meso.flow.dense_matches`), so relief does not bias the cameras, unlike
     the photometric rounds before the heights, which assume a flat scene. Unknowns: every camera's nadir,
-    height, tilt, in-plane angle and rolling shutter and the distortion model. The focal length stays where it is (from
-    EXIF or the rounds): matches between near-parallel views barely constrain it, and it sets the scale of
+    height, tilt and in-plane angle and the distortion model (rolling-shutter terms applied as they are).
+    The focal length stays where it is (from EXIF or the rounds): matches between near-parallel views
+    barely constrain it, and it sets the scale of
     the heights (Eq. 8). The solution is brought back to the model's gauge (geometric-mean camera height =
     focal length) by a similarity of the object frame, which leaves every residual's geometry unchanged.
 
@@ -322,9 +326,8 @@ class _Undistort(torch.nn.Module):
 
 @torch.no_grad()
 def _write_back(model: MesoModel, cams: torch.Tensor, focal: torch.Tensor, dvec: torch.Tensor) -> None:
-    """Store refined nadirs, heights, tilts, angles, rolling shutters, focal and distortion in the model's
-    parameterisation, after the similarity of the object frame that restores its gauge (geometric-mean
-    height = focal)."""
+    """Store refined nadirs, heights, tilts, angles, focal and distortion in the model's parameterisation,
+    after the similarity of the object frame that restores its gauge (geometric-mean height = focal)."""
     f = float(focal[0])
     z = cams[:, 2]
     s = f / float(torch.exp(torch.log(z).mean()))
@@ -337,7 +340,6 @@ def _write_back(model: MesoModel, cams: torch.Tensor, focal: torch.Tensor, dvec:
     pose.log_scale.copy_(torch.log(z / f).to(dtype))
     pose.tilt.copy_(tilt.to(dtype))
     pose.angle.copy_(cams[:, 5].to(dtype))
-    pose.rolling.copy_(cams[:, 6:8].to(dtype))
     model.log_focal.copy_(torch.log(focal[0]).to(dtype))
     k = 0
     for p in model.distortion.parameters():

@@ -21,8 +21,8 @@ class PoseModel(nn.Module):
     * ``angle`` (N,): in-plane rotation, radians.
     * ``rolling`` (N, 2): rolling-shutter image motion ``s`` in pixels per row (see
       :func:`topograph.meso.functional.projection.rolling_shutter`); a hand-held sweep skews each photo
-      along its motion. A shear common to every image is a near-gauge (a sheared scene): it stays at its
-      start, only the differences between the images are determined.
+      along its motion. A shear common to every image is a near-gauge (a sheared scene), and the term can
+      trade against lens and tilts, so no default round trains it (``topograph.meso.config``).
     * ``log_gain`` (N,), ``bias`` (N,): intensity correction ``g I + b`` (means removed: no collapse).
     * ``log_colour`` (N, 3): per-channel gains ``c`` on top of ``g`` (white balance; the mean over the
       images of each channel removed), so the correction is ``g c_k I_k + b`` (an affine photometric model

@@ -368,8 +368,8 @@ def test_disk_full_while_writing_keeps_the_old_run(tmp_path: Path, monkeypatch: 
     before = _content(out)
     real = pipeline.write_outputs
 
-    def full_disk(run, folder):  # noqa: ANN001, ANN202
-        real(run, folder)
+    def full_disk(run, folder, **kwargs):  # noqa: ANN001, ANN003, ANN202
+        real(run, folder, **kwargs)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder / "dense.ply"))
 
     monkeypatch.setattr(pipeline, "write_outputs", full_disk)

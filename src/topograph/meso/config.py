@@ -111,7 +111,8 @@ def default_schedule() -> tuple[LevelConfig, ...]:
 def fast_schedule() -> tuple[LevelConfig, ...]:
     """The ``fast`` preset: the default rounds with about 40 % of their iterations (the flow step, which
     gives most of the accuracy, keeps its iterations; :func:`preset_config` gives its camera refinement a
-    quarter of the matches and its flow step half the neighbours per image)."""
+    quarter of the matches; its flow step keeps the default neighbours: with 4 instead of 8 the 6-photo
+    quick demo's heights fell from 0.55 to 1.68 GSD, docs/benchmarks.md)."""
     return (
         LevelConfig("shift", 8, 30, ("position",), lr_scale=4.0, target_size=125),
         LevelConfig(
@@ -475,7 +476,6 @@ def preset_config(name: str) -> MesoConfig:
             {
                 "heights.flow.refine_matches_per_pair": 1000,
                 "heights.flow.refine_max_matches": 50_000,
-                "heights.flow.max_neighbours": 4,  # half the flow pairs (DIS is most of the flow step's time)
             },
         )
     raise TopographError(f"unknown preset '{name}'", f"use one of: {', '.join(PRESETS)}")

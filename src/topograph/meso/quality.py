@@ -138,6 +138,27 @@ def _ncc(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum()) / den if den > 0 else float("nan")
 
 
+def _small_renders(
+    model: MesoModel, pixels: np.ndarray, long_side: int, device: torch.device | str
+) -> tuple[float, tuple[int, int], torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """Every image resampled to a long side of ``long_side`` px and back-projected with its own heights:
+    ``(f, (h, w), uv, points, grey)`` with the resampling factor, the small size, its (h w, 2) full-image pixel
+    coordinates, and per image its (h w, 2) object points and (h w,) photometrically corrected grey values."""
+    n, h_full, w_full = pixels.shape[:3]
+    f = min(1.0, long_side / max(h_full, w_full))
+    h, w = max(8, round(h_full * f)), max(8, round(w_full * f))
+    uv = pixel_coordinates((w_full, h_full), (h, w), device)
+    points, grey = [], []
+    for i in range(n):
+        small = cv2.resize(pixels[i], (w, h), interpolation=cv2.INTER_AREA) if f < 1.0 else pixels[i]
+        img = torch.from_numpy(small.astype(np.float32) / 255.0).to(device)
+        idx = torch.tensor([i], device=device)
+        hmap = model.heights(img.permute(2, 0, 1)[None], idx).reshape(1, -1)
+        points.append(model.object_points(uv, hmap, idx)[0])
+        grey.append(model.pose.photometric(img.reshape(1, -1, 3), idx)[0].mean(-1))
+    return f, (h, w), uv, points, grey
+
+
 @torch.no_grad()
 def registration_scores(
     model: MesoModel, pixels: np.ndarray, long_side: int = 256, device: torch.device | str = "cpu"
@@ -154,20 +175,10 @@ def registration_scores(
         ``(ncc, overlap)``: (N,) NCC of the band-passed grey values over the pixels the other images
         cover (NaN when fewer than 2 % are covered), and (N,) that covered share.
     """
-    n, h_full, w_full = pixels.shape[:3]
-    f = min(1.0, long_side / max(h_full, w_full))
-    h, w = max(8, round(h_full * f)), max(8, round(w_full * f))
-    uv = pixel_coordinates((w_full, h_full), (h, w), device)
-    grey, points = [], []
-    for i in range(n):
-        small = cv2.resize(pixels[i], (w, h), interpolation=cv2.INTER_AREA) if f < 1.0 else pixels[i]
-        img = torch.from_numpy(small.astype(np.float32) / 255.0).to(device)
-        idx = torch.tensor([i], device=device)
-        hmap = model.heights(img.permute(2, 0, 1)[None], idx).reshape(1, -1)
-        points.append(model.object_points(uv, hmap, idx)[0])
-        grey.append(model.pose.photometric(img.reshape(1, -1, 3), idx)[0].mean(-1, keepdim=True))
+    n = pixels.shape[0]
+    f, (h, w), _, points, grey = _small_renders(model, pixels, long_side, device)
     grid = grid_around(torch.cat(points), 1.0 / f)
-    splats = [splat_bilinear(grid.to_grid(p), g, grid.shape) for p, g in zip(points, grey, strict=True)]
+    splats = [splat_bilinear(grid.to_grid(p), g[:, None], grid.shape) for p, g in zip(points, grey, strict=True)]
     total = torch.stack(splats).sum(0)
     own_density = 0.25  # a quarter of one image's sample density per cell
     ncc, overlap = np.full(n, np.nan), np.zeros(n)
@@ -319,20 +330,12 @@ def seam_map(model: MesoModel, pixels: np.ndarray, long_side: int = 320, device:
     A well-registered image agrees with the others where they overlap (disagreement ~ noise, < 0.5); a
     misplaced one doubles edges along its overlaps (disagreement ~ 1 or more)."""
     n, h_full, w_full = pixels.shape[:3]
-    f = min(1.0, long_side / max(h_full, w_full))
-    h, w = max(8, round(h_full * f)), max(8, round(w_full * f))
-    uv = pixel_coordinates((w_full, h_full), (h, w), device)
+    f, (h, w), uv, points, greys = _small_renders(model, pixels, long_side, device)
     centre = torch.tensor([(w_full - 1) / 2.0, (h_full - 1) / 2.0], device=device)
     closeness = (1.0 - torch.linalg.norm((uv - centre) / centre, dim=1) / np.sqrt(2.0))[:, None]
-    points, values = [], []
     sigma = max(2.0, 0.03 * max(h, w))
-    for i in range(n):
-        small = cv2.resize(pixels[i], (w, h), interpolation=cv2.INTER_AREA) if f < 1.0 else pixels[i]
-        img = torch.from_numpy(small.astype(np.float32) / 255.0).to(device)
-        idx = torch.tensor([i], device=device)
-        hmap = model.heights(img.permute(2, 0, 1)[None], idx).reshape(1, -1)
-        points.append(model.object_points(uv, hmap, idx)[0])
-        grey = model.pose.photometric(img.reshape(1, -1, 3), idx)[0].mean(-1)
+    values = []
+    for grey in greys:
         band = _band_pass(grey.cpu().numpy().reshape(h, w), np.ones((h, w), bool), sigma).reshape(-1)
         values.append(torch.stack((grey, torch.from_numpy(band).to(device)), dim=1))
     grid = grid_around(torch.cat(points), 1.0 / f)

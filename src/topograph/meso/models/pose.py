@@ -24,9 +24,6 @@ class PoseModel(nn.Module):
       along its motion. A shear common to every image is a near-gauge (a sheared scene), and the term can
       trade against lens and tilts, so no default round trains it (``topograph.meso.config``).
     * ``log_gain`` (N,), ``bias`` (N,): intensity correction ``g I + b`` (means removed: no collapse).
-    * ``log_colour`` (N, 3): per-channel gains ``c`` on top of ``g`` (white balance; the mean over the
-      images of each channel removed), so the correction is ``g c_k I_k + b`` (an affine photometric model
-      per image and channel; auto exposure and auto white balance of phones change ``g`` and ``c``).
     """
 
     def __init__(self, n_images: int, positions: Tensor | None = None) -> None:
@@ -38,7 +35,6 @@ class PoseModel(nn.Module):
         self.angle = nn.Parameter(torch.zeros(n_images))
         self.rolling = nn.Parameter(torch.zeros(n_images, 2))
         self.log_gain = nn.Parameter(torch.zeros(n_images))
-        self.log_colour = nn.Parameter(torch.zeros(n_images, 3))
         self.bias = nn.Parameter(torch.zeros(n_images))
 
     @property
@@ -49,19 +45,15 @@ class PoseModel(nn.Module):
         """(N,) ``Z_i / f`` in object units per image pixel (geometric mean 1)."""
         return torch.exp(self.log_scale - self.log_scale.mean())
 
-    def gains(self) -> Tensor:
-        """(N, 3) multiplicative correction ``g_i c_ik`` of every image and channel (gauge: means removed)."""
-        log_g = (self.log_gain - self.log_gain.mean())[:, None] + (self.log_colour - self.log_colour.mean(0))
-        return torch.exp(log_g)
-
     def photometric(self, intensities: Tensor, index: Tensor | None = None) -> Tensor:
-        """Apply the gains and bias: (N, P, 3) intensities -> (N, P, 3) corrected intensities
-        (``g_i c_ik I_k + b_i``)."""
-        gain = self.gains()
+        """Apply gain and bias: (N, P, C) intensities -> (N, P, C) corrected intensities. (Per-channel
+        white-balance gains were tried: they moved the CNN continuation toy's plateau from 6.0 to 5.4 units,
+        tests/test_meso_rounds.py, and were taken out at the merge.)"""
+        gain = torch.exp(self.log_gain - self.log_gain.mean())
         bias = self.bias - self.bias.mean()
         if index is not None:
             gain, bias = gain[index], bias[index]
-        return intensities * gain[:, None, :] + bias[:, None, None]
+        return intensities * gain[:, None, None] + bias[:, None, None]
 
     def groups(self) -> dict[str, list[nn.Parameter]]:
         """Parameter groups by name (see ``topograph.meso.config.PARAMETER_GROUPS``)."""
@@ -71,6 +63,6 @@ class PoseModel(nn.Module):
             "tilt": [self.tilt],
             "angle": [self.angle],
             "rolling": [self.rolling],
-            "gain": [self.log_gain, self.log_colour],
+            "gain": [self.log_gain],
             "bias": [self.bias],
         }

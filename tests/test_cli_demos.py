@@ -13,6 +13,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def run_demo(args: list[str], tmp: Path) -> str:
     env = {**os.environ, "COLUMNS": "200"}  # no wrapped table rows
@@ -45,6 +47,7 @@ def test_demo_sem_from_the_command_line(tmp_path):
     assert (tmp_path / "demo" / "sem" / "result" / "report.html").is_file()
 
 
+@pytest.mark.slow  # ~30 s quiet; CI runs the slow tier too
 def test_demo_meso_from_the_command_line(tmp_path):
     text = run_demo(["meso", "--size", "240", "--quick"], tmp_path)
     assert "topograph demo meso" in text

@@ -343,6 +343,7 @@ def test_cli_eval_sem_with_surface_file(tmp_path, blob_truth) -> None:
     assert bad.exit_code != 0
 
 
+@pytest.mark.slow  # renders and reconstructs a grain (~30 s quiet)
 def test_cli_eval_sem_on_rendered_grain(tmp_path) -> None:
     """The SEM protocol on a `synth sem` dataset: a perfect cloud (substrate included) in a mirrored,
     scaled frame with sign-flipped tilts scores ~0, and the tilt errors see the mirror branch."""

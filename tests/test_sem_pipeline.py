@@ -37,7 +37,7 @@ def grain_png(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ("size", "seed", "whole_bound", "grain_bound", "tilt_tol"),
     [
         pytest.param(800, 11, 0.2, 0.2, 0.1, marks=pytest.mark.slow, id="800 px (the renderer's default)"),
-        pytest.param(500, 11, 0.3, 0.2, 0.15, id="500 px"),
+        pytest.param(500, 11, 0.3, 0.2, 0.15, marks=pytest.mark.slow, id="500 px"),
     ],
 )
 def test_factorization_on_rendered_grain_recovers_tilts_and_shape(

@@ -109,9 +109,6 @@ class DenseConfig:
     """With a full-resolution first pass (``first_pass_downscale`` 1): solve its backward flow, which only
     serves the forward–backward check, on images downscaled by this whole factor (area averaging) and
     upsample it; the forward flow stays at full resolution. 2 costs a quarter of the backward solve."""
-    check_patch_stride: int | None = None
-    """DIS patch stride of the backward flows, which only serve the forward–backward check (None:
-    ``patch_stride`` of their pass); a sparser backward flow costs less and checks nearly as well."""
     tile_px: int = 0
     """Solve the residual flow of the later passes in square tiles of about this side, px (0: the whole
     image in one piece; an image of one tile is split in two strips, see :func:`tile_grid`). The

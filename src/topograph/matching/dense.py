@@ -201,8 +201,7 @@ def _flow_pair(a: np.ndarray, b: np.ndarray, cfg: DenseConfig) -> tuple[np.ndarr
     images up to ``cfg.parallel_max_pixels`` run them side by side (one OpenCV thread each); larger ones
     one after the other (every thread each), so that peak memory holds one DIS solver (~190 bytes per
     pixel) instead of two."""
-    check = cfg if cfg.check_patch_stride is None else replace(cfg, patch_stride=int(cfg.check_patch_stride))
-    tasks = [lambda: _flow_field(a, b, cfg), lambda: _flow_field(b, a, check)]
+    tasks = [lambda: _flow_field(a, b, cfg), lambda: _flow_field(b, a, cfg)]
     forward, backward = _side_by_side(tasks, flow_threads(cfg), together=a.size <= cfg.parallel_max_pixels)
     return forward, backward
 

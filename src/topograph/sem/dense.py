@@ -286,9 +286,6 @@ FLOW_REFINE_BACKWARD = False
 backward residual flow costs a quarter of the stage and changed no accuracy figure on rendered grains."""
 
 
-FLOW_CHECK_PATCH_STRIDE: int | None = None
-"""DIS patch stride of the backward flows (the forward–backward check only); None: as the forward flow."""
-
 FULL_RESOLUTION_FIRST_PASS_MAX_PX = 2_000_000
 """Automatic ``flow_first_pass_downscale``: full-resolution first pass up to this many pixels per image."""
 
@@ -326,7 +323,6 @@ def flow_config(cfg: DenseConfig, n_pixels: int = 0, threads: int = 0) -> FlowCo
         first_pass_patch_stride=cfg.flow_first_pass_patch_stride,
         first_pass_gradient_descent_iterations=cfg.flow_first_pass_gradient_iterations,
         tile_px=cfg.flow_tile_px,
-        check_patch_stride=FLOW_CHECK_PATCH_STRIDE,
         threads=threads,
     )
 

@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -327,6 +327,20 @@ def flow_config(cfg: DenseConfig, n_pixels: int = 0, threads: int = 0) -> FlowCo
     )
 
 
+CHAIN_FIRST_PASS_DOWNSCALE = 4
+"""First-pass downscale of the chained flows (at least the direct flows' own): their full-resolution
+residual pass recovers the detail, and the chained observation is checked against the direct ones by the
+fused point's reprojection. 4 instead of 1 drops 2 of quartz's 9 DIS solves (~2.4 CPU-s) and, on the 3 × 1
+MP rendered grain (seed 31), gives RMS 0.157 % of D instead of 0.161, median 0.098 instead of 0.101,
+coverage 99.4 % and volume error −0.33 % both (2: 0.157, 0.099, 99.3 %, −0.33 %)."""
+
+
+def chain_flow_config(flow_cfg: FlowConfig) -> FlowConfig:
+    """Flow settings of a chained view pair (see :data:`CHAIN_FIRST_PASS_DOWNSCALE`)."""
+    k = max(int(flow_cfg.first_pass_downscale), CHAIN_FIRST_PASS_DOWNSCALE)
+    return replace(flow_cfg, first_pass_downscale=k)
+
+
 def fuse_dense(
     images: ImageSet, recon: Reconstruction, cfg: DenseConfig, ref: int, threads: int = 0
 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray | None]]:
@@ -372,7 +386,7 @@ def fuse_dense(
                 a,
                 b,
                 grid,
-                flow_cfg,
+                chain_flow_config(flow_cfg),
                 cfg,
                 cams[ref],
                 cams[b],

@@ -134,7 +134,10 @@ class DenseConfig:
     chain_as_displacement: bool = False
     """Enter a chained match as the displacement ``x_b − x_a = u_ab`` it measures
     (:class:`topograph.geometry.dense_triangulation.RelativeObservation`) instead of an absolute position in
-    view b: its error is then independent of the direct match in view a (generalised least squares)."""
+    view b: its error is then independent of the direct match in view a (generalised least squares: 4 %
+    less depth noise for equal flow noise, no CPU cost). Off: on rendered 1-MP grains it moved the RMS by
+    −2 % (low contrast, 0.289 → 0.283 % of D), 0 (0/5/10°, 0.183) and +2 % (10 % grain, 0.226 → 0.230) —
+    the chained 10° flow is noisier than the direct 5° flows, so equal weights are not its optimum."""
     flow_passes: int = 2
     """Dense-flow passes (the second solves the residual flow after warping; removes smoothing bias)."""
     flow_smoothness: float = 100.0
@@ -164,7 +167,9 @@ class DenseConfig:
     strips, so that two cores share it."""
     depth_smoothing_px: float = 0.0
     """σ (reference pixels) of a robust local-plane fit of the fused depth along the reference rays
-    (:func:`topograph.geometry.local_regression.local_linear_smooth`); 0: off."""
+    (:func:`topograph.geometry.local_regression.local_linear_smooth`); 0: off. For noisy, low-contrast
+    series of smooth specimens: it averages the flow's noise (1-MP low-contrast grain: RMS 0.289 → 0.255 %
+    of D at 3, 0.243 at 5) but rounds creases and fine relief (L-block 0.200 → 0.204 at 3); ~1–2 CPU-s per MP."""
     depth_smoothing_robust_passes: int = 1
     """Reweighted (Cauchy) passes of that fit after the first."""
     min_views: int = 2

@@ -623,6 +623,11 @@ def run_dense(
             depth, keep, cfg.depth_smoothing_px, robust_passes=cfg.depth_smoothing_robust_passes
         )
         grid += ((smoothed - depth) * keep)[..., None] * toward.astype(np.float32)
+        resid = (depth - smoothed)[keep]
+        log.info(
+            "dense depth smoothing: residual %.3f px of the widest disparity (robust σ)",
+            1.4826 * float(np.median(np.abs(resid - np.median(resid)))) * OUTLIER_FLOOR_PX / max(floor, 1e-12),
+        )
         del smoothed
     del depth
     finite = keep

@@ -11,7 +11,7 @@ from plyfile import PlyData
 
 from topograph.errors import TopographError
 from topograph.geometry.affine import camera_from_stage
-from topograph.geometry.dense_triangulation import NormalEquations, epipolar_distance_px
+from topograph.geometry.dense_triangulation import NormalEquations, RelativeObservation, epipolar_distance_px
 from topograph.io.exports import write_mesh_ply, write_stl
 from topograph.report.render import render_cloud_views, splat_orthographic, view_basis
 from topograph.sem.dense import grain_mesh_step, remove_grid_outliers
@@ -53,6 +53,44 @@ def test_normal_equations_recover_points_for_every_observation_pattern() -> None
     assert acc2.reject(first, threshold_px=1.0) == len(bad)
     np.testing.assert_array_equal(acc2.count[bad], 3)
     np.testing.assert_allclose(acc2.solve(), pts, atol=1e-4)  # observations are kept as float32
+
+
+def test_chained_match_as_a_displacement_lowers_the_depth_noise() -> None:
+    """Views at −5°, 0° (reference) and +5°; direct matches a, b and a chained match b' = x_a + u_ab, every
+    flow with independent 0.3 px noise. As an absolute observation of b, b' repeats a's error; as the
+    displacement u_ab every error is independent and the least-squares point has the smallest depth noise."""
+    rng = np.random.default_rng(3)
+    a_cam, ref_cam, b_cam = _cameras((-5.0, 0.0, 5.0))
+    n, sigma = 40_000, 0.3
+    pts = rng.uniform(-50, 50, size=(n, 3))
+    x_ref, x_a, x_b = ref_cam.project(pts), a_cam.project(pts), b_cam.project(pts)
+    obs_a = x_a + rng.normal(0, sigma, (n, 2))
+    obs_b = x_b + rng.normal(0, sigma, (n, 2))
+    u_ab = x_b - x_a + rng.normal(0, sigma, (n, 2))
+    ones = np.ones(n, bool)
+    depth_dir = ref_cam.viewing_direction
+    rms = {}
+    for name, (cam, xy) in {
+        "absolute": (b_cam, obs_a + u_ab),
+        "displacement": (RelativeObservation(b_cam, a_cam), u_ab),
+    }.items():
+        acc = NormalEquations(n)
+        acc.add_view(ref_cam, x_ref, ones)
+        acc.add_view(a_cam, obs_a, ones)
+        acc.add_view(b_cam, obs_b, ones)
+        acc.add_view(cam, xy, ones)
+        rms[name] = float(np.sqrt(np.mean(((acc.solve() - pts) @ depth_dir) ** 2)))
+    # the exact depth standard deviation of each least-squares point: (HᵀH)⁻¹ Hᵀ C H (HᵀH)⁻¹ along the ray
+    rows = {
+        "absolute": (b_cam.matrix, [[0, 0, 0, 0], [0, 1, 0, 1], [0, 0, 1, 0], [0, 1, 0, 2]]),
+        "displacement": (b_cam.matrix - a_cam.matrix, [[0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]),
+    }
+    for name, (last, cov_blocks) in rows.items():
+        h = np.vstack([ref_cam.matrix, a_cam.matrix, b_cam.matrix, last])
+        cov = sigma**2 * np.kron(np.array(cov_blocks, float), np.eye(2))
+        g = np.linalg.inv(h.T @ h) @ h.T
+        assert rms[name] == pytest.approx(np.sqrt(depth_dir @ g @ cov @ g.T @ depth_dir), rel=0.03)
+    assert rms["displacement"] < 0.97 * rms["absolute"]  # 0.705 vs 0.737 (4 %; 13 % with an exact reference)
 
 
 def test_epipolar_distance_is_the_offset_across_the_line() -> None:

@@ -13,12 +13,41 @@ the solve inverts one matrix per distinct pattern (a handful) instead of one per
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from topograph.types import AffineCamera
 
 MAX_OBSERVATIONS = 32
 """Observation slots per accumulator (bits of the uint32 pattern code)."""
+
+
+@dataclass(frozen=True)
+class RelativeObservation:
+    """Projector of a *displacement* observed between two views: ``x_b − x_a = (M_b − M_a) X + (t_b − t_a)``.
+
+    A chained match ``x_b' = x_a + u_ab(x_a)`` carries the error of the direct match ``x_a`` plus that of the
+    flow ``u_ab``; entered as an absolute observation of view b, its error is correlated with the direct
+    observation of view a (the least-squares point weighs that error twice). Entered as this displacement
+    ``u_ab`` alone, every observation's error is independent: the normal equations are then the generalised
+    least-squares solution with the chain's covariance. With the reference view between a and b at equal
+    tilt steps and equal flow noise, the depth variance drops from 2/9 to 1/6 of (σ / k)² (k: disparity per
+    unit depth of one step): 13 % less depth noise for the same flows.
+    """
+
+    camera_b: AffineCamera
+    camera_a: AffineCamera
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """``M_b − M_a`` (2, 3)."""
+        return self.camera_b.matrix - self.camera_a.matrix
+
+    @property
+    def translation(self) -> np.ndarray:
+        """``t_b − t_a`` (2,)."""
+        return self.camera_b.translation - self.camera_a.translation
 
 
 def viewing_direction_nullspace(camera: AffineCamera) -> np.ndarray:

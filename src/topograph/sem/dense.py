@@ -32,9 +32,11 @@ from topograph.analysis.grain_mask import grain_mask_from_height, implausible_ma
 from topograph.errors import TopographError
 from topograph.geometry.dense_triangulation import (
     NormalEquations,
+    RelativeObservation,
     epipolar_distance_px,
     viewing_direction_nullspace,
 )
+from topograph.geometry.local_regression import local_linear_smooth
 from topograph.matching.dense import DenseConfig as FlowConfig
 from topograph.matching.dense import dense_flow
 from topograph.progress import steps
@@ -393,7 +395,10 @@ def fuse_dense(
                 (h, w),
                 track_prealignment(recon, a, b),
             )
-            acc.add_view(cams[b], xy_b, keep)
+            if cfg.chain_as_displacement:  # independent errors: see RelativeObservation
+                acc.add_view(RelativeObservation(cams[b], cams[a]), xy_b - acc.observations[direct[a]], keep)
+            else:
+                acc.add_view(cams[b], xy_b, keep)
             slot_view.append(b)
             log.info(
                 "dense chain %s → %s: %.1f%% of the reference pixels", images[a].name, images[b].name, 100 * keep.mean()
@@ -625,9 +630,20 @@ def run_dense(
     depth = grid @ toward.astype(np.float32)  # NaN where no point
     floor = OUTLIER_FLOOR_PX * depth_per_pixel(recon, ref)
     keep = remove_grid_outliers(depth, cfg.outlier_std_ratio, floor)
-    del depth
     log.info("dense outlier removal: %d of %d points kept", int(keep.sum()), int(finite.sum()))
     grid[~keep] = np.nan
+    if cfg.depth_smoothing_px > 0:  # each point moves along the reference ray only
+        smoothed = local_linear_smooth(
+            depth, keep, cfg.depth_smoothing_px, robust_passes=cfg.depth_smoothing_robust_passes
+        )
+        grid += ((smoothed - depth) * keep)[..., None] * toward.astype(np.float32)
+        resid = (depth - smoothed)[keep]
+        log.info(
+            "dense depth smoothing: residual %.3f px of the widest disparity (robust σ)",
+            1.4826 * float(np.median(np.abs(resid - np.median(resid)))) * OUTLIER_FLOOR_PX / max(floor, 1e-12),
+        )
+        del smoothed
+    del depth
     finite = keep
     border = np.zeros((h, w), dtype=bool)
     bw = max(4, int(0.08 * min(h, w)))

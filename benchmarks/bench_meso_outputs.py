@@ -4,7 +4,7 @@ Each writer runs in a fresh process; the figure is its peak RSS above the inputs
 10 % NaN, and for the orthomosaic a float32 RGB mosaic), an upper bound (the inputs' float64 temporaries
 count too).
 
-    python benchmarks/bench_meso_outputs.py                 # gwy, figure, orthomosaic at 7070x5900
+    python benchmarks/bench_meso_outputs.py                 # gwy, figure, orthomosaic, report readers at 7070x5900
     python benchmarks/bench_meso_outputs.py --size 3000x2000
 """
 
@@ -40,10 +40,24 @@ def _case(case: str, w: int, h: int, out: Path) -> None:
 
         k = max(1, -(-max(h, w) // FIGURE_MAX_SIDE))
         height_figure(height[::k, ::k], 0.01 * k, "mm", "um", out / "height_map.png", "height map")
-    else:
+    elif case == "orthomosaic":
         from topograph.meso.outputs import write_orthomosaic
 
         write_orthomosaic(out, rgb, valid, 10.0)
+    else:  # the report's readers of a written run: the height grid (with Sa, Sq) and the 3D viewer's points
+        import cv2
+
+        from topograph.io.exports import write_float_tiff
+        from topograph.report.html import load_viewer_data
+        from topograph.report.results import load_height_grid
+
+        write_float_tiff(out / "height_map.tif", height, 10.0, "um")
+        cv2.imwrite(str(out / "orthomosaic.png"), np.zeros((h, w, 3), np.uint8))
+        base = psutil.Process().memory_info().rss
+        t0 = time.process_time()
+        grid = load_height_grid(out, "um")
+        load_viewer_data(out, unit="um")
+        print(f"report: Sa {grid.sa:.4f}, Sq {grid.sq:.4f} ({grid.step}-step grid {grid.z.shape})")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(f"{case}: peak {(peak - base) / 2**20:.0f} MB above the inputs, {time.process_time() - t0:.1f} CPU-s")
 
@@ -58,7 +72,7 @@ def main() -> int:
         if a.case:
             _case(a.case, w, h, Path(tmp))
             return 0
-        for case in ("gwy", "figure", "orthomosaic"):
+        for case in ("gwy", "figure", "orthomosaic", "report"):
             subprocess.run([sys.executable, __file__, "--size", a.size, "--case", case], check=True)
     return 0
 

@@ -21,6 +21,8 @@ HEIGHT_MAP_FILES = ("height_map.tif", "height_um.tif", "height_px.tif")
 """Height maps of a run folder, in order of preference (SEM writes the first, meso one of the others)."""
 MAX_GRID_SIDE = 240
 """Longest side of the height grid embedded for the 3D mesh and the line profile (≤ 65,535 vertices)."""
+MAX_STATS_CELLS = 4_000_000
+"""Cells of the height map the report's percentiles, Sa and Sq are computed on (every k-th row and column)."""
 
 # Labels for summary / metric keys; other keys are turned into words by :func:`human_label`.
 LABELS: dict[str, str] = {
@@ -287,12 +289,16 @@ def load_height_grid(run_dir: Path, unit: str, max_side: int = MAX_GRID_SIDE) ->
     step = max(1, math.ceil(max(full.shape) / max_side))
     z = full[::step, ::step].astype(np.float32)
     values = full[np.isfinite(full)]
-    p01, p99 = (float(v) for v in np.percentile(values, [1.0, 99.0]))
+    # percentiles, Sa and Sq from every k-th cell of a large map: the plane fit and the gradients of a
+    # 12 MP run's 42 M-cell mosaic held ~2.9 GB of float64 temporaries (docs/benchmarks.md, issue 18)
+    k = max(1, math.ceil(math.sqrt(full.size / MAX_STATS_CELLS)))
+    sub = full[::k, ::k]
+    p01, p99 = (float(v) for v in np.nanpercentile(sub, [1.0, 99.0]))
     sa = sq = None
     try:
         from topograph.analysis.surface import areal_parameters
 
-        ap = areal_parameters(full, spacing or 1.0, form="plane", unit=unit or "px")
+        ap = areal_parameters(sub, (spacing or 1.0) * k, form="plane", unit=unit or "px")
         sa, sq = ap.sa, ap.sq
     except Exception:  # noqa: BLE001 - a degenerate map only loses the two numbers
         pass

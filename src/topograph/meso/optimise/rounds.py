@@ -23,6 +23,7 @@ from topograph.meso.flow.heights import FlowHeights, initialise_heights, measure
 from topograph.meso.models.camera import MesoModel
 from topograph.meso.optimise.batching import BatchedLevel, make_batched_level
 from topograph.meso.optimise.checkpoint import Checkpoint, RoundState, load_checkpoint, save_checkpoint
+from topograph.meso.optimise.heap import reused_heap
 from topograph.meso.optimise.history import History, IterationRecord
 from topograph.meso.optimise.solver import solve_round
 from topograph.meso.quality import Gate, enforce, match_gate, refinement_gate
@@ -130,33 +131,41 @@ def run_rounds(
     gates: tuple[Gate, ...] = ()
     cache: dict[int, BatchedLevel] = {}
     first_height_round = next((r for r, lvl in enumerate(levels) if "height" in lvl.train), None)
-    for r, level in enumerate(levels):
-        if r < start_round:
-            continue
-        resumed_inside = r == start_round and round_state is not None
-        if r == first_height_round and cfg.heights.init == "flow" and not resumed_inside:
-            with timings.timed("height_init"):
-                gates = _flow_step(model, pixels, cfg, image_weights)
-        if level.downsample not in cache:
-            cache.clear()
-            cache[level.downsample] = make_batched_level(pixels, level.downsample, device)
-            if image_weights is not None:
-                cache[level.downsample].image_weights = torch.as_tensor(image_weights, dtype=torch.float32).to(device)
+    # the rounds' tensors are allocated and freed every iteration: keep them in the heap (optimise.heap)
+    with reused_heap():
+        for r, level in enumerate(levels):
+            if r < start_round:
+                continue
+            resumed_inside = r == start_round and round_state is not None
+            if r == first_height_round and cfg.heights.init == "flow" and not resumed_inside:
+                with timings.timed("height_init"):
+                    gates = _flow_step(model, pixels, cfg, image_weights)
+            if level.downsample not in cache:
+                cache.clear()
+                cache[level.downsample] = make_batched_level(pixels, level.downsample, device)
+                if image_weights is not None:
+                    cache[level.downsample].image_weights = torch.as_tensor(image_weights, dtype=torch.float32).to(
+                        device
+                    )
 
-        def save(state: RoundState, records: tuple[IterationRecord, ...], r: int = r, done: History = history) -> None:
-            save_checkpoint(
-                checkpoint, Checkpoint(model.state_dict(), r, state, (done + records).to_dicts(), fingerprint)
-            )
+            def save(
+                state: RoundState, records: tuple[IterationRecord, ...], r: int = r, done: History = history
+            ) -> None:
+                save_checkpoint(
+                    checkpoint, Checkpoint(model.state_dict(), r, state, (done + records).to_dicts(), fingerprint)
+                )
 
-        with timings.timed(f"round_{level.name}"):
-            result = solve_round(
-                model, cache[level.downsample], level, r, lr, cfg.loss, cfg.batching, cfg.robust, seed=cfg.seed,
-                progress=progress, resume=round_state if r == start_round else None,
-                on_checkpoint=save if checkpoint is not None else None,
-                prior_losses=tuple(x.loss for x in history if x.level == level.name) if resumed_inside else (),
-            )  # fmt: skip
-        history = history + result.records
-        if checkpoint is not None:
-            save_checkpoint(checkpoint, Checkpoint(model.state_dict(), r + 1, None, history.to_dicts(), fingerprint))
+            with timings.timed(f"round_{level.name}"):
+                result = solve_round(
+                    model, cache[level.downsample], level, r, lr, cfg.loss, cfg.batching, cfg.robust, seed=cfg.seed,
+                    progress=progress, resume=round_state if r == start_round else None,
+                    on_checkpoint=save if checkpoint is not None else None,
+                    prior_losses=tuple(x.loss for x in history if x.level == level.name) if resumed_inside else (),
+                )  # fmt: skip
+            history = history + result.records
+            if checkpoint is not None:
+                save_checkpoint(
+                    checkpoint, Checkpoint(model.state_dict(), r + 1, None, history.to_dicts(), fingerprint)
+                )
     cache.clear()
     return RoundsResult(model, history, timings.frozen(total=False), gates)

@@ -18,7 +18,9 @@ PARAMETER_GROUPS: tuple[str, ...] = (
     "tilt",
     "angle",
     "rolling",
+    "shutter",
     "gain",
+    "colour",
     "bias",
     "focal",
     "distortion",
@@ -27,12 +29,13 @@ PARAMETER_GROUPS: tuple[str, ...] = (
 )
 """Names of the trainable parameter groups (see :class:`LearningRates` for their units)."""
 
-_CAMERA = ("position", "scale", "tilt", "angle", "gain", "bias", "focal", "distortion", "centre")
-_POSE = ("position", "scale", "tilt", "angle", "gain", "bias")
+_CAMERA = ("position", "scale", "tilt", "angle", "shutter", "gain", "colour", "bias", "focal", "distortion", "centre")
+_POSE = ("position", "scale", "tilt", "angle", "shutter", "gain", "colour", "bias")
 # "rolling" (the rolling-shutter skew) is not trained by default: refined in the flow step it traded against the
 # lens and tilts on a clean sequence (registration median 0.6 -> 2.1 px), trained in the rounds alone it made
 # the clean fast-preset run worse (0.40 -> 0.77 GSD); docs/benchmarks.md, issue 18. Add it to a round's `train`
-# for hand-held sweeps.
+# for hand-held sweeps. "shutter" (one skew for the whole sweep, times each photo's motion) is trained: one number
+# cannot trade against the lens (docs/benchmarks.md, issue 18 session 11).
 
 
 @dataclass(frozen=True)
@@ -139,8 +142,12 @@ class LearningRates:
     rolling: float = 1e-3
     """Rolling-shutter image motion, pixels per row (a hand-held sweep: about 0.01; it moves a corner as
     much as the same in-plane angle)."""
+    shutter: float = 1e-3
+    """Rolling-shutter skew of the sweep, pixels per row at the median photo's motion."""
     gain: float = 3e-3
     """Log gain per image."""
+    colour: float = 3e-3
+    """Log white-balance gain per image and colour channel."""
     bias: float = 3e-3
     """Additive bias per image (intensities in [0, 1])."""
     focal: float = 1e-4

@@ -166,8 +166,15 @@ class MatchProblem:
         return torch.cat((across, self.flat_w * along)).numpy()
 
     def cost(self, x: np.ndarray) -> float:
-        """Sum of the Cauchy losses ``log(1 + r^2 / c^2)``."""
-        return float(np.log1p(self.residuals(x) ** 2 / self.scale2).sum())
+        """Sum of the Cauchy losses ``rho(r) = c^2 / 2 log(1 + r^2 / c^2)`` (:meth:`cauchy`)."""
+        return self.cauchy(self.residuals(x))
+
+    def cauchy(self, r: np.ndarray) -> float:
+        """``sum c^2 / 2 log(1 + r^2 / c^2)``: the loss whose IRLS normal equations :meth:`normal_equations`
+        builds (``rho' = r / (1 + r^2 / c^2)``). Without the ``c^2`` factor (before session 11) the step
+        acceptance weighed the flat prior's block by ``1 / (flat_weight flat_px)^2`` (~70x the matches), so
+        ``flat_weight`` changed the steps but not which were accepted: any weight > 0 flattened the scene."""
+        return float((0.5 * self.scale2 * np.log1p(r**2 / self.scale2)).sum())
 
     def inlier_rms(self, x: np.ndarray) -> float:
         """RMS of the across residuals below 3 ``robust_px`` (object units)."""
@@ -235,7 +242,7 @@ class MatchProblem:
             k_w = 1e3 * max(float(np.diag(hess).max()), 1.0)
             hess += k_w * np.outer(v, v)
             grad += k_w * v * float((x - self.x0)[self.knot_cols].mean())
-        return hess, grad, float(np.log1p(rn**2 / self.scale2).sum())
+        return hess, grad, self.cauchy(rn)
 
 
 def refine_cameras(

@@ -56,7 +56,7 @@ def run(effect: str, size: tuple[int, int], preset: str, seed: int, settings: di
     ev = evaluate_synthetic(rec, t, erode_px=3)
     skew = None
     if t.rolling_px_per_row is not None:  # recovered skews against the truth's, common part removed (a gauge)
-        est = rec.model.pose.rolling.detach().numpy()[:, 0].astype(float)
+        est = rec.model.rolling_shifts().detach().numpy()[:, 0].astype(float)
         err = (est - est.mean()) - (t.rolling_px_per_row - t.rolling_px_per_row.mean())
         skew = {"true_rms": float(np.std(t.rolling_px_per_row)), "error_rms": float(np.sqrt(np.mean(err**2)))}
     return {

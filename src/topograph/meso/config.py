@@ -18,7 +18,9 @@ PARAMETER_GROUPS: tuple[str, ...] = (
     "tilt",
     "angle",
     "rolling",
+    "shutter",
     "gain",
+    "colour",
     "bias",
     "focal",
     "distortion",
@@ -27,12 +29,13 @@ PARAMETER_GROUPS: tuple[str, ...] = (
 )
 """Names of the trainable parameter groups (see :class:`LearningRates` for their units)."""
 
-_CAMERA = ("position", "scale", "tilt", "angle", "gain", "bias", "focal", "distortion", "centre")
-_POSE = ("position", "scale", "tilt", "angle", "gain", "bias")
+_CAMERA = ("position", "scale", "tilt", "angle", "shutter", "gain", "colour", "bias", "focal", "distortion", "centre")
+_POSE = ("position", "scale", "tilt", "angle", "shutter", "gain", "colour", "bias")
 # "rolling" (the rolling-shutter skew) is not trained by default: refined in the flow step it traded against the
 # lens and tilts on a clean sequence (registration median 0.6 -> 2.1 px), trained in the rounds alone it made
 # the clean fast-preset run worse (0.40 -> 0.77 GSD); docs/benchmarks.md, issue 18. Add it to a round's `train`
-# for hand-held sweeps.
+# for hand-held sweeps. "shutter" (one skew for the whole sweep, times each photo's motion) is trained: one number
+# cannot trade against the lens (docs/benchmarks.md, issue 18 session 11).
 
 
 @dataclass(frozen=True)
@@ -139,8 +142,12 @@ class LearningRates:
     rolling: float = 1e-3
     """Rolling-shutter image motion, pixels per row (a hand-held sweep: about 0.01; it moves a corner as
     much as the same in-plane angle)."""
+    shutter: float = 1e-3
+    """Rolling-shutter skew of the sweep, pixels per row at the median photo's motion."""
     gain: float = 3e-3
     """Log gain per image."""
+    colour: float = 3e-3
+    """Log white-balance gain per image and colour channel."""
     bias: float = 3e-3
     """Additive bias per image (intensities in [0, 1])."""
     focal: float = 1e-4
@@ -192,10 +199,11 @@ class FlowHeightConfig:
     """... and at most this many in all (its memory and time do not grow with the number of images)."""
     flat_weight: float = 0.3
     """Weight of the flat-scene prior of the refinement (fixes the dome ambiguity of radial distortion with
-    near-parallel views; relief counts as an outlier of it, see ``refine_cameras``; 0 = none). It suits steps
-    on a flat base (cards, coins) and flattens smooth relief: at 320x240 (docs/benchmarks.md, issue 18) it
-    kept 3 % of a 12-GSD dome (84 % with 0) and 27 % of the relief phantom's hills (84 % with 0); set 0 for
-    curved or smoothly relieved specimens."""
+    near-parallel views; relief counts as an outlier of it, see ``refine_cameras``). It suits steps on a flat
+    base (cards, coins) and flattens smooth relief. Measured at 320x240 (docs/benchmarks.md, issue 18 session
+    11), 0.3 is the default: cut cards 0.065 GSD (0.077 at 0.1); a 12-GSD dome is flattened (3 % kept) and the
+    relief phantom's hills keep 46 %; with 0 the refinement is unconstrained along the dome and registration
+    fails on all three scenes (the gate stops the run), so 0 is no cure for curved specimens."""
     passes: int = 1
     """Rounds of flow matching and camera refinement (the heights come from the last)."""
     fill_sigma_px: float = 8.0

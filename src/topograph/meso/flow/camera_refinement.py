@@ -62,9 +62,9 @@ def _sample_matches(matches: FlowMatches, per_pair: int, seed: int) -> tuple[np.
 
 def _cross_residual(xy_i, xy_j, cam_i, cam_j, f_i, f_j, projection: Projection, shift_i, shift_j):
     """Signed residuals of matches across and along their parallax direction, ``a x b / |b|`` and
-    ``a . b / |b| = h |b|`` (module docstring), with every quantity given per match (so one backward pass
-    yields every match's own derivatives). ``cam_*`` (M, 6): nadir, camera height, tilt, angle; ``shift_*`` (M, 2)
-    the rolling-shutter terms."""
+    ``a . b / |b| = h |b|`` (module docstring), in image pixels (divided by the pair's mean ``Z / f``), with
+    every quantity given per match (so one backward pass yields every match's own derivatives).
+    ``cam_*`` (M, 6): nadir, camera height, tilt, angle; ``shift_*`` (M, 2) the rolling-shutter terms."""
     nadir_i, z_i, tilt_i, angle_i = cam_i[:, :2], cam_i[:, 2], cam_i[:, 3:5], cam_i[:, 5]
     nadir_j, z_j, tilt_j, angle_j = cam_j[:, :2], cam_j[:, 2], cam_j[:, 3:5], cam_j[:, 5]
     rot_i = rotate_in_plane(rolling_shutter(xy_i[:, None, :], shift_i), angle_i)
@@ -74,8 +74,12 @@ def _cross_residual(xy_i, xy_j, cam_i, cam_j, f_i, f_j, projection: Projection, 
     a = (rel_i + nadir_i) - (rel_j + nadir_j)
     b = rel_i / z_i[:, None] - rel_j / z_j[:, None]
     b_norm = torch.linalg.norm(b, dim=1).clamp_min(1e-12)
-    across = (a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]) / b_norm
-    along = (a * b).sum(1) / b_norm  # = h |b|: the parallax the match's height causes
+    # In image pixels (object units over the pair's Z / f): in object units a common factor of every camera
+    # height and nadir scales every residual with it, so the solution slid toward a collapsed frame
+    # ("camera heights x0.01" at 320x240); in pixels that similarity is an exact gauge (cost unchanged).
+    px = 2.0 / (z_i / f_i + z_j / f_j)
+    across = (a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]) / b_norm * px
+    along = (a * b).sum(1) / b_norm * px  # = h |b|: the parallax the match's height causes
     return across, along
 
 
@@ -98,7 +102,7 @@ class MatchProblem:
         self.uv_j = torch.as_tensor(uv_j, dtype=dt, device=device)
         self.i_t = torch.as_tensor(self.ii, device=device)
         self.j_t = torch.as_tensor(self.jj, device=device)
-        rolling = model.pose.rolling.detach().to(dt)
+        rolling = model.rolling_shifts().detach().to(dt)
         self.shift_i, self.shift_j = rolling[self.i_t], rolling[self.j_t]
         self.n = model.n_images
         self.projection = model.projection
@@ -162,8 +166,15 @@ class MatchProblem:
         return torch.cat((across, self.flat_w * along)).numpy()
 
     def cost(self, x: np.ndarray) -> float:
-        """Sum of the Cauchy losses ``log(1 + r^2 / c^2)``."""
-        return float(np.log1p(self.residuals(x) ** 2 / self.scale2).sum())
+        """Sum of the Cauchy losses ``rho(r) = c^2 / 2 log(1 + r^2 / c^2)`` (:meth:`cauchy`)."""
+        return self.cauchy(self.residuals(x))
+
+    def cauchy(self, r: np.ndarray) -> float:
+        """``sum c^2 / 2 log(1 + r^2 / c^2)``: the loss whose IRLS normal equations :meth:`normal_equations`
+        builds (``rho' = r / (1 + r^2 / c^2)``). Without the ``c^2`` factor (before session 11) the step
+        acceptance weighed the flat prior's block by ``1 / (flat_weight flat_px)^2`` (~70x the matches), so
+        ``flat_weight`` changed the steps but not which were accepted: any weight > 0 flattened the scene."""
+        return float((0.5 * self.scale2 * np.log1p(r**2 / self.scale2)).sum())
 
     def inlier_rms(self, x: np.ndarray) -> float:
         """RMS of the across residuals below 3 ``robust_px`` (object units)."""
@@ -231,7 +242,7 @@ class MatchProblem:
             k_w = 1e3 * max(float(np.diag(hess).max()), 1.0)
             hess += k_w * np.outer(v, v)
             grad += k_w * v * float((x - self.x0)[self.knot_cols].mean())
-        return hess, grad, float(np.log1p(rn**2 / self.scale2).sum())
+        return hess, grad, self.cauchy(rn)
 
 
 def refine_cameras(

@@ -96,7 +96,7 @@ def flat_per_point(model: MesoModel, uv: torch.Tensor, image: torch.Tensor) -> t
     """
     xy = model.distortion.undistort(uv)
     pose = model.pose
-    rotated = rotate_in_plane(rolling_shutter(xy[:, None, :], pose.rolling[image]), pose.angle[image])
+    rotated = rotate_in_plane(rolling_shutter(xy[:, None, :], model.rolling_shifts()[image]), pose.angle[image])
     z = model.camera_heights()[image]
     rel = model.projection.backproject(rotated, pose.tilt[image], z, model.focal())[:, 0]
     return rel, model.nadirs()[image], z

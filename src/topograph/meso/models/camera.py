@@ -20,6 +20,36 @@ from topograph.meso.models.distortion import Distortion
 from topograph.meso.models.pose import PoseModel
 
 
+def sweep_motion(nadirs: Tensor, angle: Tensor, relative_scale: Tensor) -> Tensor:
+    """(N, 2) image-plane motion of each photo of a sweep, in the image's own axes, relative to the median.
+
+    A rolling shutter reads row ``y`` a line delay ``tau y`` after the middle row; a phone moving at image
+    velocity ``v`` (pixels per second) then skews the photo by ``s = -tau v`` pixels per row. ``tau`` is one
+    constant of the sensor, and for photos taken at a steady pace ``v`` is proportional to the step between
+    neighbours in capture order, ``d_i = (R_(i+1) - R_(i-1)) / 2`` (one-sided at the ends), carried into the
+    image frame: ``v_i ~ -Rot(-theta_i) d_i / (Z_i / f)``. Normalised by the median ``|v_i|``, so
+    ``s_i = shutter * v_i`` with ``shutter`` the skew of a photo moving at the median speed.
+
+    Args:
+        nadirs: (N, 2) camera nadirs in capture order, object units.
+        angle: (N,) in-plane angles, radians.
+        relative_scale: (N,) ``Z_i / f``, object units per image pixel.
+
+    Returns:
+        (N, 2) motion, unitless (median norm 1; zeros for fewer than 2 images).
+    """
+    n = nadirs.shape[0]
+    if n < 2:
+        return torch.zeros_like(nadirs)
+    step = torch.empty_like(nadirs)
+    step[1:-1] = 0.5 * (nadirs[2:] - nadirs[:-2])
+    step[0], step[-1] = nadirs[1] - nadirs[0], nadirs[-1] - nadirs[-2]
+    c, s = torch.cos(angle), torch.sin(angle)
+    img = torch.stack((c * step[:, 0] + s * step[:, 1], -s * step[:, 0] + c * step[:, 1]), dim=1)
+    img = -img / relative_scale[:, None]
+    return img / torch.linalg.norm(img, dim=1).median().clamp_min(1e-9)
+
+
 class MesoModel(nn.Module):
     """Owns every parameter of the back-projection (paper Sec. 3.1, Fig. 2e).
 
@@ -75,6 +105,14 @@ class MesoModel(nn.Module):
         tilt = self.pose.tilt
         return self.pose.position + self.camera_heights()[:, None] * tilt / normal_z(tilt)[:, None]
 
+    def rolling_shifts(self) -> Tensor:
+        """(N, 2) rolling-shutter image motion ``s_i`` of every image, pixels per row: the free per-image term
+        plus the sweep's skew times each photo's own motion (:func:`sweep_motion`; the motion is taken from
+        the current nadirs without gradient, so the skew does not pull the positions)."""
+        with torch.no_grad():
+            motion = sweep_motion(self.nadirs(), self.pose.angle, self.pose.relative_scale())
+        return self.pose.rolling + self.pose.shutter * motion
+
     def flat_points(self, uv: Tensor, index: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """Back-project pixels onto the object plane ignoring height.
 
@@ -87,7 +125,7 @@ class MesoModel(nn.Module):
             (N,) camera heights.
         """
         xy = self.distortion.undistort(uv)
-        angle, tilt, pos, shift = self.pose.angle, self.pose.tilt, self.nadirs(), self.pose.rolling
+        angle, tilt, pos, shift = self.pose.angle, self.pose.tilt, self.nadirs(), self.rolling_shifts()
         z = self.camera_heights()
         if index is not None:
             angle, tilt, pos, z, shift = angle[index], tilt[index], pos[index], z[index], shift[index]

@@ -236,12 +236,18 @@ class HeightConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Loss = MSE(RGB) + height_weight * MSE(height channel) + tv_weight * TV(height maps) (TV: ``tv`` heights only)."""
+    """Loss = MSE(RGB) + height_weight * MSE(height channel) + tv_weight * TV(height maps) (TV: ``tv`` heights
+    only) + tie_weight * the feature tie term (feature initialisation only)."""
 
     height_weight: float = 1e-3
     """lambda_h; heights are in object units (about one mosaic pixel), RGB in [0, 1]."""
     tv_weight: float = 2e-5
     """lambda_TV on the mean isotropic TV of the height maps (object units per map pixel)."""
+    tie_weight: float = 1e-3
+    """Weight of the feature tie term (:mod:`topograph.meso.optimise.ties`): the initialisation's SIFT
+    matches (``init.method`` features) keep the rounds' cameras where the images really meet; 0 = off."""
+    tie_scale: float = 2.0
+    """Cauchy scale of a tie's misfit, in keypoint-noise units (pixels of the images SIFT ran on)."""
 
 
 @dataclass(frozen=True)

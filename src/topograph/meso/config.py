@@ -444,8 +444,12 @@ def _validate_heights(h: HeightConfig, loss: LossConfig) -> None:
         raise TopographError(f"heights.cnn_lr must be positive, got {h.cnn_lr}", "e.g. 5e-3")
     if h.cnn_downsample < 0:
         raise TopographError("heights.cnn_downsample must be >= 0 (0 = automatic)", "e.g. 0 or 4")
-    if loss.tv_weight < 0 or loss.height_weight < 0:
-        raise TopographError("loss weights must be >= 0", "fix loss.tv_weight / loss.height_weight (--tv-weight)")
+    if loss.tv_weight < 0 or loss.height_weight < 0 or loss.tie_weight < 0:
+        raise TopographError(
+            "loss weights must be >= 0", "fix loss.tv_weight / loss.height_weight / loss.tie_weight (--tv-weight)"
+        )
+    if not loss.tie_scale > 0:
+        raise TopographError(f"loss.tie_scale must be positive, got {loss.tie_scale}", "e.g. 2.0")
 
 
 def _validate_batching(b: BatchingConfig, r: RobustConfig) -> None:

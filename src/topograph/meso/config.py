@@ -244,12 +244,18 @@ class HeightConfig:
 
 @dataclass(frozen=True)
 class LossConfig:
-    """Loss = MSE(RGB) + height_weight * MSE(height channel) + tv_weight * TV(height maps) (TV: ``tv`` heights only)."""
+    """Loss = MSE(RGB) + height_weight * MSE(height channel) + tv_weight * TV(height maps) (TV: ``tv`` heights
+    only) + tie_weight * the feature tie term (feature initialisation only)."""
 
     height_weight: float = 1e-3
     """lambda_h; heights are in object units (about one mosaic pixel), RGB in [0, 1]."""
     tv_weight: float = 2e-5
     """lambda_TV on the mean isotropic TV of the height maps (object units per map pixel)."""
+    tie_weight: float = 1e-3
+    """Weight of the feature tie term (:mod:`topograph.meso.optimise.ties`): the initialisation's SIFT
+    matches (``init.method`` features) keep the rounds' cameras where the images really meet; 0 = off."""
+    tie_scale: float = 2.0
+    """Cauchy scale of a tie's misfit, in keypoint-noise units (pixels of the images SIFT ran on)."""
 
 
 @dataclass(frozen=True)
@@ -446,8 +452,12 @@ def _validate_heights(h: HeightConfig, loss: LossConfig) -> None:
         raise TopographError(f"heights.cnn_lr must be positive, got {h.cnn_lr}", "e.g. 5e-3")
     if h.cnn_downsample < 0:
         raise TopographError("heights.cnn_downsample must be >= 0 (0 = automatic)", "e.g. 0 or 4")
-    if loss.tv_weight < 0 or loss.height_weight < 0:
-        raise TopographError("loss weights must be >= 0", "fix loss.tv_weight / loss.height_weight (--tv-weight)")
+    if loss.tv_weight < 0 or loss.height_weight < 0 or loss.tie_weight < 0:
+        raise TopographError(
+            "loss weights must be >= 0", "fix loss.tv_weight / loss.height_weight / loss.tie_weight (--tv-weight)"
+        )
+    if not loss.tie_scale > 0:
+        raise TopographError(f"loss.tie_scale must be positive, got {loss.tie_scale}", "e.g. 2.0")
 
 
 def _validate_batching(b: BatchingConfig, r: RobustConfig) -> None:

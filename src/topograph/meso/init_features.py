@@ -21,11 +21,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from topograph.errors import TopographError
+
+if TYPE_CHECKING:
+    from topograph.meso.init_global import FeatureTies
 
 log = logging.getLogger("topograph")
 
@@ -57,7 +61,7 @@ class FeatureInit:
     ``overlap`` (N, N) shares of image i mapped inside image j; ``linked`` (N,) whether the image is in the
     initialised group (others have zeros); ``residual_px`` (N,) median misfit of each image's matches
     after the joint fit (NaN when unlinked); ``links`` the accepted links; ``rejected`` the pairs dropped
-    as inconsistent with the others."""
+    as inconsistent with the others; ``ties`` the links' matches kept as ties of the photometric rounds."""
 
     positions: np.ndarray
     angles: np.ndarray
@@ -69,6 +73,7 @@ class FeatureInit:
     residual_px: np.ndarray
     links: tuple[PairLink, ...] = ()
     rejected: tuple[tuple[int, int], ...] = ()
+    ties: FeatureTies | None = None
 
 
 def _features(pixels: np.ndarray, size: int, n_features: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:
@@ -243,4 +248,5 @@ def feature_initialisation(
         residual_px=fit.residual_px,
         links=tuple(fit.links),
         rejected=tuple(fit.rejected),
+        ties=fit.ties,
     )

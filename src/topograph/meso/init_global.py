@@ -37,12 +37,68 @@ log = logging.getLogger("topograph")
 
 _PER_IMAGE = 6  # optical-axis footprint (2), log height, tilt (2), in-plane angle
 _SAMPLES_PER_LINK = 120
+TIES_PER_LINK = 200
+"""Matches of each link kept as ties of the photometric rounds (a fixed random subset; more add cost, not
+information: the cameras have 6 unknowns each)."""
+
+
+@dataclass(frozen=True)
+class FeatureTies:
+    """The inlier feature correspondences of the kept links, flattened: match ``m`` says that pixel
+    ``uv_i[m]`` of image ``image_i[m]`` and pixel ``uv_j[m]`` of image ``image_j[m]`` show the same point.
+
+    Pixels are those of the images the engine works on (the model's pixel frame, ``MesoImages.pixels``);
+    ``noise_px`` is the keypoint noise in those pixels (one pixel of the images SIFT ran on), the unit of the
+    rounds' tie term (:mod:`topograph.meso.optimise.ties`). ``link`` (M,) numbers each match's link."""
+
+    uv_i: np.ndarray
+    uv_j: np.ndarray
+    image_i: np.ndarray
+    image_j: np.ndarray
+    link: np.ndarray
+    noise_px: float
+
+    @property
+    def n_matches(self) -> int:
+        return len(self.uv_i)
+
+    def renumbered(self, keep: list[int]) -> FeatureTies:
+        """The ties among the ``keep`` images, renumbered to their positions in ``keep``."""
+        size = 1 + max(int(self.image_i.max(initial=-1)), int(self.image_j.max(initial=-1)), max(keep, default=-1))
+        index = np.full(size, -1)
+        index[keep] = np.arange(len(keep))
+        ok = (index[self.image_i] >= 0) & (index[self.image_j] >= 0)
+        return FeatureTies(
+            self.uv_i[ok], self.uv_j[ok], index[self.image_i[ok]], index[self.image_j[ok]], self.link[ok],
+            self.noise_px,
+        )  # fmt: skip
+
+
+def feature_ties(links: list[PairLink], noise_px: float, per_link: int = TIES_PER_LINK, seed: int = 0) -> FeatureTies:
+    """:class:`FeatureTies` of ``links``: at most ``per_link`` matches of each (fixed random subset)."""
+    gen = np.random.default_rng(seed)
+    picks = [
+        np.sort(gen.choice(lk.inliers, per_link, replace=False)) if lk.inliers > per_link else np.arange(lk.inliers)
+        for lk in links
+    ]
+    if not links:
+        empty = np.zeros(0, np.int64)
+        return FeatureTies(np.zeros((0, 2)), np.zeros((0, 2)), empty, empty, empty, float(noise_px))
+    return FeatureTies(
+        uv_i=np.concatenate([lk.uv_i[p] for lk, p in zip(links, picks, strict=True)]).astype(float),
+        uv_j=np.concatenate([lk.uv_j[p] for lk, p in zip(links, picks, strict=True)]).astype(float),
+        image_i=np.concatenate([np.full(len(p), lk.i, np.int64) for lk, p in zip(links, picks, strict=True)]),
+        image_j=np.concatenate([np.full(len(p), lk.j, np.int64) for lk, p in zip(links, picks, strict=True)]),
+        link=np.concatenate([np.full(len(p), k, np.int64) for k, p in enumerate(picks)]),
+        noise_px=float(noise_px),
+    )
 
 
 @dataclass(frozen=True)
 class LinkSolution:
     """Cameras of :func:`solve_links` in the model's parameterisation (see
-    :class:`topograph.meso.init_features.FeatureInit`), the links kept and the pairs rejected."""
+    :class:`topograph.meso.init_features.FeatureInit`), the links kept, the pairs rejected and the kept
+    links' matches as ties of the photometric rounds."""
 
     positions: np.ndarray
     angles: np.ndarray
@@ -52,6 +108,7 @@ class LinkSolution:
     residual_px: np.ndarray
     links: list[PairLink]
     rejected: list[tuple[int, int]]
+    ties: FeatureTies
 
 
 def _component(links: list[PairLink], n: int, root: int) -> np.ndarray:
@@ -305,4 +362,5 @@ def solve_links(
         residual_px=residual,
         links=links,
         rejected=rejected,
+        ties=feature_ties(links, noise_px),
     )

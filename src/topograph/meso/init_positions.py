@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from topograph.errors import TopographError
 from topograph.meso.config import InitConfig
+
+if TYPE_CHECKING:
+    from topograph.meso.init_global import FeatureTies
 
 log = logging.getLogger("topograph")
 
@@ -46,6 +50,8 @@ class InitialPositions:
     """(N,) median misfit (pixels) of each image's feature matches after the joint fit (``features`` only)."""
     links: tuple = ()
     """The feature links (:class:`topograph.meso.init_features.PairLink`) the cameras were fitted to."""
+    ties: FeatureTies | None = None
+    """Their matches as ties of the photometric rounds (``features`` only; None = untied rounds)."""
 
 
 def _gray_small(pixels: np.ndarray, size: int) -> tuple[list[np.ndarray], float]:
@@ -188,7 +194,7 @@ def _from_features(
     ncc = np.minimum(1.0, fi.inliers / 100.0)
     return InitialPositions(
         fi.positions, "features", fi.overlap, ncc, fi.positions, angles=fi.angles, linked=fi.linked,
-        tilts=fi.tilts, log_scales=fi.log_scales, residual_px=fi.residual_px, links=fi.links,
+        tilts=fi.tilts, log_scales=fi.log_scales, residual_px=fi.residual_px, links=fi.links, ties=fi.ties,
     )  # fmt: skip
 
 

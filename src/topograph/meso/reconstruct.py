@@ -316,6 +316,7 @@ def drop_unlinked(
         log_scales=None if init.log_scales is None else init.log_scales[keep],
         residual_px=None if init.residual_px is None else init.residual_px[keep],
         links=renumber_links(init.links, keep),
+        ties=None if init.ties is None else init.ties.renumbered(keep),
     )
     checks = replace(
         checks,
@@ -489,7 +490,7 @@ def reconstruct(
     with reporting(progress):
         rounds = run_rounds(
             model, images.pixels, cfg, round_levels(cfg, images.size), device=device,
-            checkpoint=checkpoint, resume=resume, fingerprint=fingerprint, image_weights=weights,
+            checkpoint=checkpoint, resume=resume, fingerprint=fingerprint, image_weights=weights, ties=init.ties,
         )  # fmt: skip
     model = rounds.model
     for name, seconds in rounds.timings.items():

@@ -16,6 +16,7 @@ from topograph.meso.config import LossConfig
 from topograph.meso.functional.splat import sample_normalised
 from topograph.meso.models.camera import MesoModel
 from topograph.meso.optimise.batching import BatchedLevel, RunningReconstruction, batch_values
+from topograph.meso.optimise.ties import TieTensors, tie_loss, tie_misfit
 
 
 @dataclass
@@ -33,6 +34,8 @@ class BatchTerms(LossTerms):
     """Loss terms of one batch plus the largest absolute camera-centric height in it (object units)."""
 
     max_abs_height: float = 0.0
+    tie_px: float = float("nan")
+    """Median misfit of the batch's feature ties, image pixels (NaN without ties)."""
 
 
 def batch_loss(
@@ -44,6 +47,7 @@ def batch_loss(
     momentum: float,
     with_regulariser: bool,
     robust_scale: float = 0.0,
+    ties: TieTensors | None = None,
 ) -> LossTerms:
     """Update ``recon`` with a batch and return the batch's stitching loss (Eqs. 10-12).
 
@@ -52,8 +56,9 @@ def batch_loss(
 
     Loss = data term (MSE of RGB, or its Cauchy version when ``robust_scale > 0``; each pixel weighted by its
     image's weight when the level has image weights) + lambda_h MSE(height)
-    + lambda_TV x the height model's regulariser (when ``with_regulariser``). Gradients reach the
-    parameters through the sampling coordinates and the batch's own values, never through ``recon``.
+    + lambda_TV x the height model's regulariser (when ``with_regulariser``) + the feature tie term
+    (:mod:`topograph.meso.optimise.ties`, weight ``loss.tie_weight``, when ``ties`` are given). Gradients
+    reach the parameters through the sampling coordinates and the batch's own values, never through ``recon``.
 
     Args:
         model: the deformation model.
@@ -64,6 +69,7 @@ def batch_loss(
         momentum: ``m`` of Eq. 12.
         with_regulariser: add the height regulariser.
         robust_scale: Cauchy scale of the per-pixel RGB residual (0 = squared error).
+        ties: the initialisation's feature matches (None = no tie term).
 
     Returns:
         The loss terms (``total`` carries the gradient).
@@ -81,6 +87,12 @@ def batch_loss(
         data_term = (bv.weights * per_pixel).sum() / bv.weights.sum().clamp_min(1e-12) / 3.0
     mse_h = (res[:, 3] ** 2).mean()
     total = data_term + loss.height_weight * mse_h
+    tie_px = float("nan")
+    if ties is not None and loss.tie_weight > 0:
+        misfit = tie_misfit(model, ties, index, bv.heights, level.shape)
+        total = total + tie_loss(misfit, loss.tie_weight, loss.tie_scale)
+        if misfit.numel():
+            tie_px = float(misfit.detach().median()) * ties.noise_px
     reg = 0.0
     if with_regulariser:
         r = model.heights.regularization()
@@ -93,4 +105,5 @@ def batch_loss(
         mse_height=float(mse_h.detach()),
         tv=reg,
         max_abs_height=float(bv.heights.detach().abs().max()),
+        tie_px=tie_px,
     )

@@ -20,12 +20,14 @@ import torch
 from topograph.errors import TopographError
 from topograph.meso.config import LearningRates, LevelConfig, MesoConfig
 from topograph.meso.flow.heights import FlowHeights, initialise_heights, measure_heights
+from topograph.meso.init_global import FeatureTies
 from topograph.meso.models.camera import MesoModel
 from topograph.meso.optimise.batching import BatchedLevel, make_batched_level
 from topograph.meso.optimise.checkpoint import Checkpoint, RoundState, load_checkpoint, save_checkpoint
 from topograph.meso.optimise.heap import reused_heap
 from topograph.meso.optimise.history import History, IterationRecord
 from topograph.meso.optimise.solver import solve_round
+from topograph.meso.optimise.ties import tie_tensors
 from topograph.meso.quality import Gate, enforce, match_gate, refinement_gate
 from topograph.progress import StepReporter, stage
 from topograph.timing import Timings
@@ -91,6 +93,7 @@ def run_rounds(
     resume: bool = False,
     fingerprint: str = "",
     image_weights: np.ndarray | None = None,
+    ties: FeatureTies | None = None,
 ) -> RoundsResult:
     """Optimise ``model`` over ``levels`` with :func:`topograph.meso.optimise.solver.solve_round`, with checkpoints.
 
@@ -106,6 +109,7 @@ def run_rounds(
         fingerprint: identifies the run (:func:`topograph.fingerprint.digest`); a checkpoint of another run is
             refused.
         image_weights: (N,) weight of each image in the running reconstruction (None = 1).
+        ties: the feature initialisation's matches, tied to the cameras in every round (``loss.tie_weight``).
 
     Returns:
         The model, the history, the timings and the flow step's gates (a failed one stops the run when
@@ -130,6 +134,9 @@ def run_rounds(
     timings = Timings()
     gates: tuple[Gate, ...] = ()
     cache: dict[int, BatchedLevel] = {}
+    tied = None
+    if ties is not None and ties.n_matches and cfg.loss.tie_weight > 0:
+        tied = tie_tensors(ties, (pixels.shape[2], pixels.shape[1]), device)
     first_height_round = next((r for r, lvl in enumerate(levels) if "height" in lvl.train), None)
     # the rounds' tensors are allocated and freed every iteration: keep them in the heap (optimise.heap)
     with reused_heap():
@@ -161,6 +168,7 @@ def run_rounds(
                     progress=progress, resume=round_state if r == start_round else None,
                     on_checkpoint=save if checkpoint is not None else None,
                     prior_losses=tuple(x.loss for x in history if x.level == level.name) if resumed_inside else (),
+                    ties=tied,
                 )  # fmt: skip
             history = history + result.records
             if checkpoint is not None:

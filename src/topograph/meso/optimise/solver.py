@@ -36,6 +36,7 @@ from topograph.meso.optimise.checkpoint import RoundState
 from topograph.meso.optimise.history import IterationRecord
 from topograph.meso.optimise.loss import BatchTerms, batch_loss
 from topograph.meso.optimise.optimizer import build_optimizer
+from topograph.meso.optimise.ties import TieTensors
 from topograph.progress import NoSteps, StepReporter, current
 
 log = logging.getLogger("topograph")
@@ -111,9 +112,11 @@ class _RoundSolver:
     in-memory checkpoint, divergence bookkeeping and the accepted records."""
 
     def __init__(self, model: MesoModel, level: BatchedLevel, level_cfg: LevelConfig, round_index: int,
-                 opt: torch.optim.Optimizer, batching: BatchingConfig, robust: RobustConfig) -> None:  # fmt: skip
+                 opt: torch.optim.Optimizer, batching: BatchingConfig, robust: RobustConfig,
+                 ties: TieTensors | None = None) -> None:  # fmt: skip
         self.model, self.level, self.cfg, self.round_index, self.opt = model, level, level_cfg, round_index, opt
-        self.robust = robust
+        self.robust, self.ties = robust, ties
+        self.tie_px = float("nan")
         self.iterations = int(level_cfg.iterations)
         self.gamma = level_cfg.lr_final ** (1.0 / max(1, self.iterations))
         self.warmup = int(getattr(level_cfg, "warmup_iterations", 0))
@@ -227,8 +230,9 @@ class _RoundSolver:
             index = batch_at(it, n, self.batch_size, seed, self.round_index)
             self.opt.zero_grad(set_to_none=True)
             terms = batch_loss(
-                self.model, self.level, index, self.recon, loss, self.momentum, self.train_heights, cfg.robust_scale
-            )
+                self.model, self.level, index, self.recon, loss, self.momentum, self.train_heights, cfg.robust_scale,
+                self.ties,
+            )  # fmt: skip
             value = float(terms.total.detach())
             reason = self.divergence(value, terms)
             if reason:
@@ -239,6 +243,7 @@ class _RoundSolver:
                 continue
             self.step(it)
             self.best = min(self.best, value)
+            self.tie_px = terms.tie_px
             self.records.append(
                 IterationRecord(cfg.name, it, value, terms.mse_rgb, terms.mse_height, terms.tv, tuple(index.tolist()))
             )
@@ -268,6 +273,7 @@ def solve_round(
     resume: RoundState | None = None,
     on_checkpoint: CheckpointHook | None = None,
     prior_losses: tuple[float, ...] = (),
+    ties: TieTensors | None = None,
 ) -> RoundResult:
     """Optimise one round (see the module docstring).
 
@@ -288,6 +294,8 @@ def solve_round(
             most every ``robust.save_interval_s`` seconds (to write a resumable checkpoint file).
         prior_losses: with ``resume``, the losses of this round's iterations before it (the loss-plateau
             test, ``level_cfg.plateau_iterations``, then decides as in the uninterrupted run).
+        ties: the initialisation's feature matches, tied to the cameras by ``loss.tie_weight``
+            (:mod:`topograph.meso.optimise.ties`; None = photometric loss alone).
 
     Returns:
         The accepted iterations of this call (after ``resume.iteration`` when resuming) and the rollbacks.
@@ -296,7 +304,7 @@ def solve_round(
     opt = build_optimizer(model.groups(), level_cfg.train, lr, level_cfg.lr_scale)
     if opt is None or int(level_cfg.iterations) == 0:
         return RoundResult((), 0)
-    solver = _RoundSolver(model, level, level_cfg, round_index, opt, batching, robust)
+    solver = _RoundSolver(model, level, level_cfg, round_index, opt, batching, robust, ties)
     solver.begin(resume)
     n, m = level.n_images, solver.momentum
     log.info("round %s: %d images per step of %d%s", level_cfg.name, solver.batch_size, n,
@@ -308,6 +316,7 @@ def solve_round(
         progress.end()
     if solver.records:
         last = solver.records[-1]
-        log.info("round %s: loss %.4e (rgb %.4e), %d rollbacks", level_cfg.name, last.loss, last.mse_rgb,
+        tied = f", feature ties {solver.tie_px:.2f} px median" if math.isfinite(solver.tie_px) else ""
+        log.info("round %s: loss %.4e (rgb %.4e)%s, %d rollbacks", level_cfg.name, last.loss, last.mse_rgb, tied,
                  solver.rollbacks)  # fmt: skip
     return RoundResult(tuple(solver.records), solver.rollbacks)

@@ -230,6 +230,27 @@ def test_splat_then_sample_of_constant_image_is_constant():
     assert abs(float(w.sum()) - float(expected)) < 1.0
 
 
+def test_splat_matches_per_sample_taps_with_and_without_gradients():
+    # every sample inside (the broadcast-index path) and some outside (the clamped path), with weights; the
+    # result must equal a per-sample loop over the four taps, and the same with values that need gradients
+    gen = torch.Generator().manual_seed(3)
+    for lo, hi in ((1.0, 20.0), (-2.0, 24.0)):
+        g = torch.rand(400, 2, generator=gen, dtype=torch.float64) * (hi - lo) + lo
+        vals = torch.randn(400, 3, generator=gen, dtype=torch.float64)
+        wts = torch.rand(400, generator=gen, dtype=torch.float64)
+        ref = torch.zeros(4, 18, 23, dtype=torch.float64)
+        for (x, y), v, wt in zip(g.tolist(), vals, wts, strict=True):
+            x0, y0 = int(math.floor(x)), int(math.floor(y))
+            for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+                tap = (1 - abs(x - x0 - dx)) * (1 - abs(y - y0 - dy)) * float(wt)
+                if 0 <= x0 + dx < 23 and 0 <= y0 + dy < 18:
+                    ref[:3, y0 + dy, x0 + dx] += tap * v
+                    ref[3, y0 + dy, x0 + dx] += tap
+        assert torch.allclose(splat_bilinear(g, vals, (18, 23), wts), ref, atol=1e-12)
+        tracked = splat_bilinear(g, vals.clone().requires_grad_(True), (18, 23), wts)
+        assert tracked.requires_grad and torch.allclose(tracked.detach(), ref, atol=1e-12)
+
+
 def test_sampling_is_differentiable_in_coordinates():
     grid = torch.rand(1, 8, 9, dtype=torch.float64)
     xy = (torch.rand(5, 2, dtype=torch.float64) * 6 + 1).requires_grad_(True)

@@ -66,9 +66,9 @@ def splat_bilinear(grid_xy: Tensor, values: Tensor, shape: tuple[int, int], weig
     gx, gy = 1.0 - fx, 1.0 - fy
     taps = torch.stack((gx * gy, fx * gy, gx * fy, fx * fy)).to(values.dtype)  # (4, P): taps (0,0) (1,0) (0,1) (1,1)
     inside = bool(x0.min() >= 0) and bool(x0.max() < w - 1) and bool(y0.min() >= 0) and bool(y0.max() < h - 1)
-    if inside:
-        base = y0 * w + x0
-        idx = torch.cat((base, base + 1, base + w, base + (w + 1)))
+    if inside:  # the four tap indices as one broadcast sum (no concatenation of four index copies)
+        offsets = torch.tensor([0, 1, w, w + 1], device=x0.device).unsqueeze(1)
+        idx = (y0 * w + x0).unsqueeze(0).add(offsets).reshape(-1)
     else:
         parts = []
         for k, (dx, dy) in enumerate(((0, 0), (1, 0), (0, 1), (1, 1))):
@@ -81,8 +81,12 @@ def splat_bilinear(grid_xy: Tensor, values: Tensor, shape: tuple[int, int], weig
         taps = taps * weights
     out = torch.zeros(c + 1, h * w, dtype=values.dtype, device=values.device)
     columns = values.t()
+    # one (4, P) buffer reused by every channel (out= arguments have no autograd: fresh products with gradients)
+    tracked = torch.is_grad_enabled() and (taps.requires_grad or values.requires_grad)
+    weighted = None if tracked else torch.empty_like(taps)
     for k in range(c):
-        out[k].scatter_add_(0, idx, (taps * columns[k]).reshape(-1))
+        product = taps * columns[k] if weighted is None else torch.mul(taps, columns[k], out=weighted)
+        out[k].scatter_add_(0, idx, product.reshape(-1))
     out[c].scatter_add_(0, idx, taps.reshape(-1))
     return out.view(c + 1, h, w)
 

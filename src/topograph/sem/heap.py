@@ -4,8 +4,8 @@ An SEM run allocates and frees image-sized buffers (1–12 MP of float32: 4–48
 OpenCV's DIS solvers, the warps and checks of every flow, the patch alignment's work arrays. glibc gives
 each worker thread an arena of its own, grown and shrunk in 64 MB heaps, and serves large blocks with fresh
 ``mmap`` calls that it returns on ``free``, so the same memory is faulted in and zeroed by the kernel again
-and again: on quartz (3 × 1200², two threads) ~0.75 M page faults and 5–6 of ~25 CPU-seconds in the kernel
-(docs/benchmarks.md, issue 21, session 12). While :func:`reused_heap` is held, the threads share the main
+and again: on quartz (3 × 1200², two threads) ~0.7 M page faults and 2–6 of 22–27 CPU-seconds in the
+kernel (docs/benchmarks.md, issue 21, session 12). While :func:`reused_heap` is held, the threads share the main
 arena (``M_ARENA_MAX`` 1: freed blocks of one thread serve the next allocation of the other; a process-wide
 setting that glibc fixes for good once the arena limit has been computed) and blocks below 32 MB come from
 the heap and stay there up to 128 MB of free space (``M_MMAP_THRESHOLD``, ``M_TRIM_THRESHOLD``); afterwards

@@ -335,12 +335,20 @@ residual pass recovers the detail, and the chained observation is checked agains
 fused point's reprojection. 4 instead of 1 drops 2 of quartz's 9 DIS solves (~2.4 CPU-s) and, on the 3 × 1
 MP rendered grain (seed 31), gives RMS 0.157 % of D instead of 0.161, median 0.098 instead of 0.101,
 coverage 99.4 % and volume error −0.33 % both (2: 0.157, 0.099, 99.3 %, −0.33 %)."""
+CHAIN_PATCH_STRIDE = 3
+"""DIS patch stride of the chained flows' residual pass (their quarter-resolution first pass keeps
+``flow_first_pass_patch_stride``, the direct flows ``flow_patch_stride``): the
+chained observation is one of several per pixel and the fused point's reprojection check weighs it, so its
+sparser patch search costs no accuracy — 3 × 1 MP rendered grain (seed 31): RMS 0.155 % of D instead of
+0.157, median 0.095 instead of 0.098, coverage 99.4 %, volume error −0.34 % (−0.33) — and saves a quarter
+of the chained flow (1.25 → 0.92 CPU-s at 1 MP)."""
 
 
 def chain_flow_config(flow_cfg: FlowConfig) -> FlowConfig:
-    """Flow settings of a chained view pair (see :data:`CHAIN_FIRST_PASS_DOWNSCALE`)."""
+    """Flow settings of a chained view pair (:data:`CHAIN_FIRST_PASS_DOWNSCALE`, :data:`CHAIN_PATCH_STRIDE`)."""
     k = max(int(flow_cfg.first_pass_downscale), CHAIN_FIRST_PASS_DOWNSCALE)
-    return replace(flow_cfg, first_pass_downscale=k)
+    stride = max(int(flow_cfg.patch_stride), CHAIN_PATCH_STRIDE)
+    return replace(flow_cfg, first_pass_downscale=k, patch_stride=stride)
 
 
 def fuse_dense(

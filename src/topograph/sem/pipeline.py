@@ -36,6 +36,7 @@ from topograph.io.staging import output_transaction
 from topograph.progress import StepReporter, reporting, stage
 from topograph.sem.cameras import camera_model_failure, relative_tilts_about
 from topograph.sem.config import SemConfig
+from topograph.sem.heap import reused_heap
 from topograph.sem.relief import ReliefCheck, check_relief
 from topograph.sem.sparse import (
     CameraEstimate,
@@ -214,7 +215,7 @@ def run_sem(
         inputs = [inputs]  # one path, not a sequence of its characters
     cfg = cfg or SemConfig()
     args = SemInputs(list(inputs), cfg, command, overrides, Path(sidecar) if sidecar else None, on_loaded, use_cache)
-    with reporting(progress), blas_threads_limited(), opencv_threads(run_threads(cfg)):
+    with reporting(progress), blas_threads_limited(), opencv_threads(run_threads(cfg)), reused_heap():
         if out_dir is None:
             return _run_sem(args, None, None)
         with (

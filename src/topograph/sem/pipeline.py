@@ -26,6 +26,7 @@ from topograph.config import to_yaml
 from topograph.errors import TopographError
 from topograph.fingerprint import digest
 from topograph.geometry.factorization import TiltUncertainty, relative_tilts, tilt_uncertainty
+from topograph.heap import SEM_RUN, reused_heap
 from topograph.hints import phrase
 from topograph.io.atomic import write_json, write_text
 from topograph.io.exports import write_ply
@@ -36,7 +37,6 @@ from topograph.io.staging import output_transaction
 from topograph.progress import StepReporter, reporting, stage
 from topograph.sem.cameras import camera_model_failure, relative_tilts_about
 from topograph.sem.config import SemConfig
-from topograph.sem.heap import reused_heap
 from topograph.sem.relief import ReliefCheck, check_relief
 from topograph.sem.sparse import (
     CameraEstimate,
@@ -215,7 +215,7 @@ def run_sem(
         inputs = [inputs]  # one path, not a sequence of its characters
     cfg = cfg or SemConfig()
     args = SemInputs(list(inputs), cfg, command, overrides, Path(sidecar) if sidecar else None, on_loaded, use_cache)
-    with reporting(progress), blas_threads_limited(), opencv_threads(run_threads(cfg)), reused_heap():
+    with reporting(progress), blas_threads_limited(), opencv_threads(run_threads(cfg)), reused_heap(SEM_RUN):
         if out_dir is None:
             return _run_sem(args, None, None)
         with (

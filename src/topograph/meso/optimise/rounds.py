@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 from topograph.errors import TopographError
+from topograph.heap import MESO_ROUNDS, reused_heap
 from topograph.meso.config import LearningRates, LevelConfig, MesoConfig
 from topograph.meso.flow.heights import FlowHeights, initialise_heights, measure_heights
 from topograph.meso.init_global import FeatureTies
 from topograph.meso.models.camera import MesoModel
 from topograph.meso.optimise.batching import BatchedLevel, make_batched_level
 from topograph.meso.optimise.checkpoint import Checkpoint, RoundState, load_checkpoint, save_checkpoint
-from topograph.meso.optimise.heap import reused_heap
 from topograph.meso.optimise.history import History, IterationRecord
 from topograph.meso.optimise.solver import solve_round
 from topograph.meso.optimise.ties import tie_tensors
@@ -138,8 +138,8 @@ def run_rounds(
     if ties is not None and ties.n_matches and cfg.loss.tie_weight > 0:
         tied = tie_tensors(ties, (pixels.shape[2], pixels.shape[1]), device)
     first_height_round = next((r for r, lvl in enumerate(levels) if "height" in lvl.train), None)
-    # the rounds' tensors are allocated and freed every iteration: keep them in the heap (optimise.heap)
-    with reused_heap():
+    # the rounds' tensors are allocated and freed every iteration: keep them in the heap (topograph.heap)
+    with reused_heap(MESO_ROUNDS):
         for r, level in enumerate(levels):
             if r < start_round:
                 continue

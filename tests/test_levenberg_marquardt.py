@@ -45,3 +45,12 @@ def test_damped_step_leaves_unconstrained_parameters_alone():
     hess = np.diag([4.0, 0.0])  # the second parameter does not enter the cost
     step = damped_step(hess, np.array([2.0, 0.0]), damping=0.0)
     assert abs(step[0] + 0.5) < 1e-9 and step[1] == 0.0
+
+
+def test_reports_every_accepted_step_with_its_cost():
+    _, normal_equations, cost = _exponential_problem()
+    seen: list[float] = []
+    result = levenberg_marquardt(np.array([1.0, -0.5, 0.0]), normal_equations, cost, iterations=5, on_step=seen.append)
+    assert len(seen) == result.iterations == 5
+    assert all(b < a for a, b in zip(seen, seen[1:], strict=False))  # accepted steps lower the cost
+    assert seen[-1] == result.cost

@@ -51,6 +51,7 @@ def levenberg_marquardt(
     damping: float = 1e-3,
     tries_per_iteration: int = 8,
     min_damping: float = 1e-7,
+    on_step: Callable[[float], None] | None = None,
 ) -> LMResult:
     """Minimise ``cost`` from ``x0`` by damped Gauss-Newton steps (Levenberg 1944, Marquardt 1963).
 
@@ -67,6 +68,7 @@ def levenberg_marquardt(
         damping: initial ``lambda``.
         tries_per_iteration: damping increases per iteration before giving up.
         min_damping: floor of ``lambda``.
+        on_step: called with the cost after each accepted step (e.g. a progress bar's ``step``).
 
     Returns:
         The last accepted vector and its cost.
@@ -95,4 +97,6 @@ def levenberg_marquardt(
         if not improved:
             break
         done += 1
+        if on_step is not None:
+            on_step(current)
     return LMResult(x=x, cost=current, iterations=done, damping=lam)

@@ -93,11 +93,13 @@ def _run(effects: dict):
 
 @pytest.mark.slow
 def test_accuracy_with_camera_effects_stays_bounded():
-    """Issue 18 asks for 1.5x of the clean accuracy. Measured (fast preset, 15 x 320x240, threads 1): with the
-    rolling-shutter term trained and refined, x1.48 (clean 0.227, all 0.336 GSD) but the clean pipeline test
-    then registered 2.1 px off; with the term off (the default) clean 0.380, all 0.951 GSD (x2.50). The target
-    is NOT met by default; this guards the measured level (x3) until it is (docs/benchmarks.md, issue 18).
-    The blur detection and the gates are asserted exactly."""
+    """Issue 18 asks for 1.5x of the clean accuracy. Measured (fast preset, 15 x 320x240, threads 1,
+    docs/benchmarks.md, issue 18 session 12): on the merged session-11 code clean 0.078, with every effect
+    0.450 GSD (x5.8; the rolling shutter alone x4.5: the sweep's skew was taken from central differences of the
+    nadirs, wrong at the serpentine's turns); with the skew along the sweep's line clean 0.081, with effects
+    0.167 GSD (x2.06; rolling alone 0.117, exposure 0.098 and blur 0.099 before the change). The target is NOT
+    met; this guards the measured level (x2.6) until it is. The blur detection and the gates are asserted
+    exactly."""
     _, clean = _run({})
     rec, ev = _run(EFFECTS)
     assert set(rec.checks.blurry) == {rec.names[3], rec.names[9]}
@@ -107,5 +109,5 @@ def test_accuracy_with_camera_effects_stays_bounded():
         f"clean {clean.table1.mean_accuracy / clean.gsd_um:.3f} GSD, with effects "
         f"{ev.table1.mean_accuracy / ev.gsd_um:.3f} GSD (x{ratio:.2f}); rescale {ev.table1.rescale:.3f}"
     )
-    assert ratio < 3.0
+    assert ratio < 2.6
     assert abs(ev.table1.rescale - 1.0) < 0.15

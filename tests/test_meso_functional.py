@@ -128,11 +128,10 @@ def test_rolling_shutter_term_reproduces_the_renderers_skew():
 
 
 def test_one_sweep_skew_times_each_photos_motion_reproduces_the_renderers_skew():
-    """The default model's rolling shutter: one skew for the sweep times each photo's motion (central
-    difference of the nadirs in capture order, in the photo's own axes). On a 5 x 2 serpentine sweep the
-    motion flips sign with the row, and one least-squares skew brings the photos inside a row back to within
-    0.3 px of the truth; the row ends (turning: half the motion along the row, half across) keep about half
-    their skew."""
+    """The default model's rolling shutter: one skew for the sweep times each photo's motion (the sweep's main
+    axis, signed by the photo's steps on its line, in the photo's own axes). On a 5 x 2 serpentine sweep the
+    motion flips sign with the row, the row ends included (the turn is not their motion), and one
+    least-squares skew brings every photo back to the truth to the per-image term's level."""
     from topograph.meso.models.camera import sweep_motion
 
     cfg = MesoSynthConfig(image_size=(320, 240), raster=(5, 2), tilt_deg=1.5, seed=3, rolling_shutter=0.01)
@@ -142,10 +141,9 @@ def test_one_sweep_skew_times_each_photos_motion_reproduces_the_renderers_skew()
     model, unit = model_at_truth(truth, "exact")
     with torch.no_grad():
         motion = sweep_motion(model.nadirs(), model.pose.angle, model.pose.relative_scale()).numpy()
-    inside = np.array([i % 5 not in (0, 4) for i in range(truth.n_images)])
-    agree = np.sign(motion[inside, 0]) * np.sign(truth.rolling_px_per_row[inside])
+    agree = np.sign(motion[:, 0]) * np.sign(truth.rolling_px_per_row)
     assert np.all(agree == agree[0])  # one sign for the sweep (the skew's sign is the parameter's)
-    shutter = float(np.dot(motion[inside, 0], truth.rolling_px_per_row[inside]) / np.sum(motion[inside, 0] ** 2))
+    shutter = float(np.dot(motion[:, 0], truth.rolling_px_per_row) / np.sum(motion[:, 0] ** 2))
     errors = []
     for value in (0.0, shutter):
         with torch.no_grad():
@@ -153,10 +151,10 @@ def test_one_sweep_skew_times_each_photos_motion_reproduces_the_renderers_skew()
             est = model.object_points(torch.tensor(uv, dtype=torch.float32)).numpy() * unit
         errors.append(np.linalg.norm(est - true, axis=-1).max(1) / truth.gsd_mm)
     assert errors[0].min() > 1.0, errors[0]
-    # measured: 1.6-2.4 px without, 0.15-0.29 px inside the rows with one skew (the free per-image term of the
-    # test above: 0.10; the photos' steps differ by the path's position jitter, so their motions do too)
-    assert errors[1][inside].max() < 0.35, errors[1]
-    assert errors[1][~inside].max() < 0.7 * errors[0][~inside].min(), errors
+    # measured: 1.6-2.4 px without, 0.13-0.33 px with one skew, the row ends included (the renderer skews along
+    # the image rows, the model along the line turned into each photo's axes: the 0.33 is the photo turned by
+    # 6.2 degrees); with central differences of the nadirs (session 11) the row ends kept about 1 px
+    assert errors[1].max() < 0.4, errors[1]
 
 
 def test_expansion_error_is_third_order_in_tilt():

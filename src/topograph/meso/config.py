@@ -200,8 +200,8 @@ class FlowHeightConfig:
     flat_weight: float = 0.3
     """Weight of the flat-scene prior of the refinement (fixes the dome ambiguity of radial distortion with
     near-parallel views; relief counts as an outlier of it, see ``refine_cameras``). It suits steps on a flat
-    base (cards, coins) and flattens smooth relief. Measured at 320x240 (docs/benchmarks.md, issue 18 session
-    11), 0.3 is the default: cut cards 0.065 GSD (0.077 at 0.1); a 12-GSD dome is flattened (3 % kept) and the
+    base (cards, coins) and flattens smooth relief. Measured at 320x240 (docs/benchmarks.md, issue 18 sessions
+    11-12), 0.3 is the default: cut cards 0.065 GSD (0.077 at 0.1); a 12-GSD dome is flattened (3 % kept) and the
     relief phantom's hills keep 46 %; with 0 the refinement is unconstrained along the dome and registration
     fails on all three scenes (the gate stops the run), so 0 is no cure for curved specimens."""
     passes: int = 1

@@ -122,6 +122,33 @@ class MatchProblem:
         self.flat_w = float(flat_weight)
         self.scale2 = np.concatenate((np.full(self.m, self.c2), np.full(self.m, (self.flat_w * flat_px) ** 2 + 1e-30)))
         self.x0 = self.start(model)
+        self.scale_hold = self._scale_hold()
+
+    @torch.no_grad()
+    def _scale_hold(self) -> np.ndarray:
+        """(n_par,) gradient of the matched pixels' mean log magnification ``mean_p log(|xy_p| / |uv_p - c|)``
+        with respect to the knots (zero elsewhere): the direction of the lens' scale that the refinement holds.
+
+        A common factor of the magnification where the matches lie shrinks or grows the whole frame, and every
+        residual in pixels with it (footprints and nadirs alike), so the cost slides down it; holding the
+        knots' plain mean let the profile reshape under that mean (knots where few pixels are up, where many
+        are down) and the cut-cards frame came out 3.7 % small at 320 x 240 (tests/test_meso_pipeline.py,
+        docs/benchmarks.md, issue 18 session 12). Weighted by where the pixels are, the hold is on the scale
+        the matches see."""
+        v = np.zeros(self.n_cam + 1 + sum(self.dist_sizes))
+        if not self.knot_cols.size:
+            return v
+        _, _, dvec = self.split(self.x0)
+        uv = torch.cat((self.uv_i, self.uv_j))
+        xy = self.undistort(dvec, uv)
+        r2 = (xy * xy).sum(1).clamp_min(1e-12)
+        eps = 1e-6
+        for col in self.knot_cols:
+            step = torch.zeros_like(dvec)
+            step[col - self.n_cam - 1] = eps
+            dxy = (self.undistort(dvec + step, uv) - xy) / eps
+            v[col] = float(((xy * dxy).sum(1) / r2).mean())  # d log|xy| / d knot
+        return v
 
     @torch.no_grad()
     def start(self, model: MesoModel) -> np.ndarray:
@@ -236,12 +263,11 @@ class MatchProblem:
         # frame on few matches at 320x240 but also stopped the exact-match refinement converging and took the
         # cut-cards pipeline test from < 1 to 2.1 GSD (docs/benchmarks.md, session 10); the caller refuses a
         # collapsed refinement ("camera heights x0.01") instead.
-        if self.knot_cols.size:  # the mean magnification is a scale gauge (a focal change): keep it where it is
-            v = np.zeros(n_par)
-            v[self.knot_cols] = 1.0 / self.knot_cols.size
-            k_w = 1e3 * max(float(np.diag(hess).max()), 1.0)
+        if self.knot_cols.size:  # the matches' mean magnification is a scale gauge: keep it where it is
+            v = self.scale_hold
+            k_w = 1e3 * max(float(np.diag(hess).max()), 1.0) / max(float(v @ v), 1e-12) / self.knot_cols.size
             hess += k_w * np.outer(v, v)
-            grad += k_w * v * float((x - self.x0)[self.knot_cols].mean())
+            grad += k_w * v * float(v @ (x - self.x0))
         return hess, grad, self.cauchy(rn)
 
 

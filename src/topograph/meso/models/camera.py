@@ -21,14 +21,24 @@ from topograph.meso.models.pose import PoseModel
 
 
 def sweep_motion(nadirs: Tensor, angle: Tensor, relative_scale: Tensor) -> Tensor:
-    """(N, 2) image-plane motion of each photo of a sweep, in the image's own axes, relative to the median.
+    """(N, 2) image-plane motion of each photo of a sweep, in the image's own axes (unit speed, signed).
 
     A rolling shutter reads row ``y`` a line delay ``tau y`` after the middle row; a phone moving at image
     velocity ``v`` (pixels per second) then skews the photo by ``s = -tau v`` pixels per row. ``tau`` is one
-    constant of the sensor, and for photos taken at a steady pace ``v`` is proportional to the step between
-    neighbours in capture order, ``d_i = (R_(i+1) - R_(i-1)) / 2`` (one-sided at the ends), carried into the
-    image frame: ``v_i ~ -Rot(-theta_i) d_i / (Z_i / f)``. Normalised by the median ``|v_i|``, so
-    ``s_i = shutter * v_i`` with ``shutter`` the skew of a photo moving at the median speed.
+    constant of the sensor, and a hand-held sweep moves at a steady pace along straight lines, so ``v`` has
+    one speed and the direction of the photo's line, signed by the way it runs. The lines run along the
+    sweep's main axis ``a`` (the leading eigenvector of ``sum u_k u_k^T`` over the unit steps ``u_k`` between
+    capture-order neighbours); a step within 45 degrees of it is on a line, and a photo moves along ``a`` with
+    the sign of its on-line steps' sum projected on ``a`` (the turn of a serpentine path is not its motion:
+    the photo was taken moving along its line). A photo with no step on a line moves along the mean unit
+    direction of its two steps.
+    Carried into the image frame, ``v_i ~ -Rot(-theta_i) u_i / (Z_i / f)``, and normalised by the median
+    ``|v_i|``, so ``s_i = shutter * v_i`` with ``shutter`` the skew of a photo at the median height.
+
+    The speed is one number rather than each photo's step length: a steady sweep's photos are spaced by the
+    shutter's timing, not by a change of speed (measured on the renderer's 5 x 3 sweep at the truth: central
+    differences of the nadirs left 0.95-1.0 px at the frame's top and bottom rows of the four photos at the
+    row ends, 0.02-0.26 px elsewhere; docs/benchmarks.md, issue 18 session 12).
 
     Args:
         nadirs: (N, 2) camera nadirs in capture order, object units.
@@ -41,11 +51,22 @@ def sweep_motion(nadirs: Tensor, angle: Tensor, relative_scale: Tensor) -> Tenso
     n = nadirs.shape[0]
     if n < 2:
         return torch.zeros_like(nadirs)
-    step = torch.empty_like(nadirs)
-    step[1:-1] = 0.5 * (nadirs[2:] - nadirs[:-2])
-    step[0], step[-1] = nadirs[1] - nadirs[0], nadirs[-1] - nadirs[-2]
+    step = nadirs[1:] - nadirs[:-1]
+    unit = step / torch.linalg.norm(step, dim=1, keepdim=True).clamp_min(1e-12)
+    axis = torch.linalg.eigh(unit.T @ unit)[1][:, -1]  # eigenvalues ascending: the main axis is the last
+    aligned = ((unit @ axis).abs() > math.sqrt(0.5)).to(unit.dtype)  # within 45 degrees of the main axis
+    zero = unit.new_zeros(1)
+    w_back, w_fwd = torch.cat((zero, aligned)), torch.cat((aligned, zero))  # photo i: steps i-1 and i
+    none = (w_back + w_fwd) == 0
+    has_back, has_fwd = torch.cat((zero, torch.ones_like(aligned))), torch.cat((torch.ones_like(aligned), zero))
+    w_back, w_fwd = torch.where(none, has_back, w_back), torch.where(none, has_fwd, w_fwd)
+    pad = unit.new_zeros(1, 2)
+    d = w_back[:, None] * torch.cat((pad, unit)) + w_fwd[:, None] * torch.cat((unit, pad))
+    along = d @ axis  # on a line: the line's direction, signed (a photo's jitter off the line is not motion)
+    d = torch.where((~none)[:, None], torch.sign(along)[:, None] * axis[None, :], d)
+    d = d / torch.linalg.norm(d, dim=1, keepdim=True).clamp_min(1e-12)
     c, s = torch.cos(angle), torch.sin(angle)
-    img = torch.stack((c * step[:, 0] + s * step[:, 1], -s * step[:, 0] + c * step[:, 1]), dim=1)
+    img = torch.stack((c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1]), dim=1)
     img = -img / relative_scale[:, None]
     return img / torch.linalg.norm(img, dim=1).median().clamp_min(1e-9)
 

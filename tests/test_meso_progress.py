@@ -50,3 +50,5 @@ def test_meso_run_reports_every_long_step(tmp_path: Path) -> None:
     assert rec.counted["flow matches (images)"] == [n, n]
     rounds = {k: v for k, v in rec.counted.items() if k.startswith(("shift", "height"))}
     assert sorted(v[0] for v in rounds.values()) == [15, 15] and all(v[1] >= v[0] for v in rounds.values())
+    total, done = rec.counted["camera refinement on the flow matches"]  # one step per accepted LM iteration
+    assert 1 <= done <= total, (done, total)

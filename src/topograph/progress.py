@@ -80,6 +80,21 @@ def steps(items: Iterable[T], description: str, total: int | None = None) -> Ite
         reporter.end()
 
 
+@contextlib.contextmanager
+def counted(description: str, total: int) -> Iterator[Callable[[float | None], None]]:
+    """Counted work of ``total`` steps whose steps are reported by calling the yielded function (with the
+    loss after the step, if any), e.g. an optimiser's per-step callback; a no-op without a reporter."""
+    reporter = _REPORTER.get()
+    if reporter is None:
+        yield lambda loss=None: None
+        return
+    reporter.begin(description, total)
+    try:
+        yield reporter.step
+    finally:
+        reporter.end()
+
+
 class NoSteps:
     """A reporter that shows nothing (e.g. ``--no-progress`` inside the CLI's display)."""
 

@@ -24,6 +24,7 @@ from topograph.geometry.levenberg_marquardt import levenberg_marquardt
 from topograph.meso.flow.dense_matches import FlowMatches
 from topograph.meso.functional.projection import Projection, rolling_shutter, rotate_in_plane
 from topograph.meso.models.camera import MesoModel
+from topograph.progress import counted
 
 log = logging.getLogger("topograph")
 
@@ -317,7 +318,8 @@ def refine_cameras(
     per_pair = max(50, min(int(per_pair), int(max_matches) // n_pairs))  # memory and time bounded in N
     problem = MatchProblem(model, _sample_matches(matches, per_pair, seed), robust_px, flat_weight, flat_px)
     before = problem.inlier_rms(problem.x0)
-    x = levenberg_marquardt(problem.x0, problem.normal_equations, problem.cost, iterations).x
+    with counted("camera refinement on the flow matches", iterations) as step:
+        x = levenberg_marquardt(problem.x0, problem.normal_equations, problem.cost, iterations, on_step=step).x
     after = problem.inlier_rms(x)
     cams, focal, dvec = problem.split(x)
     # A common factor of the camera heights is a gauge (undone by _write_back), but with few matches the

@@ -7,11 +7,14 @@ import pytest
 import torch
 from meso_toy import make_model, one_thread, toy_scene
 
+from topograph.errors import QualityError
 from topograph.meso.config import LearningRates, LevelConfig, LossConfig
-from topograph.meso.functional.splat import normalise_splat, splat_bilinear
+from topograph.meso.functional.splat import GridSpec, normalise_splat, splat_bilinear
 from topograph.meso.optimise.batching import (
+    MAX_GRID_CELLS_PER_IMAGE_PIXEL,
     RunningReconstruction,
     batch_values,
+    check_grid_size,
     fill_reconstruction,
     footprint_grid,
     make_batched_level,
@@ -123,3 +126,18 @@ def test_automatic_batch_size_bounds_the_step_memory():
     assert effective_batch_size(cfg, 5, 500 * 2**20) == 1
     assert effective_batch_size(BatchingConfig(batch_size=4), 21, per_image) == 4
     assert effective_batch_size(BatchingConfig(batch_size=40), 21, per_image) == 21
+
+
+def test_a_diverged_cameras_grid_stops_the_round_with_one_line():
+    scene = toy_scene()
+    model = _start(scene)
+    level = make_batched_level(scene.pixels, 1)
+    grid = footprint_grid(model, level)
+    h, w = level.shape
+    ratio = grid.shape[0] * grid.shape[1] / (level.n_images * h * w)
+    assert ratio < 3.0, ratio  # a sound start: far below the limit
+    check_grid_size(grid, level, "shift")  # passes
+    side = int(np.sqrt(MAX_GRID_CELLS_PER_IMAGE_PIXEL * level.n_images * h * w)) + 2
+    diverged = GridSpec(origin=grid.origin, cell=grid.cell, shape=(side, side))
+    with pytest.raises(QualityError, match="round shift failed: the cameras diverged"):
+        check_grid_size(diverged, level, "shift")

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from topograph.errors import QualityError
 from topograph.meso.functional.splat import GridSpec, splat_bilinear
 from topograph.meso.models.camera import MesoModel
 from topograph.meso.mosaic import pixel_coordinates
@@ -168,6 +169,27 @@ def footprint_grid(
     origin = torch.floor(lo / cell) * cell - margin_cells * cell
     shape = torch.ceil((hi - origin) / cell).long() + margin_cells + 1
     return GridSpec(origin=(float(origin[0]), float(origin[1])), cell=cell, shape=(int(shape[1]), int(shape[0])))
+
+
+MAX_GRID_CELLS_PER_IMAGE_PIXEL = 64.0
+"""A round's reconstruction grid of more cells than this times the round's image pixels (all images) means
+the cameras diverged (a footprint reaching toward the horizon; a run of 15 photos of 320x240 once asked
+for 3e9 cells). Sound layouts stay far below it: the grid is the footprints' bounding box with 5 % padding, ~1.2
+cells per pixel for photos that tile a rectangle, ~26 for 40 photos in one diagonal line at 80 % stride."""
+
+
+def check_grid_size(grid: GridSpec, level: BatchedLevel, round_name: str) -> None:
+    """Stop with a one-line :class:`QualityError` when ``grid`` is implausibly large for ``level``
+    (:data:`MAX_GRID_CELLS_PER_IMAGE_PIXEL`) instead of allocating it."""
+    h, w = level.shape
+    pixels = level.n_images * h * w
+    cells = grid.shape[0] * grid.shape[1]
+    if cells > MAX_GRID_CELLS_PER_IMAGE_PIXEL * pixels:
+        raise QualityError(
+            f"round {round_name} failed: the cameras diverged (their footprints span {cells:.3g} grid cells, "
+            f"{cells / pixels:.0f}x the images' {pixels:.3g} pixels)",
+            "try: photos with more overlap, fewer photos, or another start (--set init.method=features or xcorr)",
+        )
 
 
 def batch_order(n_images: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:

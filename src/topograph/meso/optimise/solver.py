@@ -29,6 +29,7 @@ from topograph.meso.optimise.batching import (
     BatchedLevel,
     RunningReconstruction,
     batch_order,
+    check_grid_size,
     fill_reconstruction,
     footprint_grid,
 )
@@ -126,6 +127,7 @@ class _RoundSolver:
         self.all_in_one = self.batch_size >= n
         self.momentum = 0.0 if self.all_in_one else float(batching.momentum)
         grid = footprint_grid(model, level, getattr(level_cfg, "grid_cell", 1.0))
+        check_grid_size(grid, level, level_cfg.name)
         self.recon = RunningReconstruction(grid, 4, level.pixels.device)
         self.records: list[IterationRecord] = []
         self.best, self.rollbacks, self.start = math.inf, 0, 0

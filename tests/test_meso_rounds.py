@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -67,18 +68,28 @@ class Interrupt(Exception):
 
 
 class InterruptAfter(NoSteps):
-    """A progress reporter that raises after ``n`` iterations (a crash in the middle of a round); steps
-    without a loss (the flow step's per-image progress) are not iterations."""
+    """A progress reporter that raises after ``n`` iterations of the rounds (a crash in the middle of a
+    round); other counted work (the flow step's per-image progress, the camera refinement's steps) is not
+    counted."""
 
     def __init__(self, n: int) -> None:
         self.n = n
+        self.in_round = False
+
+    def begin(self, description: str, total: int) -> None:
+        self.in_round = re.fullmatch(ROUND_DESCRIPTION, description) is not None
 
     def step(self, loss: float | None = None) -> None:
-        if loss is None or loss != loss:
+        if not self.in_round:
             return
         self.n -= 1
         if self.n == 0:
             raise Interrupt
+
+
+ROUND_DESCRIPTION = r"(shift|camera|height) \(1/\d+\)"
+"""A round's progress description (``solve_round``: its name and downsampling), not e.g. the flow step's
+"camera refinement on the flow matches"."""
 
 
 def resumable_config() -> MesoConfig:

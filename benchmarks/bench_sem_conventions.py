@@ -29,7 +29,7 @@ from topograph.analysis.evaluate_sem import Alignment, evaluate_cloud, evaluate_
 from topograph.config import apply_overrides  # noqa: E402
 from topograph.sem.config import SemConfig  # noqa: E402
 from topograph.sem.pipeline import run_sem  # noqa: E402
-from topograph.synth.sem import GrainSpec, load_sem_truth, render_sem_series, save_sem_dataset  # noqa: E402
+from topograph.synth.sem import GrainSpec, SemDataset, load_sem_truth, render_sem_series, save_sem_dataset  # noqa: E402
 
 MATRIX = {
     "axis 0°, 0/5/10, documented": Case(0.0, (0.0, 5.0, 10.0), "documented"),
@@ -58,13 +58,15 @@ MASK = {  # (render keyword arguments, label)
 }
 
 
-def run_case(name: str, case: Case, render_kw: dict, size: int, cfg: SemConfig, tmp: Path) -> dict:
+def render_case(case: Case, render_kw: dict, size: int, **extra: object) -> SemDataset:
+    """Render one row of the matrix at ``size`` x ``size`` px (``render_kw``: its :data:`MASK` keywords,
+    ``centre_offset_px`` as fractions of the size; ``extra``: more ``render_sem_series`` keywords)."""
     n = len(case.tilts_deg)
     drift = [(3.0 * f, -2.0 * f) for f in range(n)] if case.drift else None
     kw = dict(render_kw)
     if "centre_offset_px" in kw:
         kw["centre_offset_px"] = tuple(size * v for v in kw["centre_offset_px"])
-    ds = render_sem_series(
+    return render_sem_series(
         GrainSpec(seed=5),
         tilts_deg=case.tilts_deg,
         tilt_axis_deg=case.axis_deg,
@@ -74,7 +76,19 @@ def run_case(name: str, case: Case, render_kw: dict, size: int, cfg: SemConfig, 
         image_rotation_deg=case.image_rotation_deg,
         drift_px=drift,
         **kw,
+        **extra,
     )
+
+
+def named_case(part: str) -> tuple[str, Case, dict]:
+    """The first matrix or mask row whose name contains ``part``: its name, case and render keywords."""
+    cases = [(n, c, {}) for n, c in MATRIX.items()]
+    cases += [(n, Case(0.0, (0.0, 5.0, 10.0), "documented"), kw) for n, kw in MASK.items()]
+    return next(c for c in cases if part in c[0])
+
+
+def run_case(name: str, case: Case, render_kw: dict, size: int, cfg: SemConfig, tmp: Path) -> dict:
+    ds = render_case(case, render_kw, size)
     path = save_sem_dataset(ds, tmp / name.replace(" ", "_").replace("/", "-"), with_metadata=False)
     truth = load_sem_truth(path)
     t0 = time.perf_counter()

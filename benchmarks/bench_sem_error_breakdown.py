@@ -28,15 +28,15 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-from bench_sem_conventions import MASK, MATRIX  # noqa: E402
-from test_sem_conventions import Case, metadata_overrides  # noqa: E402
+from bench_sem_conventions import named_case, render_case  # noqa: E402
+from test_sem_conventions import metadata_overrides  # noqa: E402
 
 from topograph.analysis.evaluate_sem import Alignment, evaluate_sem_truth  # noqa: E402
 from topograph.matching.dense import dense_flow  # noqa: E402
 from topograph.sem.config import SemConfig  # noqa: E402
 from topograph.sem.dense import flow_config  # noqa: E402
 from topograph.sem.pipeline import run_sem  # noqa: E402
-from topograph.synth.sem import GrainSpec, cast_rays, load_sem_truth, render_sem_series, save_sem_dataset  # noqa: E402
+from topograph.synth.sem import cast_rays, load_sem_truth, save_sem_dataset  # noqa: E402
 
 SLOPE_BANDS_DEG = ((0, 10), (10, 60), (60, 75), (75, 91))
 EDGE_BANDS_PX = ((0, 4), (4, 16), (16, 64), (64, 10**6))
@@ -47,24 +47,8 @@ def main() -> None:
     ap.add_argument("case", help="part of a case name of bench_sem_conventions.py")
     ap.add_argument("--size", type=int, default=800)
     args = ap.parse_args()
-    cases = [(n, c, {}) for n, c in MATRIX.items()]
-    cases += [(n, Case(0.0, (0.0, 5.0, 10.0), "documented"), kw) for n, kw in MASK.items()]
-    name, case, kw = next(c for c in cases if args.case in c[0])
-    kw = dict(kw)
-    if "centre_offset_px" in kw:
-        kw["centre_offset_px"] = tuple(args.size * v for v in kw["centre_offset_px"])
-    n = len(case.tilts_deg)
-    ds = render_sem_series(
-        GrainSpec(seed=5),
-        tilts_deg=case.tilts_deg,
-        tilt_axis_deg=case.axis_deg,
-        image_size=(args.size, args.size),
-        seed=1,
-        specimen=kw.pop("specimen", case.specimen),
-        image_rotation_deg=case.image_rotation_deg,
-        drift_px=[(3.0 * f, -2.0 * f) for f in range(n)] if case.drift else None,
-        **kw,
-    )
+    name, case, kw = named_case(args.case)
+    ds = render_case(case, kw, args.size)
     with tempfile.TemporaryDirectory() as tmp:
         path = save_sem_dataset(ds, Path(tmp) / "series", with_metadata=False)
         truth = load_sem_truth(path)

@@ -30,14 +30,13 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-from bench_sem_conventions import MASK, MATRIX  # noqa: E402
-from test_sem_conventions import Case  # noqa: E402
+from bench_sem_conventions import named_case, render_case  # noqa: E402
 
 from topograph.geometry.local_regression import local_linear_smooth  # noqa: E402
 from topograph.matching.dense import dense_flow  # noqa: E402
 from topograph.sem.config import SemConfig  # noqa: E402
 from topograph.sem.dense import flow_config  # noqa: E402
-from topograph.synth.sem import GrainSpec, cast_rays, render_sem_series  # noqa: E402
+from topograph.synth.sem import cast_rays  # noqa: E402
 
 
 def epipolar_lk(
@@ -72,23 +71,9 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--noise", type=float, default=0.02)
     args = ap.parse_args()
-    cases = [(n, c, {}) for n, c in MATRIX.items()]
-    cases += [(n, Case(0.0, (0.0, 5.0, 10.0), "documented"), kw) for n, kw in MASK.items()]
-    name, case, kw = next(c for c in cases if args.case in c[0])
-    kw = dict(kw)
+    name, case, kw = named_case(args.case)
     n = len(case.tilts_deg)
-    ds = render_sem_series(
-        GrainSpec(seed=5),
-        tilts_deg=case.tilts_deg,
-        tilt_axis_deg=case.axis_deg,
-        image_size=(args.size, args.size),
-        seed=1,
-        noise=args.noise,
-        specimen=kw.pop("specimen", case.specimen),
-        image_rotation_deg=case.image_rotation_deg,
-        drift_px=[(3.0 * f, -2.0 * f) for f in range(n)] if case.drift else None,
-        **kw,
-    )
+    ds = render_case(case, kw, args.size, noise=args.noise)
     ref = int(np.argsort(ds.tilts_deg)[n // 2])
     k = next(v for v in range(n) if v != ref)
     img_r, img_k = (np.asarray(ds.images[v], dtype=np.float32) for v in (ref, k))

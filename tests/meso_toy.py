@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from topograph.meso.functional.splat import sample_bilinear
+from topograph.meso.init_features import PairLink
 from topograph.meso.models.camera import MesoModel
 from topograph.meso.models.distortion import NoDistortion
 from topograph.meso.models.heights import HeightMaps
@@ -156,3 +157,19 @@ def height_errors(rec, scene: ToyScene) -> dict[str, float]:
         "cells": int(err.size),
         "scale": float(abs(a)),
     }
+
+
+def true_links(positions: np.ndarray, size: tuple[int, int]) -> tuple[PairLink, ...]:
+    """Exact feature matches of every overlapping pair of a toy layout (unit scale, no tilt:
+    ``u_j = u_i + p_i - p_j``), a 9 x 7 grid of keypoints per image, pairs with at least 8 inside both."""
+    w, h = size
+    u, v = np.meshgrid(np.linspace(4, w - 5, 9), np.linspace(4, h - 5, 7))
+    grid = np.stack((u.ravel(), v.ravel()), 1)
+    links = []
+    for i in range(len(positions)):
+        for j in range(i + 1, len(positions)):
+            uj = grid + positions[i] - positions[j]
+            inside = (uj[:, 0] >= 0) & (uj[:, 0] < w) & (uj[:, 1] >= 0) & (uj[:, 1] < h)
+            if inside.sum() >= 8:
+                links.append(PairLink(i, j, grid[inside], uj[inside], np.eye(3)))
+    return tuple(links)

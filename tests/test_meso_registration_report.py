@@ -8,10 +8,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from meso_toy import make_model, toy_scene
+from meso_toy import make_model, toy_scene, true_links
 
 from topograph.meso.config import MesoConfig
-from topograph.meso.init_features import PairLink
 from topograph.meso.outputs import write_registration
 from topograph.meso.quality import (
     QualityReport,
@@ -30,28 +29,13 @@ def scene():
     return toy_scene(3, 2, size=(96, 72), step=20.0)
 
 
-def _true_links(positions: np.ndarray, size: tuple[int, int]) -> tuple[PairLink, ...]:
-    """Exact matches of every overlapping pair (unit scale, no tilt: ``u_j = u_i + p_i - p_j``)."""
-    w, h = size
-    u, v = np.meshgrid(np.linspace(4, w - 5, 9), np.linspace(4, h - 5, 7))
-    grid = np.stack((u.ravel(), v.ravel()), 1)
-    links = []
-    for i in range(len(positions)):
-        for j in range(i + 1, len(positions)):
-            uj = grid + positions[i] - positions[j]
-            inside = (uj[:, 0] >= 0) & (uj[:, 0] < w) & (uj[:, 1] >= 0) & (uj[:, 1] < h)
-            if inside.sum() >= 8:
-                links.append(PairLink(i, j, grid[inside], uj[inside], np.eye(3)))
-    return tuple(links)
-
-
 def test_misregistered_image_is_worst_in_table_and_seam_map(scene, tmp_path):
     pos = scene.positions.copy()
     pos[MOVED] += (7.0, -5.0)  # deliberately misregistered
     model = make_model(len(scene.pixels), scene.size, scene.focal_px, pos)
     names = tuple(f"toy_{k:02d}.png" for k in range(len(pos)))
     ncc, overlap = registration_scores(model, scene.pixels)
-    residual = link_residuals(model, _true_links(scene.positions, scene.size), len(pos))
+    residual = link_residuals(model, true_links(scene.positions, scene.size), len(pos))
     assert int(np.argmax(residual)) == MOVED and residual[MOVED] > 5.0, residual
     assert np.nanmin(residual) < 0.01  # images not linked to the moved one fit exactly
     gate = registration_gate(names, ncc, overlap, MesoConfig().checks)

@@ -8,11 +8,10 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from meso_toy import ToyScene, make_model, one_thread, registration_rms  # noqa: F401 - one_thread is a fixture
+from meso_toy import ToyScene, make_model, one_thread, registration_rms, true_links  # noqa: F401 - one_thread is a fixture
 
 from topograph.meso.config import LevelConfig, MesoConfig, replace_settings
 from topograph.meso.functional.splat import sample_bilinear
-from topograph.meso.init_features import PairLink
 from topograph.meso.init_global import feature_ties
 from topograph.meso.mosaic import pixel_coordinates
 from topograph.meso.optimise.ties import tie_loss, tie_misfit, tie_tensors
@@ -22,23 +21,8 @@ SIZE = (96, 72)
 POSITIONS = np.array([[-20.0, -10.0], [0.0, -10.0], [20.0, -10.0], [-20.0, 10.0], [0.0, 10.0], [20.0, 10.0]])
 
 
-def _true_links(positions: np.ndarray) -> list[PairLink]:
-    """Exact matches of every overlapping pair (unit scale, no tilt: ``u_j = u_i + p_i - p_j``)."""
-    w, h = SIZE
-    u, v = np.meshgrid(np.linspace(4, w - 5, 9), np.linspace(4, h - 5, 7))
-    grid = np.stack((u.ravel(), v.ravel()), 1)
-    links = []
-    for i in range(len(positions)):
-        for j in range(i + 1, len(positions)):
-            uj = grid + positions[i] - positions[j]
-            inside = (uj[:, 0] >= 0) & (uj[:, 0] < w) & (uj[:, 1] >= 0) & (uj[:, 1] < h)
-            if inside.sum() >= 8:
-                links.append(PairLink(i, j, grid[inside], uj[inside], np.eye(3)))
-    return links
-
-
 def test_tie_misfit_is_the_offset_in_keypoint_noise_units():
-    links = _true_links(POSITIONS)
+    links = true_links(POSITIONS, SIZE)
     moved = POSITIONS.copy()
     moved[4] += (6.0, -8.0)  # 10 px off its matches
     model = make_model(len(moved), SIZE, 100.0, moved)
@@ -58,7 +42,7 @@ def test_tie_misfit_is_the_offset_in_keypoint_noise_units():
 
 
 def test_renumbered_ties_follow_the_kept_images():
-    ties = feature_ties(_true_links(POSITIONS), 1.0)
+    ties = feature_ties(true_links(POSITIONS, SIZE), 1.0)
     sub = ties.renumbered([1, 2, 4, 5])
     assert set(np.unique(np.r_[sub.image_i, sub.image_j])) <= {0, 1, 2, 3}
     kept = np.isin(ties.image_i, [1, 2, 4, 5]) & np.isin(ties.image_j, [1, 2, 4, 5])
@@ -66,7 +50,7 @@ def test_renumbered_ties_follow_the_kept_images():
 
 
 def test_tie_loss_gradient_moves_a_displaced_camera_back():
-    links = _true_links(POSITIONS)
+    links = true_links(POSITIONS, SIZE)
     moved = POSITIONS.copy()
     moved[4] += (6.0, -8.0)
     model = make_model(len(moved), SIZE, 100.0, moved)

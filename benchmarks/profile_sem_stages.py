@@ -51,7 +51,7 @@ STAGES = [
     (pipeline, "estimate_cameras", "cameras"),
     (pipeline, "refine", "bundle"),
     (pipeline, "factorization_tilt_uncertainty", "tilt uncertainty"),
-    (dense_module, "dense_flow", "dense: flows (dense_flow)"),
+    (flow_module, "dense_flow", "dense: flows (dense_flow; flows side by side count each other's CPU)"),
     (flow_module, "refine_flow", "  of which residual pass"),
     (dense_module, "fuse_dense", "dense: fuse_dense (flows included)"),
     (pipeline, "write_outputs", "write_outputs (dense files included)"),

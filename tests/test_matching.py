@@ -222,6 +222,46 @@ def test_flow_threads_give_the_same_flow(bump_pair):
     assert np.array_equal(one.flow, two.flow) and np.array_equal(one.valid, two.valid)
 
 
+def test_flows_side_by_side_share_the_cores_and_give_the_same_flows(bump_pair, monkeypatch):
+    """dense_flows with 2 threads: three flows run at once (two solves at a time, never more) and yield,
+    in order, the flows each gives alone."""
+    import threading
+
+    import topograph.matching.dense as dense_module
+    from topograph.matching.dense import dense_flows
+
+    a, b = bump_pair
+    cfg = DenseConfig(passes=2, tile_px=128, refine_backward=False, prealign=False)
+    jobs = [(a, b, cfg, None), (b, a, cfg, None), (a, np.ascontiguousarray(b[:, ::-1]), cfg, None)]
+    alone = [dense_flow(*job[:2], replace(cfg, threads=1)) for job in jobs]
+    running, peak, lock = [0], [0], threading.Lock()
+    create = cv2.DISOpticalFlow_create
+
+    class CountedSolver:
+        def __init__(self, preset: int) -> None:
+            self.dis = create(preset)
+
+        def __getattr__(self, name: str):
+            return getattr(self.dis, name)
+
+        def calc(self, *args):
+            with lock:
+                running[0] += 1
+                peak[0] = max(peak[0], running[0])
+            try:
+                return self.dis.calc(*args)
+            finally:
+                with lock:
+                    running[0] -= 1
+
+    monkeypatch.setattr(dense_module.cv2, "DISOpticalFlow_create", CountedSolver)
+    together = list(dense_flows(jobs, threads=2))
+    assert peak[0] == 2  # side by side, and never more solves (and solver memory) than threads
+    assert not dense_module._SOLVE_SLOTS  # the shared slots are gone afterwards
+    for one, two in zip(alone, together, strict=True):
+        assert np.array_equal(one.flow, two.flow) and np.array_equal(one.valid, two.valid)
+
+
 def test_tiled_residual_flow_equals_the_whole_image_flow(bump_pair):
     """A small flow solved in tiles (two at a time) matches the one-piece solve and the truth, and the
     tiles give the same flow whether solved side by side or in turn."""

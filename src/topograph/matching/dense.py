@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -93,20 +94,26 @@ def estimate_prealignment(image_i: np.ndarray, image_j: np.ndarray, cfg: DenseCo
     return a.astype(np.float64)
 
 
+_SOLVE_SLOTS: list[threading.BoundedSemaphore] = []
+"""While :func:`dense_flows` runs flows side by side: the semaphore each solve holds (at most ``threads``
+solves, and their solvers' memory, at a time over all those flows)."""
+
+
 def _flow_field(src: np.ndarray, dst: np.ndarray, cfg: DenseConfig) -> np.ndarray:
     """Flow ``u`` (H, W, 2) float32 with ``src(x) ≈ dst(x + u(x))`` for two uint8 images of one size."""
-    if cfg.method == "farneback":
-        return cv2.calcOpticalFlowFarneback(src, dst, None, 0.5, 6, 15, 5, 7, 1.5, cv2.OPTFLOW_FARNEBACK_GAUSSIAN)
-    dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[cfg.preset])
-    dis.setFinestScale(int(cfg.finest_scale))
-    dis.setPatchSize(int(cfg.patch_size))
-    dis.setPatchStride(int(cfg.patch_stride))
-    dis.setGradientDescentIterations(int(cfg.gradient_descent_iterations))
-    dis.setVariationalRefinementIterations(int(cfg.variational_refinement_iterations))
-    dis.setVariationalRefinementAlpha(float(cfg.variational_refinement_alpha))
-    dis.setUseMeanNormalization(True)
-    dis.setUseSpatialPropagation(True)
-    return dis.calc(src, dst, None)
+    with _SOLVE_SLOTS[-1] if _SOLVE_SLOTS else nullcontext():
+        if cfg.method == "farneback":
+            return cv2.calcOpticalFlowFarneback(src, dst, None, 0.5, 6, 15, 5, 7, 1.5, cv2.OPTFLOW_FARNEBACK_GAUSSIAN)
+        dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[cfg.preset])
+        dis.setFinestScale(int(cfg.finest_scale))
+        dis.setPatchSize(int(cfg.patch_size))
+        dis.setPatchStride(int(cfg.patch_stride))
+        dis.setGradientDescentIterations(int(cfg.gradient_descent_iterations))
+        dis.setVariationalRefinementIterations(int(cfg.variational_refinement_iterations))
+        dis.setVariationalRefinementAlpha(float(cfg.variational_refinement_alpha))
+        dis.setUseMeanNormalization(True)
+        dis.setUseSpatialPropagation(True)
+        return dis.calc(src, dst, None)
 
 
 def flow_threads(cfg: DenseConfig) -> int:
@@ -204,6 +211,52 @@ def _flow_pair(a: np.ndarray, b: np.ndarray, cfg: DenseConfig) -> tuple[np.ndarr
     tasks = [lambda: _flow_field(a, b, cfg), lambda: _flow_field(b, a, cfg)]
     forward, backward = _side_by_side(tasks, flow_threads(cfg), together=a.size <= cfg.parallel_max_pixels)
     return forward, backward
+
+
+def solves_side_by_side(shape: tuple[int, int], cfg: DenseConfig) -> bool:
+    """Whether every solve of :func:`dense_flow` on images of ``shape`` (H, W) with ``cfg`` runs side by side
+    with another (one OpenCV thread each), never alone with every thread: the first pass's forward and
+    backward flows and the residual pass's tiles all within ``cfg.parallel_max_pixels``."""
+    h, w = shape
+    k = int(cfg.first_pass_downscale) if cfg.passes >= 2 else 1  # noqa: PLR2004 - two passes: a residual pass
+    first_px = max(1, round(w / k)) * max(1, round(h / k))
+    if first_px > cfg.parallel_max_pixels:
+        return False
+    if cfg.passes < 2:  # noqa: PLR2004
+        return True
+    one_piece = tile_grid(h, w, int(cfg.tile_px)) == (1, 1)
+    return not one_piece and h * w <= cfg.parallel_max_pixels
+
+
+FlowJob = tuple[np.ndarray, np.ndarray, DenseConfig, "np.ndarray | None"]
+"""Arguments of one :func:`dense_flow` call: image i, image j, settings, pre-alignment."""
+
+
+def dense_flows(jobs: Sequence[FlowJob], threads: int) -> Iterator[DenseFlow]:
+    """:func:`dense_flow` of every job, yielded in the jobs' order.
+
+    With ``threads`` > 1 and jobs whose solves all run side by side (:func:`solves_side_by_side`), up to
+    ``threads`` flows run at once in threads of ours, and every solve holds one of ``threads`` shared slots:
+    the cores stay busy while one flow warps, checks or composes (single-threaded numpy and OpenCV calls)
+    or while its backward flow waits for its forward one, and memory holds ``threads`` solvers as before.
+    Each solve is the same as alone (one OpenCV thread; the flow does not depend on the thread count),
+    so the results are too. Otherwise the flows run in turn, each with ``threads`` threads.
+    """
+    if threads <= 1 or len(jobs) <= 1 or not all(solves_side_by_side(a.shape, cfg) for a, _, cfg, _ in jobs):
+        for a, b, cfg, pre in jobs:
+            yield dense_flow(a, b, cfg, pre)
+        return
+    slots = threading.BoundedSemaphore(threads)
+    _SOLVE_SLOTS.append(slots)
+    pool = ThreadPoolExecutor(max_workers=threads)
+    try:
+        with opencv_threads(1):
+            futures = [pool.submit(dense_flow, a, b, replace(cfg, threads=threads), pre) for a, b, cfg, pre in jobs]
+            for future in futures:
+                yield future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        _SOLVE_SLOTS.remove(slots)
 
 
 def forward_backward_error(forward: np.ndarray, backward: np.ndarray) -> np.ndarray:

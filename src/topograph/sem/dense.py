@@ -38,7 +38,7 @@ from topograph.geometry.dense_triangulation import (
 )
 from topograph.geometry.local_regression import local_linear_smooth
 from topograph.matching.dense import DenseConfig as FlowConfig
-from topograph.matching.dense import dense_flow
+from topograph.matching.dense import DenseFlow, dense_flows, flow_threads
 from topograph.progress import steps
 from topograph.sem.config import DenseConfig
 from topograph.types import AffineCamera, HeightMap, ImageSet, PointCloud, Reconstruction
@@ -379,10 +379,18 @@ def fuse_dense(
     acc = NormalEquations(n, keep_observations=True)
     acc.add_view(cams[ref], grid, np.ones(n, dtype=bool))
     flow_cfg = flow_config(cfg, n, threads)
+    others = [f for f in range(len(images)) if f != ref]
+    chains = chained_pairs(recon.tilts_deg, ref, cfg)
+    chain_cfg = chain_flow_config(flow_cfg, (h, w))
+    # Every flow (direct and chained) is independent of the others: they run side by side where the images
+    # allow it (dense_flows) and are fused in this order as they come.
+    jobs = [(images[ref].pixels, images[f].pixels, flow_cfg, track_prealignment(recon, ref, f)) for f in others]
+    jobs += [(images[a].pixels, images[b].pixels, chain_cfg, track_prealignment(recon, a, b)) for a, b in chains]
+    flows = dense_flows(jobs, flow_threads(flow_cfg))
     direct: dict[int, int] = {}  # view → observation slot
     slot_view: list[int] = [ref]
-    for f in steps([f for f in range(len(images)) if f != ref], "dense matching (to the reference view)"):
-        res = dense_flow(images[ref].pixels, images[f].pixels, flow_cfg, track_prealignment(recon, ref, f))
+    for f in steps(others, "dense matching (to the reference view)"):
+        res = next(flows)
         xy = grid + res.flow.reshape(-1, 2)
         mask = _on_epipolar_line(cams[ref], cams[f], grid, xy, res.valid.ravel(), cfg.epipolar_threshold_px)
         log.info(
@@ -395,23 +403,9 @@ def fuse_dense(
         del res
         direct[f] = acc.add_view(cams[f], xy, mask)
         slot_view.append(f)
-    chains = chained_pairs(recon.tilts_deg, ref, cfg)
     if chains:
         for a, b in steps(chains, "dense matching (chained view pairs)"):
-            xy_b, keep = _chained_observation(
-                images,
-                acc,
-                direct[a],
-                a,
-                b,
-                grid,
-                chain_flow_config(flow_cfg, (h, w)),
-                cfg,
-                cams[ref],
-                cams[b],
-                (h, w),
-                track_prealignment(recon, a, b),
-            )
+            xy_b, keep = _chained_observation(next(flows), acc, direct[a], grid, cfg, cams[ref], cams[b], (h, w))
             if cfg.chain_as_displacement:  # independent errors: see RelativeObservation
                 acc.add_view(RelativeObservation(cams[b], cams[a]), xy_b - acc.observations[direct[a]], keep)
             else:
@@ -486,27 +480,22 @@ def chained_pairs(tilts_deg: Any, ref: int, cfg: DenseConfig) -> list[tuple[int,
 
 
 def _chained_observation(
-    images: ImageSet,
+    res: DenseFlow,
     acc: NormalEquations,
     slot_a: int,
-    a: int,
-    b: int,
     grid: np.ndarray,
-    flow_cfg: FlowConfig,
     cfg: DenseConfig,
     cam_ref: AffineCamera,
     cam_b: AffineCamera,
     ref_shape: tuple[int, int],
-    prealignment: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A second, independent observation of view b for every reference pixel matched in view a.
 
-    The reference pixel's direct match ``x_a`` is carried on by the a→b flow: ``x_b' = x_a + u_ab(x_a)``
-    (bilinear in the flow; its noise is independent of the direct ref→b flow). Returns ``(x_b' (N, 2)
-    float32, kept (N,) bool)``; kept needs the a-match, a consistent a→b flow at ``x_a`` and the epipolar
-    check against the reference pixel.
+    The reference pixel's direct match ``x_a`` is carried on by the a→b flow ``res``: ``x_b' = x_a +
+    u_ab(x_a)`` (bilinear in the flow; its noise is independent of the direct ref→b flow). Returns ``(x_b'
+    (N, 2) float32, kept (N,) bool)``; kept needs the a-match, a consistent a→b flow at ``x_a`` and the
+    epipolar check against the reference pixel.
     """
-    res = dense_flow(images[a].pixels, images[b].pixels, flow_cfg, prealignment)
     xy_a = acc.observations[slot_a]
     has_a = ((acc.code >> np.uint32(slot_a)) & np.uint32(1)).astype(bool)
     mx = xy_a[:, 0].reshape(ref_shape)

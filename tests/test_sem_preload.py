@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from topograph.sem.pipeline import FILE_MODULES, MESH_MODULES, later_modules, preload_modules
+from topograph.sem.pipeline import MESH_MODULES, later_modules, preload_modules
 
 
 def test_preload_imports_what_it_can_and_leaves_failures_to_the_caller() -> None:
@@ -15,7 +15,6 @@ def test_preload_imports_what_it_can_and_leaves_failures_to_the_caller() -> None
     assert "colorsys" in sys.modules  # the failing name before it did not stop the thread
 
 
-def test_later_modules_follow_what_the_run_writes() -> None:
-    assert later_modules(dense=False, files=False) == ()
-    assert later_modules(dense=True, files=False) == MESH_MODULES
-    assert set(later_modules(dense=True, files=True)) == set(MESH_MODULES + FILE_MODULES)
+def test_later_modules_follow_the_dense_stage() -> None:
+    assert later_modules(dense=False) == ()
+    assert later_modules(dense=True) == MESH_MODULES

@@ -272,7 +272,7 @@ def _run_sem(
         if pixel_size is None:
             log.warning("no pixel size known: the cloud is in pixel units (give --pixel-size-um for µm)")
 
-    preload = preload_modules(later_modules(cfg.dense.enabled, stage_dir is not None))
+    preload = preload_modules(later_modules(cfg.dense.enabled))
     store = StageCache(out_dir, enabled=args.use_cache)
     sparse_key = store.key("sparse", series_fingerprint(images), cfg.matching, cfg.cameras, cfg.bundle)
     sparse = store.load("sparse", sparse_key)
@@ -308,7 +308,7 @@ def _run_sem(
             log.warning(warnings[-1])
     warnings = [phrase(w) for w in warnings]  # arguments, not --flags, for Python callers
 
-    preload.join()  # its modules are the dense stage's and the writers': never imported from two threads at once
+    preload.join()  # its modules are the dense stage's: never imported from two threads at once
     figures = None  # the series' figures need only the sparse result: written beside the dense stage
     if stage_dir is not None and writer is not None:
         figures = writer.submit(write_series_figures, images, sparse.matches, recon, stage_dir)
@@ -368,19 +368,19 @@ def _run_sem(
 
 
 MESH_MODULES = ("trimesh", "manifold3d")
-"""Third-party modules of the dense stage's meshes (~0.35 CPU-s of imports with what they import)."""
-FILE_MODULES = ("tifffile", "gwyfile", "plyfile", "PIL.Image", "matplotlib.figure")
-"""Third-party modules of the output files and the report (~0.25 CPU-s)."""
+"""Third-party modules of the dense stage's meshes: ~0.2–0.35 CPU-s of imports (with networkx, scipy.spatial
+…) that :func:`preload_modules` takes off the critical path. The output writers' matplotlib (~0.3 CPU-s) is
+not preloaded: imported early it would sit in memory through the dense stage's peak (+28 MB on quartz)."""
 
 
-def later_modules(dense: bool, files: bool) -> tuple[str, ...]:
-    """The third-party modules a run imports after its sparse stages (:func:`preload_modules`)."""
-    return (MESH_MODULES if dense else ()) + (FILE_MODULES if files else ())
+def later_modules(dense: bool) -> tuple[str, ...]:
+    """The third-party modules a run imports after its sparse stages that :func:`preload_modules` loads."""
+    return MESH_MODULES if dense else ()
 
 
 def preload_modules(names: Sequence[str]) -> threading.Thread:
     """Import ``names`` in a thread beside the sparse stages (whose OpenCV and numpy work releases the GIL),
-    so their ~0.6 CPU-s of imports leave the critical path; join it before anything else imports them.
+    so their imports leave the critical path; join it before anything else imports them.
     A module that fails to import is left to the code that needs it (it then says why)."""
 
     def load() -> None:

@@ -110,3 +110,31 @@ def match_count_matrix(matches: Sequence[Matches], n_views: int) -> np.ndarray:
         out[m.i, m.j] += len(m)
         out[m.j, m.i] += len(m)
     return out
+
+
+def spread_subset(tracks: Tracks, max_tracks: int, cells_per_side: int = 32) -> np.ndarray:
+    """Indices (sorted) of at most ``max_tracks`` tracks spread evenly over the image, the most-seen first.
+
+    The tracks' first observed positions are binned on a ``cells_per_side`` × ``cells_per_side`` grid over
+    their bounding box; within a cell the tracks seen in the most views come first (then the lower index).
+    Tracks are taken rank by rank over all cells — every cell's best, then every cell's second, … — so a
+    cap keeps the whole field of view and the tracks that constrain the most views. All tracks when
+    ``max_tracks`` ≤ 0 or ≥ their number.
+    """
+    n = tracks.n_tracks
+    if max_tracks <= 0 or max_tracks >= n:
+        return np.arange(n)
+    vis = tracks.visible
+    first = np.argmax(vis, axis=0)
+    xy = tracks.xy[first, np.arange(n)]  # (P, 2) position in the first view that sees the track
+    lo, hi = xy.min(axis=0), xy.max(axis=0)
+    cell_xy = np.minimum(((xy - lo) / np.maximum(hi - lo, 1e-9) * cells_per_side).astype(np.intp), cells_per_side - 1)
+    cell = cell_xy[:, 1] * cells_per_side + cell_xy[:, 0]
+    seen = vis.sum(axis=0)
+    order = np.lexsort((np.arange(n), -seen, cell))  # by cell, then most views, then index
+    sorted_cell = cell[order]
+    starts = np.flatnonzero(np.r_[True, sorted_cell[1:] != sorted_cell[:-1]])
+    rank = np.empty(n, np.intp)
+    rank[order] = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
+    pick = np.lexsort((np.arange(n), -seen, rank))[:max_tracks]  # rank by rank, most views first
+    return np.sort(pick)

@@ -62,6 +62,10 @@ class MatchingConfig:
     windows — ~2.5x more precise positions (a sparse cloud of ~0.16 % of the grain size instead of ~0.5 %
     on rendered grains), ~5x slower, and its slight bias on grain flanks moves factorization tilts by
     ~0.05° (the dense cloud does not gain)."""
+    affine_max_tracks: int = 0
+    """The affine refinement refines at most this many tracks, spread evenly over the image (the most-seen
+    first: :func:`topograph.geometry.tracks.spread_subset`), and the cameras, bundle adjustment and sparse
+    cloud use those only; 0 refines every track."""
     seed: int = 0
 
     def matcher_options(self) -> dict[str, Any]:

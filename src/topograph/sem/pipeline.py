@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import importlib
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from topograph.config import to_yaml
 from topograph.errors import TopographError
 from topograph.fingerprint import digest
 from topograph.geometry.factorization import TiltUncertainty, relative_tilts, tilt_uncertainty
+from topograph.geometry.tracks import spread_subset
 from topograph.heap import SEM_RUN, reused_heap
 from topograph.hints import phrase
 from topograph.io.atomic import write_json, write_text
@@ -49,7 +52,7 @@ from topograph.sem.sparse import (
     series_tracks,
 )
 from topograph.timing import Timings
-from topograph.types import ImageSet, Reconstruction
+from topograph.types import ImageSet, Reconstruction, Tracks
 
 if TYPE_CHECKING:
     from topograph.sem.dense import DenseResult
@@ -269,6 +272,7 @@ def _run_sem(
         if pixel_size is None:
             log.warning("no pixel size known: the cloud is in pixel units (give --pixel-size-um for µm)")
 
+    preload = preload_modules(later_modules(cfg.dense.enabled))
     store = StageCache(out_dir, enabled=args.use_cache)
     sparse_key = store.key("sparse", series_fingerprint(images), cfg.matching, cfg.cameras, cfg.bundle)
     sparse = store.load("sparse", sparse_key)
@@ -304,6 +308,7 @@ def _run_sem(
             log.warning(warnings[-1])
     warnings = [phrase(w) for w in warnings]  # arguments, not --flags, for Python callers
 
+    preload.join()  # its modules are the dense stage's: never imported from two threads at once
     figures = None  # the series' figures need only the sparse result: written beside the dense stage
     if stage_dir is not None and writer is not None:
         figures = writer.submit(write_series_figures, images, sparse.matches, recon, stage_dir)
@@ -362,6 +367,32 @@ def _run_sem(
     return run
 
 
+MESH_MODULES = ("trimesh", "manifold3d")
+"""Third-party modules of the dense stage's meshes: ~0.2–0.35 CPU-s of imports (with networkx, scipy.spatial
+…) that :func:`preload_modules` takes off the critical path. The output writers' matplotlib (~0.3 CPU-s) is
+not preloaded: imported early it would sit in memory through the dense stage's peak (+28 MB on quartz)."""
+
+
+def later_modules(dense: bool) -> tuple[str, ...]:
+    """The third-party modules a run imports after its sparse stages that :func:`preload_modules` loads."""
+    return MESH_MODULES if dense else ()
+
+
+def preload_modules(names: Sequence[str]) -> threading.Thread:
+    """Import ``names`` in a thread beside the sparse stages (whose OpenCV and numpy work releases the GIL),
+    so their imports leave the critical path; join it before anything else imports them.
+    A module that fails to import is left to the code that needs it (it then says why)."""
+
+    def load() -> None:
+        for name in names:
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)
+
+    thread = threading.Thread(target=load, name="topograph-preload", daemon=True)
+    thread.start()
+    return thread
+
+
 def sparse_stages(
     images: ImageSet, cfg: SemConfig, pixel_size_um: float | None, unit: str, timings: Timings
 ) -> SparseResult:
@@ -374,6 +405,8 @@ def sparse_stages(
             method = cfg.matching.track_refinement
             if method == "auto":  # tilts measured from the tracks need the precise positions
                 method = "affine" if any(t is None for t in images.tilts_deg) else "lk"
+            if method == "affine":
+                tracks = affine_subset(tracks, cfg.matching.affine_max_tracks)
             tracks = refine_tracks(images, tracks, method, max(1.0, matches.detection_downscale), run_threads(cfg))
 
     stage("cameras")
@@ -387,6 +420,15 @@ def sparse_stages(
         recon = refine(cams.cameras, tracks, cfg.bundle, unit, cams.source, cams.notes)
         cams, recon = tilts_about_estimated_axis(cams, recon)
     return SparseResult(matches, cams, recon, factorization_tilt_uncertainty(recon, cfg))
+
+
+def affine_subset(tracks: Tracks, max_tracks: int) -> Tracks:
+    """The tracks the affine refinement refines (``matching.affine_max_tracks``, spread over the image)."""
+    keep = spread_subset(tracks, max_tracks)
+    if keep.size < tracks.n_tracks:
+        log.info("affine track refinement: %d of %d tracks, spread over the image", keep.size, tracks.n_tracks)
+        return Tracks(tracks.xy[:, keep])
+    return tracks
 
 
 def tilts_about_estimated_axis(cams: CameraEstimate, recon: Reconstruction) -> tuple[CameraEstimate, Reconstruction]:

@@ -314,7 +314,8 @@ def refine_cameras(
     Each match's residual is its offset across its parallax direction (the height along it is eliminated
     in closed form, :mod:`topograph.meso.flow.dense_matches`), so relief does not bias the cameras, unlike
     the photometric rounds before the heights, which assume a flat scene. Unknowns: every camera's nadir,
-    height, tilt and in-plane angle and the distortion model (rolling-shutter terms applied as they are).
+    height, tilt and in-plane angle, the sweep's rolling-shutter skew and the distortion model (the per-image
+    rolling-shutter terms applied as they are).
     The focal length stays where it is (from EXIF or the rounds): matches between near-parallel views
     barely constrain it, and it sets the scale of
     the heights (Eq. 8). The solution is brought back to the model's gauge (geometric-mean camera height =

@@ -66,6 +66,7 @@ def run(effect: str, size: tuple[int, int], preset: str, seed: int, settings: di
         "precision_gsd": round(ev.table1.mean_precision / ev.gsd_um, 3),
         "rescale": round(ev.table1.rescale, 3),
         "registration_max_px": round(float(ev.registration_px.max()), 3),
+        "registration_px": [round(float(v), 2) for v in ev.registration_px],
         "blurry": list(rec.checks.blurry),
         "rolling_skew_px_per_row": skew,
         "status": rec.quality.status,
@@ -82,8 +83,9 @@ def main() -> None:
     p.add_argument("--preset", default="fast")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], help="config override key=value (JSON value)")
+    p.add_argument("--verbose", action="store_true", help="log the engine's steps (INFO) to stderr")
     a = p.parse_args()
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(message)s")
     size = tuple(int(v) for v in a.size.lower().split("x"))
     settings = {}
     for kv in a.set:

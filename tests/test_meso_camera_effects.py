@@ -88,26 +88,35 @@ def _run(effects: dict):
     cfg = preset_config("fast")
     cfg = replace_settings(cfg, {"threads": 1, "scale.magnification": float(t.magnifications[0])})
     rec = reconstruct(MesoImages(seq.names, seq.images, (exif,) * len(seq.names)), cfg)
-    return rec, evaluate_synthetic(rec, t, erode_px=3)
+    return rec, evaluate_synthetic(rec, t, erode_px=3), t
 
 
 @pytest.mark.slow
 def test_accuracy_with_camera_effects_stays_bounded():
-    """Issue 18 asks for 1.5x of the clean accuracy. Measured (fast preset, 15 x 320x240, threads 1,
-    docs/benchmarks.md, issue 18 session 12): on the merged session-11 code clean 0.078, with every effect
-    0.450 GSD (x5.8; the rolling shutter alone x4.5: the sweep's skew was taken from central differences of the
-    nadirs, wrong at the serpentine's turns); with the skew along the sweep's line clean 0.081, with effects
-    0.167 GSD (x2.06; rolling alone 0.117, exposure 0.098 and blur 0.099 before the change). The target is NOT
-    met; this guards the measured level (x2.6) until it is. The blur detection and the gates are asserted
-    exactly."""
-    _, clean = _run({})
-    rec, ev = _run(EFFECTS)
+    """Issue 18 asks for 1.5x of the clean accuracy; NOT met. Measured (fast preset, 15 x 320x240, seed 0,
+    threads 1; docs/benchmarks.md, issue 18 sessions 12-13): session 12 clean 0.081, every effect 0.167 GSD
+    (x2.06). Session 13 refines the sweep's rolling-shutter skew on the dense matches and gain-matches the
+    flow's neighbours: clean 0.050, every effect 0.159 GSD (x3.2; rolling alone 0.117 -> 0.098, exposure
+    alone 0.087 -> 0.059). The clean run's accuracy moves 0.050-0.081 with changes in the last bits of the
+    flow step (its height round is chaotic), every effect's 0.153-0.159: this guards the effects' absolute
+    accuracy (< 0.18 GSD) and the ratio as measured (< 3.6), the recovered sweep skew, the blur detection and
+    the gates."""
+    _, clean, _ = _run({})
+    rec, ev, truth = _run(EFFECTS)
     assert set(rec.checks.blurry) == {rec.names[3], rec.names[9]}
     assert rec.quality.status == "ok"
     ratio = ev.table1.mean_accuracy / clean.table1.mean_accuracy
+    with_effects_gsd = ev.table1.mean_accuracy / ev.gsd_um
+    # the sweep's skew against the renderer's (common part removed: a sheared frame); measured 0.0006 px/row
+    # with the truth's spread 0.0126 (the rolling-shutter motion along the sweep's line, session 12)
+    est = rec.model.rolling_shifts().detach().numpy()[:, 0].astype(float)
+    true = truth.rolling_px_per_row
+    skew_error = np.sqrt(np.mean(((est - est.mean()) - (true - true.mean())) ** 2))
     print(
         f"clean {clean.table1.mean_accuracy / clean.gsd_um:.3f} GSD, with effects "
-        f"{ev.table1.mean_accuracy / ev.gsd_um:.3f} GSD (x{ratio:.2f}); rescale {ev.table1.rescale:.3f}"
+        f"{with_effects_gsd:.3f} GSD (x{ratio:.2f}); rescale {ev.table1.rescale:.3f}"
     )
-    assert ratio < 2.6
+    assert skew_error < 0.1 * true.std(), (skew_error, true.std())
+    assert with_effects_gsd < 0.18
+    assert ratio < 3.6
     assert abs(ev.table1.rescale - 1.0) < 0.15

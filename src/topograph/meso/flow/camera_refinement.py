@@ -7,8 +7,9 @@ Cauchy-weighted normal equations); the damping loop is the generic
 :func:`topograph.geometry.levenberg_marquardt.levenberg_marquardt`.
 
 Unknown vector layout: ``6 N`` camera unknowns (per image: nadir (2), camera height, tilt (2), in-plane
-angle; the rolling-shutter terms of the photometric rounds are applied, not refined), then the focal
-length (held: its column stays 0), then the distortion model's parameters.
+angle), then the focal length (held: its column stays 0), then the sweep's rolling-shutter skew (one number,
+``MesoModel.rolling_shifts``; the free per-image terms are applied, not refined), then the distortion model's
+parameters.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from topograph.geometry.levenberg_marquardt import levenberg_marquardt
 from topograph.meso.flow.dense_matches import FlowMatches
 from topograph.meso.functional.projection import Projection, rolling_shutter, rotate_in_plane
-from topograph.meso.models.camera import MesoModel
+from topograph.meso.models.camera import MesoModel, sweep_motion
 from topograph.progress import counted
 
 log = logging.getLogger("topograph")
@@ -95,7 +96,7 @@ class MatchProblem:
     """
 
     def __init__(self, model: MesoModel, sample: tuple[np.ndarray, ...], robust_px: float, flat_weight: float,
-                 flat_px: float) -> None:  # fmt: skip
+                 flat_px: float, refine_shutter: bool = True) -> None:  # fmt: skip
         uv_i, uv_j, self.ii, self.jj = sample
         device = model.log_focal.device
         dt = torch.float64
@@ -103,8 +104,18 @@ class MatchProblem:
         self.uv_j = torch.as_tensor(uv_j, dtype=dt, device=device)
         self.i_t = torch.as_tensor(self.ii, device=device)
         self.j_t = torch.as_tensor(self.jj, device=device)
-        rolling = model.rolling_shifts().detach().to(dt)
-        self.shift_i, self.shift_j = rolling[self.i_t], rolling[self.j_t]
+        # The per-image terms stay as the rounds left them; the sweep's skew is an unknown times each photo's
+        # motion, the motion fixed at the rounds' cameras (its direction and relative speed; a nadir's step of
+        # a refinement changes it by far less than the skew is known)
+        with torch.no_grad():
+            motion = sweep_motion(model.nadirs(), model.pose.angle, model.pose.relative_scale()).to(dt)
+        base = model.pose.rolling.detach().to(dt)
+        self.base_i, self.base_j = base[self.i_t], base[self.j_t]
+        self.motion_i, self.motion_j = motion[self.i_t], motion[self.j_t]
+        # Observable only if some photos move against others (a serpentine's lines): when every photo moves the
+        # same way, one skew for all is a sheared object frame, a gauge the refinement slid along (a one-way
+        # raster toy: registration 0.3 -> 2.8 px, tests/test_meso_rounds.py), so it is held there.
+        self.refine_shutter = bool(refine_shutter) and bool(float((motion @ motion.T).min()) < 0.0)
         self.n = model.n_images
         self.projection = model.projection
         self.dist = model.distortion
@@ -113,9 +124,11 @@ class MatchProblem:
         self.dist_shapes = [p.shape for _, p in named]
         self.dist_sizes = [int(np.prod(sh)) if len(sh) else 1 for sh in self.dist_shapes]
         self.n_cam = _PER_IMAGE * self.n
+        self.shutter_col = self.n_cam + 1
+        self.dist0 = self.n_cam + 2  # first distortion column
         offsets = np.cumsum([0, *self.dist_sizes])
         self.knot_cols = np.concatenate(
-            [self.n_cam + 1 + np.arange(offsets[k], offsets[k + 1]) for k, nm in enumerate(self.dist_names)
+            [self.dist0 + np.arange(offsets[k], offsets[k + 1]) for k, nm in enumerate(self.dist_names)
              if nm == "knots"] or [np.zeros(0, np.int64)]
         )  # fmt: skip
         self.m = len(self.ii)
@@ -136,24 +149,24 @@ class MatchProblem:
         are down) and the cut-cards frame came out 3.7 % small at 320 x 240 (tests/test_meso_pipeline.py,
         docs/benchmarks.md, issue 18 session 12). Weighted by where the pixels are, the hold is on the scale
         the matches see."""
-        v = np.zeros(self.n_cam + 1 + sum(self.dist_sizes))
+        v = np.zeros(self.dist0 + sum(self.dist_sizes))
         if not self.knot_cols.size:
             return v
-        _, _, dvec = self.split(self.x0)
+        _, _, _, dvec = self.split(self.x0)
         uv = torch.cat((self.uv_i, self.uv_j))
         xy = self.undistort(dvec, uv)
         r2 = (xy * xy).sum(1).clamp_min(1e-12)
         eps = 1e-6
         for col in self.knot_cols:
             step = torch.zeros_like(dvec)
-            step[col - self.n_cam - 1] = eps
+            step[col - self.dist0] = eps
             dxy = (self.undistort(dvec + step, uv) - xy) / eps
             v[col] = float(((xy * dxy).sum(1) / r2).mean())  # d log|xy| / d knot
         return v
 
     @torch.no_grad()
     def start(self, model: MesoModel) -> np.ndarray:
-        """The model's current unknowns as one float64 vector (cameras, focal, distortion)."""
+        """The model's current unknowns as one float64 vector (cameras, focal, sweep skew, distortion)."""
         dt = torch.float64
         cams = torch.cat(
             (
@@ -165,14 +178,21 @@ class MatchProblem:
             dim=1,
         ).to(dt)
         focal = model.focal().to(dt).reshape(1)
+        shutter = model.pose.shutter.detach().to(dt).reshape(1)
         dvec = torch.cat([p.detach().reshape(-1) for p in self.dist.parameters()]).to(dt) if self.dist_names else \
             torch.zeros(0, dtype=dt)  # fmt: skip
-        return torch.cat((cams.reshape(-1), focal, dvec)).cpu().numpy()
+        return torch.cat((cams.reshape(-1), focal, shutter.cpu(), dvec)).cpu().numpy()
 
-    def split(self, x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(cams (N, 6), focal (1,), distortion (D,))`` views of an unknown vector, as float64 tensors."""
+    def split(self, x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(cams (N, 6), focal (1,), shutter (1,), distortion (D,))`` views of an unknown vector (float64)."""
         t = torch.from_numpy(np.asarray(x, dtype=np.float64))
-        return t[: self.n_cam].reshape(self.n, _PER_IMAGE), t[self.n_cam : self.n_cam + 1], t[self.n_cam + 1 :]
+        cams = t[: self.n_cam].reshape(self.n, _PER_IMAGE)
+        return cams, t[self.n_cam : self.n_cam + 1], t[self.shutter_col : self.dist0], t[self.dist0 :]
+
+    def shifts(self, shutter: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M, 2) rolling-shutter terms of every match's two images for a sweep skew ``shutter`` ((1,) or (M,))."""
+        s = shutter.reshape(-1, 1)
+        return self.base_i + s * self.motion_i, self.base_j + s * self.motion_j
 
     def undistort(self, dvec: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
         if not self.dist_names:
@@ -186,11 +206,12 @@ class MatchProblem:
     @torch.no_grad()
     def residuals(self, x: np.ndarray) -> np.ndarray:
         """(2 M,) residuals: across, then ``flat_weight`` x along."""
-        cams, focal, dvec = self.split(x)
+        cams, focal, shutter, dvec = self.split(x)
         ci, cj = cams[self.i_t], cams[self.j_t]
         f = focal.expand(self.m)
         xy_i, xy_j = self.undistort(dvec, self.uv_i), self.undistort(dvec, self.uv_j)
-        across, along = _cross_residual(xy_i, xy_j, ci, cj, f, f, self.projection, self.shift_i, self.shift_j)
+        shift_i, shift_j = self.shifts(shutter)
+        across, along = _cross_residual(xy_i, xy_j, ci, cj, f, f, self.projection, shift_i, shift_j)
         return torch.cat((across, self.flat_w * along)).numpy()
 
     def cost(self, x: np.ndarray) -> float:
@@ -211,8 +232,9 @@ class MatchProblem:
         return float((r[ok] ** 2).mean().sqrt()) if bool(ok.any()) else float("nan")
 
     def jacobian(self, x: np.ndarray) -> tuple[np.ndarray, scipy.sparse.csr_matrix, np.ndarray]:
-        """Residuals (2 M,), the sparse camera columns (2 M, 6 N) and the dense distortion columns (2 M, D)."""
-        cams, focal, dvec = self.split(x)
+        """Residuals (2 M,), the sparse camera columns (2 M, 6 N) and the dense columns (2 M, 1 + D): the sweep's
+        skew (zero when it is held), then the distortion."""
+        cams, focal, shutter, dvec = self.split(x)
         with torch.no_grad():
             xy_i, xy_j = self.undistort(dvec, self.uv_i), self.undistort(dvec, self.uv_j)
         ci = cams[self.i_t].clone().requires_grad_(True)
@@ -220,7 +242,9 @@ class MatchProblem:
         f = focal.expand(self.m)
         xi = xy_i.detach().clone().requires_grad_(True)
         xj = xy_j.detach().clone().requires_grad_(True)
-        across, along = _cross_residual(xi, xj, ci, cj, f, f, self.projection, self.shift_i, self.shift_j)
+        sm = shutter.expand(self.m).clone().requires_grad_(True)  # one copy per match: its own derivative
+        shift_i, shift_j = self.shifts(sm)
+        across, along = _cross_residual(xi, xj, ci, cj, f, f, self.projection, shift_i, shift_j)
         dxy = []
         eps = 1e-6  # d xy / d distortion by forward differences in float64 (cheap evaluations)
         for k in range(dvec.numel()):
@@ -230,30 +254,34 @@ class MatchProblem:
             dxy.append(((moved_i - xy_i) / eps, (moved_j - xy_j) / eps))
         m, cols, rows = self.m, np.arange(_PER_IMAGE), np.arange(self.m)
         cam_rows, cam_cols, cam_vals = [], [], []  # camera columns: 12 non-zeros per row (sparse)
-        jac_dist = np.zeros((2 * m, len(dxy)))
+        jac_dense = np.zeros((2 * m, 1 + len(dxy)))
         for block, (res, scale) in enumerate(((across, 1.0), (along, self.flat_w))):
-            gi, gj, gxi, gxj = torch.autograd.grad(res.sum(), (ci, cj, xi, xj), retain_graph=block == 0)
+            gi, gj, gxi, gxj, gs = torch.autograd.grad(res.sum(), (ci, cj, xi, xj, sm), retain_graph=block == 0)
             rr = np.repeat(rows + block * m, _PER_IMAGE)
             cam_rows += [rr, rr]
             cam_cols += [(_PER_IMAGE * self.ii[:, None] + cols).ravel(), (_PER_IMAGE * self.jj[:, None] + cols).ravel()]
             cam_vals += [scale * gi.numpy().ravel(), scale * gj.numpy().ravel()]
+            if self.refine_shutter:
+                jac_dense[block * m : (block + 1) * m, 0] = scale * gs.numpy()
             for k, (dxi, dxj) in enumerate(dxy):
-                jac_dist[block * m : (block + 1) * m, k] = scale * ((gxi * dxi).sum(1) + (gxj * dxj).sum(1)).numpy()
+                jac_dense[block * m : (block + 1) * m, 1 + k] = (
+                    scale * ((gxi * dxi).sum(1) + (gxj * dxj).sum(1)).numpy()
+                )
         jac_cam = scipy.sparse.csr_matrix(
             (np.concatenate(cam_vals), (np.concatenate(cam_rows), np.concatenate(cam_cols))), shape=(2 * m, self.n_cam)
         )
-        return torch.cat((across, self.flat_w * along)).detach().numpy(), jac_cam, jac_dist
+        return torch.cat((across, self.flat_w * along)).detach().numpy(), jac_cam, jac_dense
 
     def normal_equations(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """IRLS-weighted ``(J^T W J, J^T W r, cost)`` of the Cauchy losses, with the gauge of a piecewise
         profile's mean knot held (a common factor of the magnification is a focal change)."""
-        rn, jac_cam, jac_dist = self.jacobian(x)
+        rn, jac_cam, jac_dist = self.jacobian(x)  # dense columns: the sweep's skew, then the distortion
         w = 1.0 / (1.0 + rn * rn / self.scale2)  # IRLS weights of the Cauchy losses
         n_cam, n_par = self.n_cam, len(x)
         hess, grad = np.zeros((n_par, n_par)), np.zeros(n_par)
         wc = jac_cam.multiply(w[:, None]).tocsr()
         wd = jac_dist * w[:, None]
-        dist_sl = slice(n_cam + 1, n_par)
+        dist_sl = slice(self.shutter_col, n_par)
         hess[:n_cam, :n_cam] = (jac_cam.T @ wc).toarray()
         hess[:n_cam, dist_sl] = jac_cam.T @ wd
         hess[dist_sl, :n_cam] = hess[:n_cam, dist_sl].T
@@ -282,13 +310,15 @@ def refine_cameras(
     flat_weight: float = 0.3,
     flat_px: float = 0.2,
     seed: int = 0,
+    refine_shutter: bool = True,
 ) -> RefinementResult:
     """Refine cameras and distortion on the dense matches (Levenberg-Marquardt, Cauchy-weighted).
 
     Each match's residual is its offset across its parallax direction (the height along it is eliminated
     in closed form, :mod:`topograph.meso.flow.dense_matches`), so relief does not bias the cameras, unlike
     the photometric rounds before the heights, which assume a flat scene. Unknowns: every camera's nadir,
-    height, tilt and in-plane angle and the distortion model (rolling-shutter terms applied as they are).
+    height, tilt and in-plane angle, the sweep's rolling-shutter skew and the distortion model (the per-image
+    rolling-shutter terms applied as they are).
     The focal length stays where it is (from EXIF or the rounds): matches between near-parallel views
     barely constrain it, and it sets the scale of
     the heights (Eq. 8). The solution is brought back to the model's gauge (geometric-mean camera height =
@@ -307,6 +337,11 @@ def refine_cameras(
             the dome (a paraboloid of the scene traded for radial distortion with near-parallel views).
         flat_px: Cauchy scale of that prior, object units (parallax beyond a few times this counts as relief).
         seed: subset seed.
+        refine_shutter: refine the sweep's rolling-shutter skew (``pose.shutter``, one number) too. The
+            photometric rounds set it at a quarter resolution on a flat scene; the dense matches see the
+            skew where the sweep's lines overlap (neighbouring lines run in opposite directions, so their
+            photos are sheared the opposite way) at the flow's resolution. Held when no photo moves against
+            another (one skew for all is then a sheared frame, a gauge).
 
     Returns:
         The inlier RMS before and after, and the outcome.
@@ -316,12 +351,14 @@ def refine_cameras(
         log.warning("no dense matches between the images: cameras not refined")
         return RefinementResult(float("nan"), float("nan"), "skipped")
     per_pair = max(50, min(int(per_pair), int(max_matches) // n_pairs))  # memory and time bounded in N
-    problem = MatchProblem(model, _sample_matches(matches, per_pair, seed), robust_px, flat_weight, flat_px)
+    problem = MatchProblem(
+        model, _sample_matches(matches, per_pair, seed), robust_px, flat_weight, flat_px, refine_shutter
+    )
     before = problem.inlier_rms(problem.x0)
     with counted("camera refinement on the flow matches", iterations) as step:
         x = levenberg_marquardt(problem.x0, problem.normal_equations, problem.cost, iterations, on_step=step).x
     after = problem.inlier_rms(x)
-    cams, focal, dvec = problem.split(x)
+    cams, focal, shutter, dvec = problem.split(x)
     # A common factor of the camera heights is a gauge (undone by _write_back), but with few matches the
     # solution can slide down it toward a collapsed frame where every residual vanishes: refused.
     ratio = cams[:, 2].numpy() / problem.split(problem.x0)[0][:, 2].numpy()
@@ -337,10 +374,11 @@ def refine_cameras(
         status = "degenerate" if np.isfinite(after) and np.isfinite(shrink) else "nan"
         return RefinementResult(before, before, status)
     log.debug("refinement: common camera-height factor %.4f (a gauge), spread %.4f", shrink, spread)
-    _write_back(model, cams, focal, dvec)
+    _write_back(model, cams, focal, shutter, dvec)
     log.info(
-        "cameras refined on flow matches: residual %.3f -> %.3f units (%d matches; height factor %.3f)",
-        before, after, problem.m, shrink,
+        "cameras refined on flow matches: residual %.3f -> %.3f units (%d matches; height factor %.3f; sweep "
+        "skew %.5f -> %.5f px/row)", before, after, problem.m, shrink, float(problem.x0[problem.shutter_col]),
+        float(shutter[0]),
     )  # fmt: skip
     return RefinementResult(before, after, "ok")
 
@@ -360,8 +398,9 @@ class _Undistort(torch.nn.Module):
 
 
 @torch.no_grad()
-def _write_back(model: MesoModel, cams: torch.Tensor, focal: torch.Tensor, dvec: torch.Tensor) -> None:
-    """Store refined nadirs, heights, tilts, angles, focal and distortion in the model's parameterisation,
+def _write_back(model: MesoModel, cams: torch.Tensor, focal: torch.Tensor, shutter: torch.Tensor, dvec: torch.Tensor
+                ) -> None:  # fmt: skip
+    """Store refined nadirs, heights, tilts, angles, focal, sweep skew and distortion in the model's parameterisation,
     after the similarity of the object frame that restores its gauge (geometric-mean height = focal)."""
     f = float(focal[0])
     z = cams[:, 2]
@@ -376,6 +415,7 @@ def _write_back(model: MesoModel, cams: torch.Tensor, focal: torch.Tensor, dvec:
     pose.tilt.copy_(tilt.to(dtype))
     pose.angle.copy_(cams[:, 5].to(dtype))
     model.log_focal.copy_(torch.log(focal[0]).to(dtype))
+    pose.shutter.copy_(shutter[0].to(pose.shutter.dtype))  # pixels per row: a similarity of the frame leaves it
     k = 0
     for p in model.distortion.parameters():
         m = p.numel()

@@ -135,6 +135,24 @@ def _affine_fit(uv: np.ndarray, xy: np.ndarray) -> np.ndarray:
     return coef.T
 
 
+def match_gain(reference: np.ndarray, moving: np.ndarray, overlap: np.ndarray, sigma_px: float = 2.0) -> np.ndarray:
+    """``moving`` (uint8) times the gain ``g = median(reference / moving)`` over ``overlap`` (bool), both smoothed.
+
+    Auto exposure and white balance scale a photo's intensities by a gain (a gain of linear intensities stays
+    a gain after the sRGB curve, a power law), and DIS, though it removes each patch's mean, matches contrast
+    (its patch SSD and its variational refinement's brightness constancy): a neighbour 30 % brighter reads
+    as a texture change. The median of the pixel ratios is robust to what only one photo sees (a highlight,
+    the warp's border); the smoothing (``sigma_px``, Gaussian) to the warp's residual misalignment.
+    """
+    ref = cv2.GaussianBlur(reference.astype(np.float32), (0, 0), sigma_px)
+    mov = cv2.GaussianBlur(moving.astype(np.float32), (0, 0), sigma_px)
+    use = overlap & (ref > 8.0) & (mov > 8.0)  # dark pixels: a ratio of noise
+    if use.sum() < 100:
+        return moving
+    gain = float(np.median(ref[use] / mov[use]))
+    return np.clip(moving.astype(np.float32) * gain + 0.5, 0, 255).astype(np.uint8)
+
+
 def _sample(field: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
     return cv2.remap(field, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=np.nan)
 
@@ -213,6 +231,7 @@ def flow_matches(model: MesoModel, pixels: np.ndarray, cfg: FlowHeightConfig | N
             if inside.mean() < cfg.min_overlap * 0.5:
                 continue
             warped = cv2.remap(grays[j], map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+            warped = match_gain(grays[i], warped, inside)
             fwd, bwd = _flow_pair(grays[i], warped, flow_cfg)
             fb = forward_backward_error(fwd, bwd)
             tx, ty = fwd[..., 0] + cols, fwd[..., 1] + rows

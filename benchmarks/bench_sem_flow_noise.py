@@ -15,7 +15,10 @@ RMS on the interior ≥ 20 px from the outline) for:
   match is the window average of the current along-line flow plus δ, iterated. Started from
   the flow and from the *true* match (where it settles shows the refinement's own optimum);
 * Gaussian pre-blur of both images before the flow;
-* a robust local-plane fit of the along-line flow (:func:`topograph.geometry.local_regression.local_linear_smooth`).
+* a robust local-plane fit of the along-line flow (:func:`topograph.geometry.local_regression.local_linear_smooth`);
+* bidirectional fusion: the backward flow (other view → reference, same settings) inverted at the forward
+  match, ``u_b(x) = −b(x + u(x))``, alone and averaged with the forward flow (with the correlation of the
+  two errors: the other image as template gives partly independent noise only).
 """
 
 from __future__ import annotations
@@ -120,6 +123,16 @@ def main() -> None:
     for sigma in (3.0, 5.0, 8.0):
         smooth = local_linear_smooth(along, valid, sigma, robust_passes=1)
         row(f"local-plane fit σ {sigma:g} of the along-line flow", base.flow + (smooth - along)[..., None] * e)
+    back = dense_flow(img_k, img_r, cfg)
+    xx, yy = xx.astype(np.float32), yy.astype(np.float32)
+    b_at = cv2.remap(back.flow, xx + base.flow[..., 0], yy + base.flow[..., 1], cv2.INTER_LINEAR, borderValue=np.nan)
+    inverted = np.where(np.isfinite(b_at), -b_at, base.flow).astype(np.float32)
+    err_f, err_b = ((base.flow - true) @ e)[valid & on], ((inverted - true) @ e)[valid & on]
+    row(
+        f"backward flow inverted at the forward match (error correlation {np.corrcoef(err_f, err_b)[0, 1]:.2f})",
+        inverted,
+    )
+    row("mean of the forward and the inverted backward flow", 0.5 * (base.flow + inverted))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import pytest
 
 from topograph.analysis.evaluate_sem import evaluate_cloud
 from topograph.geometry.triangulation import triangulate
-from topograph.matching.patch_align import PatchFit, align_patches
+from topograph.matching.patch_align import PatchFit, align_patches, secant_accelerated_update
 from topograph.sem.config import MatchingConfig
 from topograph.sem.sparse import match_series, refine_tracks, series_tracks
 from topograph.synth.sem import GrainSpec, SemDataset, cast_rays, render_sem_series
@@ -61,6 +61,45 @@ def test_affine_patch_alignment_is_the_same_on_several_threads() -> None:
     assert one.converged.mean() > 0.9
     for field in ("xy", "affine", "gain", "bias", "residual_var", "converged"):
         assert np.array_equal(getattr(one, field), getattr(two, field)), field
+
+
+def test_secant_update_is_exact_on_a_uniformly_contracting_iteration() -> None:
+    """Steps f(p) = κ (p* − p) (an iteration converging at the ratio 1 − κ): one secant update lands on p*;
+    where the step did not change (Δf = 0) the plain step is returned."""
+    rng = np.random.default_rng(1)
+    m = rng.normal(size=(4, 8, 8))
+    hess = m @ m.transpose(0, 2, 1) + 0.1 * np.eye(8)
+    p_star, p0 = rng.normal(size=(4, 8)), rng.normal(size=(4, 8))
+    kappa = np.array([0.6, 0.8, 1.2, 1.6])[:, None]  # under- and overshooting steps
+    f0 = kappa * (p_star - p0)
+    p1 = p0 + f0
+    f1 = kappa * (p_star - p1)
+    p2 = p1 + secant_accelerated_update(p1 - p0, f1 - f0, f1, hess)
+    np.testing.assert_allclose(p2, p_star, atol=1e-9)
+    assert np.abs(p1 + f1 - p_star).max() > 0.01  # the plain step is far from it
+    np.testing.assert_array_equal(secant_accelerated_update(p1 - p0, np.zeros_like(f1), f1, hess), f1)
+
+
+def test_accelerated_alignment_reaches_the_plain_solution_in_fewer_iterations() -> None:
+    """The secant-accelerated Gauss–Newton iterations have the plain ones' fixed point: on a rough texture
+    (smoothed noise, like a pre-filtered SEM image) as many anchors converge, to the same positions within
+    the tolerance's reach, in at least a quarter fewer iterations."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(2)
+    template = ndimage.gaussian_filter(rng.normal(size=(200, 200)), 0.8)
+    yy, xx = np.mgrid[0:200, 0:200].astype(np.float64)
+    warped = ndimage.map_coordinates(template, [yy * 1.02 - 0.7, xx * 0.98 + 1.3], order=3, mode="reflect")
+    target = 1.1 * warped + 0.02
+    anchors = rng.uniform(30, 170, (300, 2))
+    start = anchors + np.array([1.0, -0.5])  # 0–2 px from the solutions
+    init = PatchFit(start, np.tile(np.eye(2), (300, 1, 1)), np.ones(300), np.zeros(300), np.zeros(0), np.zeros(0))
+    plain = align_patches(template, target, anchors, init, radius_px=12, accelerate=False)
+    fast = align_patches(template, target, anchors, init, radius_px=12)
+    assert fast.converged.mean() >= plain.converged.mean() - 0.01 and plain.converged.mean() > 0.9
+    both = plain.converged & fast.converged
+    assert np.abs(fast.xy[both] - plain.xy[both]).max() < 3e-3
+    assert fast.iterations[both].mean() < 0.75 * plain.iterations[both].mean()
 
 
 @pytest.fixture(scope="module")

@@ -37,6 +37,8 @@ class PatchFit:
     """(N,) weighted mean squared intensity residual at the solution."""
     converged: np.ndarray
     """(N,) bool: the position update fell below the tolerance within the iteration budget."""
+    iterations: np.ndarray | None = None
+    """(N,) Gauss–Newton iterations spent on each anchor (set by :func:`align_patches`)."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,11 @@ def _bilinear(img: SampledImage, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return out
 
 
+SECANT_MAX_STEP_PX = 0.1
+"""Largest Gauss–Newton position step that :func:`secant_accelerated_update` accelerates: farther from
+the solution the image is not linear over the step and the secant extrapolates wrongly (on a rough
+texture 1 px from the solution, accelerating every step left 20 % of the anchors unconverged)."""
+
 ANCHORS_PER_CHUNK = 256
 """Anchor points aligned together: the (chunk, 8, window) work arrays stay a few MB (cache-sized, reused
 by the allocator) instead of hundreds of MB that the kernel must zero afresh in every iteration."""
@@ -117,6 +124,7 @@ def align_patches(
     tol_px: float = 1e-3,
     stride_px: int = 1,
     threads: int = 1,
+    accelerate: bool = True,
 ) -> PatchFit:
     """Gauss–Newton alignment of square template patches to a target image under an affine + gain/bias model.
 
@@ -138,6 +146,8 @@ def align_patches(
         stride_px: spacing of the template pixels within the window (2 on smooth images quarters the work).
         threads: chunks of anchors aligned side by side (numpy releases the GIL on the chunk-sized arrays;
             every anchor's solution is the same whatever the count).
+        accelerate: secant-accelerated iterations (:func:`secant_accelerated_update`; same fixed point,
+            about a fifth fewer iterations on quartz); False for the plain Gauss–Newton steps.
 
     Returns:
         :class:`PatchFit` at the solution (N rows, in the order of ``anchor_xy``).
@@ -152,6 +162,7 @@ def align_patches(
     b = init.bias.astype(np.float64).copy()
     converged = np.zeros(n, dtype=bool)
     res_var = np.full(n, np.inf)
+    iterations = np.zeros(n, dtype=np.int64)
 
     def solve(lo: int) -> None:  # anchors are independent: chunks give the same solution
         rows = slice(lo, min(n, lo + ANCHORS_PER_CHUNK))
@@ -169,6 +180,8 @@ def align_patches(
             b[rows],
             converged[rows],
             res_var[rows],
+            iterations[rows],
+            accelerate,
         )
 
     starts = range(0, n, ANCHORS_PER_CHUNK)
@@ -179,7 +192,7 @@ def align_patches(
         with ThreadPoolExecutor(max_workers=min(threads, len(starts))) as pool:
             list(pool.map(solve, starts))
     ok = np.isfinite(c).all(axis=1) & np.isfinite(a).all(axis=(1, 2))
-    return PatchFit(c, a, g, b, res_var, converged & ok)
+    return PatchFit(c, a, g, b, res_var, converged & ok, iterations)
 
 
 def _align_chunk(
@@ -196,9 +209,11 @@ def _align_chunk(
     b: np.ndarray,
     converged: np.ndarray,
     res_var: np.ndarray,
+    iterations: np.ndarray,
+    accelerate: bool,
 ) -> None:
-    """:func:`align_patches` of some anchors; updates ``c``, ``a``, ``g``, ``b``, ``converged`` and
-    ``res_var`` (views of the caller's arrays) in place."""
+    """:func:`align_patches` of some anchors; updates ``c``, ``a``, ``g``, ``b``, ``converged``,
+    ``res_var`` and ``iterations`` (views of the caller's arrays) in place."""
     ox, oy = offsets
     n = anchor_xy.shape[0]
     hh, ww = template.shape
@@ -212,7 +227,8 @@ def _align_chunk(
     dx32, dy32 = dx.astype(np.float32), dy.astype(np.float32)
     eye = np.eye(8)
     active = np.arange(n)
-    for _ in range(max_iterations):
+    last_params, last_step = np.zeros((n, 8)), np.zeros((n, 8))  # every anchor's previous iterate and GN step
+    for iteration in range(max_iterations):
         if active.size == 0:
             break
         ddx, ddy, wa, ta = dx[active], dy[active], w[active], tmpl[active]
@@ -240,13 +256,56 @@ def _align_chunk(
             step = -np.linalg.solve(hess, grad[..., None])[..., 0]
         except np.linalg.LinAlgError:
             step = -np.einsum("nij,nj->ni", np.linalg.pinv(hess), grad)
-        c[active] += step[:, :2]
-        a[active] += step[:, 2:6].reshape(-1, 2, 2)
-        g[active] += step[:, 6]
-        b[active] += step[:, 7]
         done = np.hypot(step[:, 0], step[:, 1]) < tol_px
+        params = np.concatenate((c[active], a[active].reshape(-1, 4), g[active, None], b[active, None]), axis=1)
+        update = step
+        if accelerate and iteration > 0:  # plain steps where converged (the solution as before) or far
+            secant = secant_accelerated_update(params - last_params[active], step - last_step[active], step, hess)
+            plain = done | (np.hypot(step[:, 0], step[:, 1]) >= SECANT_MAX_STEP_PX)
+            update = np.where(plain[:, None], step, secant)
+        last_params[active], last_step[active] = params, step
+        c[active] += update[:, :2]
+        a[active] += update[:, 2:6].reshape(-1, 2, 2)
+        g[active] += update[:, 6]
+        b[active] += update[:, 7]
         converged[active[done]] = True
+        iterations[active] += 1
         active = active[~done]
+
+
+def secant_accelerated_update(
+    params_change: np.ndarray, step_change: np.ndarray, step: np.ndarray, hess: np.ndarray
+) -> np.ndarray:
+    """Anderson acceleration of depth 1 (a secant update) of the Gauss–Newton fixed-point iteration.
+
+    The iteration ``p ← p + f(p)`` (``f`` the Gauss–Newton step) converges only linearly here (a ratio
+    of ~0.2 per iteration near the solution, ~0.7 on ill-conditioned windows, measured on quartz): its
+    Jacobian uses the bilinearly interpolated central-difference gradient, which is not the derivative
+    of the residual. (The exact derivative of the bilinear interpolant is constant within a pixel cell
+    and jumps at its edges — with it the iterations converge worse; scaling the step by 0.85 or 1.15
+    is worse too.) With
+    ``Δp = p_k − p_{k−1}`` and ``Δf = f_k − f_{k−1}`` the accelerated update is
+
+        ``p_{k+1} − p_k = f_k − γ (Δp + Δf)``,  ``γ = (Δfᵀ H f_k) / (Δfᵀ H Δf)``
+
+    (γ minimises ``‖f_k − γ Δf‖_H``, the step's norm in the Gauss–Newton metric ``H``, which makes the
+    position, affine and photometric parameters commensurable; clipped to [−1, 1]). Its fixed point is that of the plain
+    iteration (``f = 0``), so the solution is unchanged; only fewer iterations reach it.
+
+    Args:
+        params_change: (N, 8) ``Δp``.
+        step_change: (N, 8) ``Δf``.
+        step: (N, 8) ``f_k``.
+        hess: (N, 8, 8) ``H`` at ``p_k``.
+
+    Returns:
+        (N, 8) the update to add to ``p_k`` (the plain step where ``Δf`` is zero).
+    """
+    h_df = np.einsum("nij,nj->ni", hess, step_change)
+    denom = np.einsum("ni,ni->n", step_change, h_df)
+    gamma = np.divide(np.einsum("ni,ni->n", h_df, step), denom, out=np.zeros_like(denom), where=denom > 0)
+    gamma = np.clip(gamma, -1.0, 1.0)  # a longer extrapolation is no longer a secant of a smooth iteration
+    return step - gamma[:, None] * (params_change + step_change)
 
 
 def _replace_rows(fit: PatchFit, rows: np.ndarray, other: PatchFit, pick: np.ndarray) -> PatchFit:

@@ -4,6 +4,7 @@ Renders the cut-cards phantom (same seed, same scene and path) clean and with on
 reconstructs it with the chosen preset and prints Table-1 accuracy in GSD, one JSON line per run:
 
     python benchmarks/meso_camera_effects.py --effects clean exposure blur rolling specular all
+    python benchmarks/meso_camera_effects.py --effects rolling+blur rolling+exposure   # pairs
 
 Timings are whole-reconstruction wall and CPU seconds of this process (other jobs may run beside it).
 """
@@ -33,7 +34,37 @@ EFFECTS = {
 }
 
 
-def run(effect: str, size: tuple[int, int], preset: str, seed: int, settings: dict) -> dict:
+def effect_settings(effect: str) -> dict:
+    """The renderer settings of ``effect``: a name of ``EFFECTS`` or several joined by ``+`` (a combination)."""
+    out: dict = {}
+    for name in effect.split("+"):
+        if name not in EFFECTS:
+            raise SystemExit(f"error: unknown effect {name!r}; choose from {', '.join(EFFECTS)} (join with +)")
+        out.update(EFFECTS[name])
+    return out
+
+
+def with_rounds(cfg, changes: list[str]):
+    """``cfg`` with round settings changed: ``NAME.FIELD=VALUE`` (a JSON value) or ``NAME.train-=GROUP``."""
+    from dataclasses import replace
+
+    schedule = list(cfg.schedule)
+    for change in changes:
+        key, value = change.split("=", 1)
+        name, field = key.split(".", 1)
+        k = next((k for k, lvl in enumerate(schedule) if lvl.name == name), None)
+        if k is None:
+            raise SystemExit(f"error: no round {name!r}; the rounds are {', '.join(lvl.name for lvl in schedule)}")
+        if field == "train-":
+            schedule[k] = replace(schedule[k], train=tuple(g for g in schedule[k].train if g != value))
+        else:
+            schedule[k] = replace(schedule[k], **{field: json.loads(value)})
+    return replace(cfg, schedule=tuple(schedule))
+
+
+def run(
+    effect: str, size: tuple[int, int], preset: str, seed: int, settings: dict, rounds: list[str] | None = None
+) -> dict:
     import numpy as np
     import torch
 
@@ -44,12 +75,13 @@ def run(effect: str, size: tuple[int, int], preset: str, seed: int, settings: di
     from topograph.synth.meso import MesoSynthConfig, render_meso_sequence
 
     torch.set_num_threads(1)
-    seq = render_meso_sequence(MesoSynthConfig(image_size=size, seed=seed, **EFFECTS[effect]))
+    seq = render_meso_sequence(MesoSynthConfig(image_size=size, seed=seed, **effect_settings(effect)))
     t = seq.truth
     exif = ExifInfo(focal_mm=t.focal_mm, pixel_pitch_um=t.pixel_pitch_mm * 1000.0)
     cfg = replace_settings(
         preset_config(preset), {"threads": 1, "scale.magnification": float(t.magnifications[0]), **settings}
     )
+    cfg = with_rounds(cfg, rounds or [])
     c0, w0 = os.times(), time.perf_counter()
     rec = reconstruct(MesoImages(seq.names, seq.images, (exif,) * len(seq.names)), cfg)
     c1, w1 = os.times(), time.perf_counter()
@@ -62,6 +94,7 @@ def run(effect: str, size: tuple[int, int], preset: str, seed: int, settings: di
     return {
         "effect": effect,
         "settings": settings,
+        "rounds": rounds or [],
         "accuracy_gsd": round(ev.table1.mean_accuracy / ev.gsd_um, 3),
         "precision_gsd": round(ev.table1.mean_precision / ev.gsd_um, 3),
         "rescale": round(ev.table1.rescale, 3),
@@ -78,11 +111,12 @@ def run(effect: str, size: tuple[int, int], preset: str, seed: int, settings: di
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--effects", nargs="+", default=list(EFFECTS), choices=list(EFFECTS))
+    p.add_argument("--effects", nargs="+", default=list(EFFECTS), help="effects, or combinations like rolling+blur")
     p.add_argument("--size", default="320x240", help="image size WxH")
     p.add_argument("--preset", default="fast")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", action="append", default=[], help="config override key=value (JSON value)")
+    p.add_argument("--round", action="append", default=[], help="round override NAME.FIELD=VALUE or NAME.train-=GROUP")
     p.add_argument("--verbose", action="store_true", help="log the engine's steps (INFO) to stderr")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(message)s")
@@ -95,7 +129,9 @@ def main() -> None:
         except json.JSONDecodeError:
             settings[k] = v
     for effect in a.effects:
-        print(json.dumps(run(effect, size, a.preset, a.seed, settings)), flush=True)
+        effect_settings(effect)  # an unknown name stops here, before any run
+    for effect in a.effects:
+        print(json.dumps(run(effect, size, a.preset, a.seed, settings, a.round)), flush=True)
 
 
 if __name__ == "__main__":

@@ -109,6 +109,8 @@ class DenseResult:
     """Seconds per step of :func:`run_dense` (the seconds of :meth:`write` are its return value)."""
     surface_stride: int = 1
     """Reference pixels per node of ``surface_mesh`` (its node (r, c) is reference pixel (k r, k c))."""
+    side_by_side: bool = True
+    """Whether the series is within :func:`within_side_by_side_budget` (its files may be written side by side)."""
 
     def to_output_frame(self, xyz: np.ndarray) -> np.ndarray:
         """(N, 3) reconstruction-frame points → the substrate frame of every output file (see :data:`FRAME`)."""
@@ -323,9 +325,15 @@ def flow_schedule(n_pixels: int, n_slots: int, cfg: DenseConfig) -> tuple[int, i
     while the caller fuses the last) within :data:`SIDE_BY_SIDE_MAX_OBSERVATION_PX`, else in turn."""
     if first_pass_downscale(cfg, n_pixels) == 1:
         return FlowConfig.parallel_max_pixels, 0
-    if n_pixels * n_slots <= SIDE_BY_SIDE_MAX_OBSERVATION_PX:
+    if within_side_by_side_budget(n_pixels, n_slots):
         return max(n_pixels, FlowConfig.parallel_max_pixels), 1
     return SEQUENTIAL_COARSE_PASS_MIN_PX, 1
+
+
+def within_side_by_side_budget(n_pixels: int, n_slots: int) -> bool:
+    """Whether a series of ``n_pixels`` images and ``n_slots`` observation slots may hold two solvers (and,
+    later, two output files' copies of the cloud) at once: :data:`SIDE_BY_SIDE_MAX_OBSERVATION_PX`."""
+    return n_pixels * n_slots <= SIDE_BY_SIDE_MAX_OBSERVATION_PX
 
 
 def flow_config(cfg: DenseConfig, n_pixels: int = 0, threads: int = 0, parallel_max_pixels: int = 0) -> FlowConfig:
@@ -770,6 +778,7 @@ def run_dense(
         unit=unit,
         timings_s=timings,
         surface_stride=k,
+        side_by_side=within_side_by_side_budget(h * w, len(images) + len(chained_pairs(recon.tilts_deg, ref, cfg))),
     )
 
 

@@ -746,7 +746,14 @@ def run_dense(
     refusal = None if cfg.mask else implausible_mask(mask, finite)
     if refusal is not None:
         log.warning(refusal)
+    side_by_side = within_side_by_side_budget(h * w, len(images) + len(chained_pairs(recon.tilts_deg, ref, cfg)))
     if refusal is None and int(grain_sel.sum()) >= 50:  # noqa: PLR2004 - fewer points make no grain
+        # the areal parameters need only the height map: in a thread beside the grain mesh and its metrics
+        # (numpy releases the GIL) where two cores and the memory budget allow it, else after them
+        two_cores = flow_threads(FlowConfig(threads=threads)) > 1
+        beside = ThreadPoolExecutor(max_workers=1) if side_by_side and two_cores else None
+        grain_height = np.where(mask, height, np.nan)
+        areal_task = beside.submit(areal_parameters, grain_height, px_world, form="none", unit=unit) if beside else None
         frame = plane.frame()
         grain_pts = (grid[grain_sel].astype(np.float64) - plane.normal * plane.offset) @ frame.T
         outline = footprint_outline(mask, finite, recon.cameras[ref], plane)
@@ -758,7 +765,12 @@ def run_dense(
         timings["grain_mesh"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         metrics = grain_metrics(grain_mesh, unit=unit, closure=cfg.closure)
-        areal = areal_parameters(np.where(mask, height, np.nan), px_world, form="none", unit=unit)
+        if beside is not None:
+            areal = areal_task.result()
+            beside.shutdown()
+        else:
+            areal = areal_parameters(grain_height, px_world, form="none", unit=unit)
+        del grain_height
         timings["grain_metrics"] = time.perf_counter() - t0
     elif refusal is None:
         log.warning("no grain found above the substrate: metrics skipped (give --mask to select it)")
@@ -778,7 +790,7 @@ def run_dense(
         unit=unit,
         timings_s=timings,
         surface_stride=k,
-        side_by_side=within_side_by_side_budget(h * w, len(images) + len(chained_pairs(recon.tilts_deg, ref, cfg))),
+        side_by_side=side_by_side,
     )
 
 

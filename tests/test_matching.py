@@ -262,6 +262,56 @@ def test_flows_side_by_side_share_the_cores_and_give_the_same_flows(bump_pair, m
         assert np.array_equal(one.flow, two.flow) and np.array_equal(one.valid, two.valid)
 
 
+def test_flows_one_at_a_time_solve_side_by_side_and_give_the_same_flows(bump_pair, monkeypatch):
+    """dense_flows with flows_at_once 1: one flow in a worker thread at a time (the next submitted only when
+    the last is taken), its own solves still two at a time, and the flows each gives alone."""
+    import threading
+
+    import topograph.matching.dense as dense_module
+    from topograph.matching.dense import dense_flows
+
+    a, b = bump_pair
+    cfg = DenseConfig(passes=2, tile_px=128, refine_backward=False, prealign=False)
+    jobs = [(a, b, cfg, None), (b, a, cfg, None), (a, np.ascontiguousarray(b[:, ::-1]), cfg, None)]
+    alone = [dense_flow(*job[:2], replace(cfg, threads=1)) for job in jobs]
+    flows, solves, lock = [0, 0], [0, 0], threading.Lock()
+    real_flow, create = dense_module.dense_flow, cv2.DISOpticalFlow_create
+
+    def counted(counter, fn):
+        def run(*args, **kwargs):
+            with lock:
+                counter[0] += 1
+                counter[1] = max(counter[1], counter[0])
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                with lock:
+                    counter[0] -= 1
+
+        return run
+
+    class CountedSolver:
+        def __init__(self, preset: int) -> None:
+            self.dis = create(preset)
+            self.calc = counted(solves, self.dis.calc)
+
+        def __getattr__(self, name: str):
+            return getattr(self.dis, name)
+
+    monkeypatch.setattr(dense_module, "dense_flow", counted(flows, real_flow))
+    monkeypatch.setattr(dense_module.cv2, "DISOpticalFlow_create", CountedSolver)
+    main = threading.get_ident()
+    together = []
+    for result in dense_flows(jobs, threads=2, flows_at_once=1):
+        together.append(result)
+        assert threading.get_ident() == main
+    assert flows[1] == 1  # one flow at a time ...
+    assert solves[1] == 2  # ... whose solves run side by side
+    assert not dense_module._SOLVE_SLOTS
+    for one, two in zip(alone, together, strict=True):
+        assert np.array_equal(one.flow, two.flow) and np.array_equal(one.valid, two.valid)
+
+
 def test_tiled_residual_flow_equals_the_whole_image_flow(bump_pair):
     """A small flow solved in tiles (two at a time) matches the one-piece solve and the truth, and the
     tiles give the same flow whether solved side by side or in turn."""

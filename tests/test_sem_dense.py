@@ -14,7 +14,7 @@ from topograph.geometry.affine import camera_from_stage
 from topograph.geometry.dense_triangulation import NormalEquations, RelativeObservation, epipolar_distance_px
 from topograph.io.exports import write_mesh_ply, write_stl
 from topograph.report.render import render_cloud_views, splat_orthographic, view_basis
-from topograph.sem.dense import grain_mesh_step, remove_grid_outliers
+from topograph.sem.dense import _on_epipolar_line, grain_mesh_step, remove_grid_outliers
 
 
 def _cameras(tilts=(0.0, 5.0, 10.0)):
@@ -102,6 +102,26 @@ def test_epipolar_distance_is_the_offset_across_the_line() -> None:
     # Epipolar lines run along the image x axis for a tilt about y: a shift in y is a distance, in x not.
     np.testing.assert_allclose(epipolar_distance_px(ref, other, xr, xo + [0.0, 0.7]), 0.7, atol=1e-6)
     assert epipolar_distance_px(ref, other, xr, xo + [5.0, 0.0]).max() < 1e-6
+
+
+def test_epipolar_check_over_the_grid_keeps_what_the_distance_keeps(monkeypatch) -> None:
+    """The chunked whole-grid check (no gathers) keeps exactly the valid matches within the threshold of
+    epipolar_distance_px, NaN targets never; chunks smaller than the grid change nothing."""
+    import topograph.sem.dense as dense_module
+
+    rng = np.random.default_rng(3)
+    ref, other = _cameras((0.0, 7.0))
+    pts = rng.uniform(-40, 40, size=(4800, 3))
+    grid = ref.project(pts).astype(np.float32)
+    xy = (other.project(pts) + rng.normal(0, 0.6, (len(grid), 2))).astype(np.float32)
+    xy[::97] = np.nan
+    valid = rng.random(len(grid)) < 0.8
+    dist = epipolar_distance_px(ref, other, grid, xy)
+    expected = valid & (dist <= 0.5)
+    assert 0.2 < expected.mean() < 0.7  # the threshold splits the noisy matches
+    np.testing.assert_array_equal(_on_epipolar_line(ref, other, grid, xy, valid, 0.5), expected)
+    monkeypatch.setattr(dense_module, "EPIPOLAR_CHUNK_PX", 1000)
+    np.testing.assert_array_equal(_on_epipolar_line(ref, other, grid, xy, valid, 0.5), expected)
 
 
 def test_outlier_removal_keeps_rough_relief_above_the_matching_floor_and_drops_spikes() -> None:

@@ -18,8 +18,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
 from dataclasses import replace
 from typing import Any, NamedTuple
@@ -232,15 +233,17 @@ FlowJob = tuple[np.ndarray, np.ndarray, DenseConfig, "np.ndarray | None"]
 """Arguments of one :func:`dense_flow` call: image i, image j, settings, pre-alignment."""
 
 
-def dense_flows(jobs: Sequence[FlowJob], threads: int) -> Iterator[DenseFlow]:
+def dense_flows(jobs: Sequence[FlowJob], threads: int, flows_at_once: int = 0) -> Iterator[DenseFlow]:
     """:func:`dense_flow` of every job, yielded in the jobs' order.
 
-    With ``threads`` > 1 and jobs whose solves all run side by side (:func:`solves_side_by_side`), up to
-    ``threads`` flows run at once in threads of ours, and every solve holds one of ``threads`` shared slots:
-    the cores stay busy while one flow warps, checks or composes (single-threaded numpy and OpenCV calls)
-    or while its backward flow waits for its forward one, and memory holds ``threads`` solvers as before.
-    Each solve is the same as alone (one OpenCV thread; the flow does not depend on the thread count),
-    so the results are too. Otherwise the flows run in turn, each with ``threads`` threads.
+    With ``threads`` > 1 and jobs whose solves all run side by side (:func:`solves_side_by_side`), the flows
+    run in worker threads of ours, ``flows_at_once`` (0: ``threads``) at a time and each submitted only when
+    an earlier one is taken (so no more than that many flows and their arrays wait or run), and every solve
+    holds one of ``threads`` shared slots (one OpenCV thread each): the caller's thread works on one flow
+    (e.g. fuses it) while the next ones solve, the cores stay busy while a flow warps, checks or composes
+    (single-threaded numpy and OpenCV calls), and memory holds ``threads`` solvers at most. Each solve is
+    the same as alone (the flow does not depend on the thread count), so the results are too. Otherwise the
+    flows run in turn in the caller's thread, each with ``threads`` threads.
     """
     if threads <= 1 or len(jobs) <= 1 or not all(solves_side_by_side(a.shape, cfg) for a, _, cfg, _ in jobs):
         for a, b, cfg, pre in jobs:
@@ -248,12 +251,26 @@ def dense_flows(jobs: Sequence[FlowJob], threads: int) -> Iterator[DenseFlow]:
         return
     slots = threading.BoundedSemaphore(threads)
     _SOLVE_SLOTS.append(slots)
-    pool = ThreadPoolExecutor(max_workers=threads)
+    at_once = max(1, int(flows_at_once) or threads)
+    pool = ThreadPoolExecutor(max_workers=at_once)
+    waiting: deque[Future[DenseFlow]] = deque()
+    pending = iter(jobs)
+
+    def submit_next() -> None:
+        job = next(pending, None)
+        if job is not None:
+            a, b, cfg, pre = job
+            waiting.append(pool.submit(dense_flow, a, b, replace(cfg, threads=threads), pre))
+
     try:
         with opencv_threads(1):
-            futures = [pool.submit(dense_flow, a, b, replace(cfg, threads=threads), pre) for a, b, cfg, pre in jobs]
-            for future in futures:
-                yield future.result()
+            for _ in range(at_once):
+                submit_next()
+            while waiting:
+                result = waiting.popleft().result()
+                submit_next()
+                yield result
+                del result  # the caller holds it as long as it needs it
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
         _SOLVE_SLOTS.remove(slots)
@@ -358,6 +375,7 @@ def dense_flow(
         forward, backward = _flow_pair(u8_i, warped_j, first)
         fb_error = forward_backward_error(forward, backward)
         del backward
+    del u8_i, u8_j, warped_j
     # x_j = A [x + r, 1]ᵀ, flow = x_j − x; float32 (1e-4 px at 2000 px) and one (H, W, 2) array at a time
     gx = np.arange(w, dtype=np.float32)[None, :]
     gy = np.arange(h, dtype=np.float32)[:, None]
@@ -435,24 +453,35 @@ def refine_flow(
     forward–backward consistency of the residual pass.
     """
     h, w = image_i.shape
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    # pixel coordinates broadcast (no (H, W) grids) and results written in place: a flow in flight holds
+    # fewer image-sized arrays beside the solvers (flows run side by side, see dense_flows)
+    gx = np.arange(w, dtype=np.float32)[None, :]
+    gy = np.arange(h, dtype=np.float32)[:, None]
     u = current.flow
     warped = cv2.remap(
-        image_j.astype(np.float32), gx + u[..., 0], gy + u[..., 1], cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE
+        np.asarray(image_j, dtype=np.float32),
+        gx + u[..., 0],
+        gy + u[..., 1],
+        cv2.INTER_CUBIC,
+        borderMode=cv2.BORDER_REPLICATE,
     )
     u8_i = to_uint8(image_i, clahe=cfg.clahe, limits=limits)
-    u8_w = to_uint8(np.clip(warped, 0.0, 1.0), clahe=cfg.clahe, limits=limits)
+    u8_w = to_uint8(np.clip(warped, 0.0, 1.0, out=warped), clahe=cfg.clahe, limits=limits)
+    del warped
     if not cfg.refine_backward:
         r = _flow_field_tiled(u8_i, u8_w, cfg)
+        del u8_i, u8_w
         u_at = cv2.remap(u, gx + r[..., 0], gy + r[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-        return DenseFlow((r + u_at).astype(np.float32), current.valid, current.fb_error)
+        u_at += r  # x_j = x + r(x) + u(x + r(x)), float32 as r and u
+        return DenseFlow(u_at, current.valid, current.fb_error)
     r, rb = _flow_pair(u8_i, u8_w, cfg)
     fb = forward_backward_error(r, rb)
+    del rb
     u_at = cv2.remap(u, gx + r[..., 0], gy + r[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    flow = (r + u_at).astype(np.float32)
+    u_at += r
     fb_error = np.where(np.isfinite(current.fb_error), np.maximum(current.fb_error, fb), np.inf).astype(np.float32)
     valid = current.valid & remove_small_regions(fb < cfg.fb_threshold_px, cfg.min_region_px)
-    return DenseFlow(flow, valid, fb_error)
+    return DenseFlow(u_at, valid, fb_error)
 
 
 def flow_to_matches(result: DenseFlow, i: int, j: int, stride: int = 1, sigma_px: float = 0.5) -> Matches:

@@ -33,7 +33,7 @@ from topograph.errors import TopographError
 from topograph.geometry.dense_triangulation import (
     NormalEquations,
     RelativeObservation,
-    epipolar_distance_px,
+    epipolar_line_map,
     viewing_direction_nullspace,
 )
 from topograph.geometry.local_regression import local_linear_smooth
@@ -109,6 +109,8 @@ class DenseResult:
     """Seconds per step of :func:`run_dense` (the seconds of :meth:`write` are its return value)."""
     surface_stride: int = 1
     """Reference pixels per node of ``surface_mesh`` (its node (r, c) is reference pixel (k r, k c))."""
+    side_by_side: bool = True
+    """Whether the series is within :func:`within_side_by_side_budget` (its files may be written side by side)."""
 
     def to_output_frame(self, xyz: np.ndarray) -> np.ndarray:
         """(N, 3) reconstruction-frame points → the substrate frame of every output file (see :data:`FRAME`)."""
@@ -302,15 +304,44 @@ def first_pass_downscale(cfg: DenseConfig, n_pixels: int) -> int:
 
 SEQUENTIAL_COARSE_PASS_MIN_PX = 500_000
 """With a downscaled first pass (large images, where the fused observations already hold several hundred
-MB), its forward and backward flows take turns from this many coarse pixels on: memory holds one DIS
-solver (~190 B per pixel) instead of two; each solve still uses every core."""
+MB), its forward and backward flows take turns from this many coarse pixels on, unless the series is small
+enough for :data:`SIDE_BY_SIDE_MAX_OBSERVATION_PX`: memory holds one DIS solver (~190 B per pixel) instead of
+two; each solve still uses every core."""
+
+SIDE_BY_SIDE_MAX_OBSERVATION_PX = 18_000_000
+"""Images above 2 MP still solve side by side (two solvers, one OpenCV thread each, the flows in a worker
+thread beside the fusion, see :func:`flow_schedule`) while pixels × observation slots (views + chained pairs)
+stay within this: the fused observations (8 B per pixel and slot) and the views' images grow with the
+series, the second solver and flow in flight (~250 MB at 4 MP) with the image. Measured peaks (docs/
+benchmarks.md, issue 21, session 14): 3 × 4 MP (4 slots: 16 M) 0.97 GB in turn → 1.07–1.23 GB side by side (main
+thread's CPU 17 → 10 s); 7 × 3 MP (7 slots: 21 M) 0.91 → 1.08 GB, over its 1-GB bound, so it stays in turn. A solve
+alone uses both cores through OpenCV's threads, but only ~60 % of it runs in parallel."""
 
 
-def flow_config(cfg: DenseConfig, n_pixels: int = 0, threads: int = 0) -> FlowConfig:
+def flow_schedule(n_pixels: int, n_slots: int, cfg: DenseConfig) -> tuple[int, int]:
+    """``(parallel_max_pixels, flows_at_once)`` of the dense stage's flows for images of ``n_pixels`` and
+    ``n_slots`` observation slots: images of a full-resolution first pass (≤ 2 MP) solve everything side by
+    side, ``threads`` flows at once (0); larger ones side by side one flow at a time (the next flow solves
+    while the caller fuses the last) within :data:`SIDE_BY_SIDE_MAX_OBSERVATION_PX`, else in turn."""
+    if first_pass_downscale(cfg, n_pixels) == 1:
+        return FlowConfig.parallel_max_pixels, 0
+    if within_side_by_side_budget(n_pixels, n_slots):
+        return max(n_pixels, FlowConfig.parallel_max_pixels), 1
+    return SEQUENTIAL_COARSE_PASS_MIN_PX, 1
+
+
+def within_side_by_side_budget(n_pixels: int, n_slots: int) -> bool:
+    """Whether a series of ``n_pixels`` images and ``n_slots`` observation slots may hold two solvers (and,
+    later, two output files' copies of the cloud) at once: :data:`SIDE_BY_SIDE_MAX_OBSERVATION_PX`."""
+    return n_pixels * n_slots <= SIDE_BY_SIDE_MAX_OBSERVATION_PX
+
+
+def flow_config(cfg: DenseConfig, n_pixels: int = 0, threads: int = 0, parallel_max_pixels: int = 0) -> FlowConfig:
     """Dense-flow settings of the SEM dense stage (see :class:`topograph.matching.dense.DenseConfig`) for
-    images of ``n_pixels``, with ``threads`` CPU threads (0: every core)."""
+    images of ``n_pixels``, with ``threads`` CPU threads (0: every core) and solves side by side up to
+    ``parallel_max_pixels`` (0: :func:`flow_schedule` of a two-view series)."""
     k = first_pass_downscale(cfg, n_pixels)
-    parallel = FlowConfig.parallel_max_pixels if k == 1 else SEQUENTIAL_COARSE_PASS_MIN_PX
+    parallel = parallel_max_pixels or flow_schedule(n_pixels, 2, cfg)[0]
     return FlowConfig(
         parallel_max_pixels=parallel,
         fb_threshold_px=cfg.fb_threshold_px,
@@ -378,15 +409,16 @@ def fuse_dense(
     grid = _pixel_grid(h, w)
     acc = NormalEquations(n, keep_observations=True)
     acc.add_view(cams[ref], grid, np.ones(n, dtype=bool))
-    flow_cfg = flow_config(cfg, n, threads)
     others = [f for f in range(len(images)) if f != ref]
     chains = chained_pairs(recon.tilts_deg, ref, cfg)
+    parallel, flows_at_once = flow_schedule(n, len(images) + len(chains), cfg)
+    flow_cfg = flow_config(cfg, n, threads, parallel)
     chain_cfg = chain_flow_config(flow_cfg, (h, w))
     # Every flow (direct and chained) is independent of the others: they run side by side where the images
     # allow it (dense_flows) and are fused in this order as they come.
     jobs = [(images[ref].pixels, images[f].pixels, flow_cfg, track_prealignment(recon, ref, f)) for f in others]
     jobs += [(images[a].pixels, images[b].pixels, chain_cfg, track_prealignment(recon, a, b)) for a, b in chains]
-    flows = dense_flows(jobs, flow_threads(flow_cfg))
+    flows = dense_flows(jobs, flow_threads(flow_cfg), flows_at_once)
     direct: dict[int, int] = {}  # view → observation slot
     slot_view: list[int] = [ref]
     for f in steps(others, "dense matching (to the reference view)"):
@@ -456,13 +488,31 @@ def _pixel_grid(h: int, w: int) -> np.ndarray:
     return grid.reshape(-1, 2)
 
 
+EPIPOLAR_CHUNK_PX = 1 << 20
+"""Pixels per chunk of :func:`_on_epipolar_line` (its float64 temporaries stay ~8 MB)."""
+
+
 def _on_epipolar_line(
     ref: AffineCamera, other: AffineCamera, grid: np.ndarray, xy: np.ndarray, valid: np.ndarray, threshold: float
 ) -> np.ndarray:
-    """``valid`` restricted to the matches within ``threshold`` px of their affine epipolar line."""
-    ok = np.flatnonzero(valid & np.isfinite(xy).all(axis=1))
+    """``valid`` restricted to the matches within ``threshold`` px of their affine epipolar line.
+
+    The distance of :func:`epipolar_distance_px`, ``|(x_o − B p − c) × e| = |n·x_o − (nB)·p − n·c|`` with the
+    line's normal ``n = (e_y, −e_x)``, over the whole grid in float64 chunks (no gathers of the valid rows;
+    NaN targets compare False).
+    """
+    b, c, e = epipolar_line_map(ref, other)
+    normal = np.array([e[1], -e[0]])
+    along_p = normal @ b
+    offset = float(normal @ c)
     mask = np.zeros(len(grid), dtype=bool)
-    mask[ok[epipolar_distance_px(ref, other, grid[ok], xy[ok]) <= threshold]] = True
+    for lo in range(0, len(grid), EPIPOLAR_CHUNK_PX):
+        hi = min(lo + EPIPOLAR_CHUNK_PX, len(grid))
+        dist = xy[lo:hi].astype(np.float64) @ normal
+        dist -= grid[lo:hi].astype(np.float64) @ along_p
+        dist -= offset
+        np.abs(dist, out=dist)
+        mask[lo:hi] = valid[lo:hi] & (dist <= threshold)
     return mask
 
 
@@ -696,7 +746,14 @@ def run_dense(
     refusal = None if cfg.mask else implausible_mask(mask, finite)
     if refusal is not None:
         log.warning(refusal)
+    side_by_side = within_side_by_side_budget(h * w, len(images) + len(chained_pairs(recon.tilts_deg, ref, cfg)))
     if refusal is None and int(grain_sel.sum()) >= 50:  # noqa: PLR2004 - fewer points make no grain
+        # the areal parameters need only the height map: in a thread beside the grain mesh and its metrics
+        # (numpy releases the GIL) where two cores and the memory budget allow it, else after them
+        two_cores = flow_threads(FlowConfig(threads=threads)) > 1
+        beside = ThreadPoolExecutor(max_workers=1) if side_by_side and two_cores else None
+        grain_height = np.where(mask, height, np.nan)
+        areal_task = beside.submit(areal_parameters, grain_height, px_world, form="none", unit=unit) if beside else None
         frame = plane.frame()
         grain_pts = (grid[grain_sel].astype(np.float64) - plane.normal * plane.offset) @ frame.T
         outline = footprint_outline(mask, finite, recon.cameras[ref], plane)
@@ -708,7 +765,12 @@ def run_dense(
         timings["grain_mesh"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         metrics = grain_metrics(grain_mesh, unit=unit, closure=cfg.closure)
-        areal = areal_parameters(np.where(mask, height, np.nan), px_world, form="none", unit=unit)
+        if beside is not None:
+            areal = areal_task.result()
+            beside.shutdown()
+        else:
+            areal = areal_parameters(grain_height, px_world, form="none", unit=unit)
+        del grain_height
         timings["grain_metrics"] = time.perf_counter() - t0
     elif refusal is None:
         log.warning("no grain found above the substrate: metrics skipped (give --mask to select it)")
@@ -728,6 +790,7 @@ def run_dense(
         unit=unit,
         timings_s=timings,
         surface_stride=k,
+        side_by_side=side_by_side,
     )
 
 

@@ -587,13 +587,15 @@ def write_outputs(run: SemRun, out: Path, series_figures: bool = True) -> None:
 
 
 PARALLEL_WRITE_MAX_PX = 2_000_000
-"""The dense files are written side by side up to this many reference pixels; above, in turn (each holds
-copies of the cloud or mesh: side by side they raised the peak memory of a 7 × 3 MP series)."""
+"""The dense files are written side by side up to this many reference pixels, or when the series is within the
+dense stage's side-by-side memory budget (:attr:`DenseResult.side_by_side`, e.g. 3 × 4 MP); else in turn
+(each holds copies of the cloud or mesh: side by side they raised the peak memory of a 7 × 3 MP series)."""
 
 
 def dense_write_threads(run: SemRun) -> int:
     """Threads writing the dense files (:data:`PARALLEL_WRITE_MAX_PX`)."""
-    small = run.dense is not None and run.dense.n_views_grid.size <= PARALLEL_WRITE_MAX_PX
+    dense = run.dense
+    small = dense is not None and (dense.n_views_grid.size <= PARALLEL_WRITE_MAX_PX or dense.side_by_side)
     return run_threads(run.config) if small else 1
 
 

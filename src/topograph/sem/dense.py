@@ -41,6 +41,7 @@ from topograph.matching.dense import DenseConfig as FlowConfig
 from topograph.matching.dense import DenseFlow, dense_flows, flow_threads
 from topograph.progress import steps
 from topograph.sem.config import DenseConfig
+from topograph.sem.relief_extent import reference_relief_extent_px
 from topograph.types import AffineCamera, HeightMap, ImageSet, PointCloud, Reconstruction
 
 if TYPE_CHECKING:  # trimesh and the analysis modules load with the dense stage, not with this module
@@ -342,18 +343,33 @@ chained observation is one of several per pixel and the fused point's reprojecti
 sparser patch search costs no accuracy — 3 × 1 MP rendered grain (seed 31): RMS 0.155 % of D instead of
 0.157, median 0.095 instead of 0.098, coverage 99.4 %, volume error −0.34 % (−0.33) — and saves a quarter
 of the chained flow (1.25 → 0.92 CPU-s at 1 MP)."""
+CHAIN_CHEAP_MIN_RELIEF_PX = 120 * CHAIN_FIRST_PASS_DOWNSCALE
+"""The chained flows take those cheaper settings only when the specimen's relief spans at least this many
+reference pixels (:func:`topograph.sem.relief_extent.reference_relief_extent_px`, from the sparse tracks):
+their coarse first pass then still sees it across 120 px. A smaller grain keeps the direct flows' settings
+— on the 1024-px render of a grain filling 10 % of the field (relief ≈ 340 px) the quarter-resolution first
+pass raised the RMS error from 0.226 to 0.254 % of D (docs/benchmarks.md, issue 16, session 13) — and so
+does a small image (at 360 px the cheap settings took the contradicting-metadata case of
+tests/test_sem_conventions.py from 91.1 % to 89.2 % completeness, bound 90 %)."""
 CHAIN_CHEAP_MIN_SIDE_PX = 240 * CHAIN_FIRST_PASS_DOWNSCALE
-"""Images whose longer side is below this keep the direct flows' settings for the chained pairs too: at
-360 px the quarter-resolution first pass (90 px) and stride 3 took the contradicting-metadata case of
-tests/test_sem_conventions.py from 91.1 % to 89.2 % completeness (bound 90 %), and small images cost
-little anyway."""
+"""Without a relief estimate (too few sparse tracks off the substrate plane): the cheaper settings for
+images whose longer side is at least this."""
 
 
-def chain_flow_config(flow_cfg: FlowConfig, image_shape: tuple[int, int]) -> FlowConfig:
-    """Flow settings of a chained view pair of images of ``image_shape`` (H, W): the direct flows' settings
-    with :data:`CHAIN_FIRST_PASS_DOWNSCALE` and :data:`CHAIN_PATCH_STRIDE` for images whose longer side is at
-    least :data:`CHAIN_CHEAP_MIN_SIDE_PX`."""
-    if max(image_shape) < CHAIN_CHEAP_MIN_SIDE_PX:
+def chain_flow_config(
+    flow_cfg: FlowConfig, image_shape: tuple[int, int], relief_extent_px: float | None = None
+) -> FlowConfig:
+    """Flow settings of a chained view pair of images of ``image_shape`` (H, W) whose relief spans
+    ``relief_extent_px`` reference pixels (None: unknown): the direct flows' settings with
+    :data:`CHAIN_FIRST_PASS_DOWNSCALE` and :data:`CHAIN_PATCH_STRIDE` when the relief spans at least
+    :data:`CHAIN_CHEAP_MIN_RELIEF_PX` (unknown: when the image's longer side is at least
+    :data:`CHAIN_CHEAP_MIN_SIDE_PX`)."""
+    if relief_extent_px is not None:
+        cheap = relief_extent_px >= CHAIN_CHEAP_MIN_RELIEF_PX
+    else:
+        cheap = max(image_shape) >= CHAIN_CHEAP_MIN_SIDE_PX
+    log.debug("chained flows: relief extent %s px, %s settings", relief_extent_px, "cheaper" if cheap else "direct")
+    if not cheap:
         return flow_cfg
     k = max(int(flow_cfg.first_pass_downscale), CHAIN_FIRST_PASS_DOWNSCALE)
     stride = max(int(flow_cfg.patch_stride), CHAIN_PATCH_STRIDE)
@@ -381,7 +397,7 @@ def fuse_dense(
     flow_cfg = flow_config(cfg, n, threads)
     others = [f for f in range(len(images)) if f != ref]
     chains = chained_pairs(recon.tilts_deg, ref, cfg)
-    chain_cfg = chain_flow_config(flow_cfg, (h, w))
+    chain_cfg = chain_flow_config(flow_cfg, (h, w), reference_relief_extent_px(recon, ref) if chains else None)
     # Every flow (direct and chained) is independent of the others: they run side by side where the images
     # allow it (dense_flows) and are fused in this order as they come.
     jobs = [(images[ref].pixels, images[f].pixels, flow_cfg, track_prealignment(recon, ref, f)) for f in others]

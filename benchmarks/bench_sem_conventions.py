@@ -142,7 +142,7 @@ def run_case(name: str, case: Case, render_kw: dict, size: int, cfg: SemConfig, 
         "source": run.reconstruction.camera_source,
         "warned": ", ".join(warned) or "—",
         "wall_s": wall,
-        "relief_px": reference_relief_extent_px(run.reconstruction, ref),
+        "relief_px": reference_relief_extent_px(run.reconstruction, ref, dense.grain_mask.shape),
     }
 
 

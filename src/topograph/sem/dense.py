@@ -343,14 +343,16 @@ chained observation is one of several per pixel and the fused point's reprojecti
 sparser patch search costs no accuracy — 3 × 1 MP rendered grain (seed 31): RMS 0.155 % of D instead of
 0.157, median 0.095 instead of 0.098, coverage 99.4 %, volume error −0.34 % (−0.33) — and saves a quarter
 of the chained flow (1.25 → 0.92 CPU-s at 1 MP)."""
-CHAIN_CHEAP_MIN_RELIEF_PX = 120 * CHAIN_FIRST_PASS_DOWNSCALE
+CHAIN_CHEAP_MIN_RELIEF_PX = 110 * CHAIN_FIRST_PASS_DOWNSCALE
 """The chained flows take those cheaper settings only when the specimen's relief spans at least this many
-reference pixels (:func:`topograph.sem.relief_extent.reference_relief_extent_px`, from the sparse tracks):
-their coarse first pass then still sees it across 120 px. A smaller grain keeps the direct flows' settings
-— on the 1024-px render of a grain filling 10 % of the field (relief ≈ 340 px) the quarter-resolution first
-pass raised the RMS error from 0.226 to 0.254 % of D (docs/benchmarks.md, issue 16, session 13) — and so
-does a small image (at 360 px the cheap settings took the contradicting-metadata case of
-tests/test_sem_conventions.py from 91.1 % to 89.2 % completeness, bound 90 %)."""
+reference pixels (:func:`topograph.sem.relief_extent.reference_relief_extent_px`, from the sparse tracks;
+about 0.8 times the grain's extent, its rim's parallax being small): their coarse first pass then still
+sees it across 110 px. A smaller grain keeps the direct flows' settings — on the 1024-px render of a
+grain filling 10 % of the field (relief 301 px) the quarter-resolution first pass raised the RMS error from
+0.226 to 0.254 % of D (docs/benchmarks.md, issue 16, sessions 13 and 14) — and so does a small image (at
+360 px the cheap settings took the contradicting-metadata case of tests/test_sem_conventions.py from
+91.1 % to 89.2 % completeness, bound 90 %). Relief of the other renders: 500–520 px for the default grain at
+1024 px, at most 400 px at 512 px; quartz (3 × 1200²) 950 px."""
 CHAIN_CHEAP_MIN_SIDE_PX = 240 * CHAIN_FIRST_PASS_DOWNSCALE
 """Without a relief estimate (too few sparse tracks off the substrate plane): the cheaper settings for
 images whose longer side is at least this."""
@@ -397,7 +399,7 @@ def fuse_dense(
     flow_cfg = flow_config(cfg, n, threads)
     others = [f for f in range(len(images)) if f != ref]
     chains = chained_pairs(recon.tilts_deg, ref, cfg)
-    chain_cfg = chain_flow_config(flow_cfg, (h, w), reference_relief_extent_px(recon, ref) if chains else None)
+    chain_cfg = chain_flow_config(flow_cfg, (h, w), reference_relief_extent_px(recon, ref, (h, w)) if chains else None)
     # Every flow (direct and chained) is independent of the others: they run side by side where the images
     # allow it (dense_flows) and are fused in this order as they come.
     jobs = [(images[ref].pixels, images[f].pixels, flow_cfg, track_prealignment(recon, ref, f)) for f in others]

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_sem_flow_noise.py "low contrast" [--size 1024] [--noise 0.02]
     python benchmarks/bench_sem_flow_noise.py "low contrast" --dis variational_refinement_alpha=400 ...
+    python benchmarks/bench_sem_flow_noise.py "low contrast" --noise-adapted [--dis ...]
 
 Renders the case of ``bench_sem_conventions.py`` whose name contains the argument (its true cameras give
 every reference pixel's true match), runs the SEM dense stage's flow (reference → first other view) and
@@ -45,7 +46,7 @@ from bench_sem_conventions import named_case, render_case  # noqa: E402
 from topograph.geometry.local_regression import local_linear_smooth  # noqa: E402
 from topograph.matching.dense import dense_flow  # noqa: E402
 from topograph.sem.config import SemConfig  # noqa: E402
-from topograph.sem.dense import flow_config  # noqa: E402
+from topograph.sem.dense import flow_config, noise_adapted_flow_config  # noqa: E402
 from topograph.sem.image_noise import stretched_noise_grey  # noqa: E402
 from topograph.synth.sem import cast_rays  # noqa: E402
 
@@ -81,6 +82,7 @@ def main() -> None:
     ap.add_argument("case")
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--noise", type=float, default=0.02)
+    ap.add_argument("--noise-adapted", action="store_true", help="the dense stage's noise-adapted smoothness")
     ap.add_argument("--dis", nargs="*", default=None, help="flow-setting variants key=value[,key=value]")
     args = ap.parse_args()
     name, case, kw = named_case(args.case)
@@ -102,6 +104,8 @@ def main() -> None:
     e /= np.linalg.norm(e)
     true = np.nan_to_num(true).astype(np.float32)
     cfg = flow_config(SemConfig().dense, h * w)
+    if args.noise_adapted:  # the dense stage's smoothness for noisy images (session 14)
+        cfg = noise_adapted_flow_config(cfg, img_r)
     base = dense_flow(img_r, img_k, cfg)
     valid = base.valid
 

@@ -41,6 +41,7 @@ from topograph.matching.dense import DenseConfig as FlowConfig
 from topograph.matching.dense import DenseFlow, dense_flows, flow_threads
 from topograph.progress import steps
 from topograph.sem.config import DenseConfig
+from topograph.sem.image_noise import noise_adapted_smoothness, stretched_noise_grey
 from topograph.sem.relief_extent import reference_relief_extent_px
 from topograph.types import AffineCamera, HeightMap, ImageSet, PointCloud, Reconstruction
 
@@ -378,6 +379,22 @@ def chain_flow_config(
     return replace(flow_cfg, first_pass_downscale=k, patch_stride=stride)
 
 
+def noise_adapted_flow_config(flow_cfg: FlowConfig, reference: np.ndarray) -> FlowConfig:
+    """``flow_cfg`` with its smoothness raised for noisy images (:func:`topograph.sem.image_noise.
+    noise_adapted_smoothness` of the reference image's noise after the flow's contrast stretch)."""
+    noise = stretched_noise_grey(reference, flow_cfg.stretch_percent)
+    alpha = noise_adapted_smoothness(flow_cfg.variational_refinement_alpha, noise)
+    if alpha == flow_cfg.variational_refinement_alpha:
+        return flow_cfg
+    log.info(
+        "dense flow: noisy images (σ %.1f grey levels), smoothness %.0f instead of %.0f",
+        noise,
+        alpha,
+        flow_cfg.variational_refinement_alpha,
+    )
+    return replace(flow_cfg, variational_refinement_alpha=alpha)
+
+
 def fuse_dense(
     images: ImageSet, recon: Reconstruction, cfg: DenseConfig, ref: int, threads: int = 0
 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray | None]]:
@@ -396,7 +413,7 @@ def fuse_dense(
     grid = _pixel_grid(h, w)
     acc = NormalEquations(n, keep_observations=True)
     acc.add_view(cams[ref], grid, np.ones(n, dtype=bool))
-    flow_cfg = flow_config(cfg, n, threads)
+    flow_cfg = noise_adapted_flow_config(flow_config(cfg, n, threads), images[ref].pixels)
     others = [f for f in range(len(images)) if f != ref]
     chains = chained_pairs(recon.tilts_deg, ref, cfg)
     chain_cfg = chain_flow_config(flow_cfg, (h, w), reference_relief_extent_px(recon, ref, (h, w)) if chains else None)

@@ -56,3 +56,13 @@ def test_chained_flows_are_cheap_only_for_large_relief() -> None:
     # no relief estimate: the image's size decides
     assert chain_flow_config(direct, (CHAIN_CHEAP_MIN_SIDE_PX - 1, 500)) == direct
     assert chain_flow_config(direct, (CHAIN_CHEAP_MIN_SIDE_PX, 500)).first_pass_downscale == CHAIN_FIRST_PASS_DOWNSCALE
+
+
+def test_stray_relief_tracks_do_not_widen_the_extent() -> None:
+    ref, other = grain_tracks(200.0)
+    rng = np.random.default_rng(1)
+    stray = rng.choice(np.flatnonzero(np.hypot(*(ref - [358.4, 614.4]).T) > 200), 40, replace=False)
+    other[stray, 1] += 10.0  # 40 mismatched substrate tracks spread over the field, 100 px or more from the grain
+    extent = relief_extent_px(ref, other, (1024, 1024))
+    assert extent is not None
+    assert extent <= 1.02 * 200.0

@@ -24,9 +24,10 @@ BORDER_FRACTION = 0.15
 """The substrate's map is fitted to the tracks within this fraction of the image side from the border."""
 MIN_RELIEF_TRACKS = 20
 """Fewer tracks off the plane than this: no estimate."""
-EXTENT_PERCENTILE = 2.0
-"""The extent runs from this percentile of the relief tracks' positions to 100 minus it (along x and y),
-so that a few stray tracks do not widen it."""
+GRID_CELLS = 32
+"""The relief tracks are binned in cells of 1/32 of the longer image side; the cells are closed (3 × 3)
+and the largest 8-connected group of cells is the grain: stray tracks off the substrate map elsewhere (a
+mismatch, a speck) do not widen the extent, and of two grains the larger one counts."""
 
 
 def relief_extent_px(xy_ref: np.ndarray, xy_other: np.ndarray, image_shape: tuple[int, int]) -> float | None:
@@ -38,7 +39,7 @@ def relief_extent_px(xy_ref: np.ndarray, xy_other: np.ndarray, image_shape: tupl
         image_shape: (H, W) of the reference view.
 
     Returns:
-        ``max(Δx, Δy)`` of the :data:`EXTENT_PERCENTILE` box of the tracks whose residual
+        ``max(Δx, Δy)`` of the box of the largest cluster (:data:`GRID_CELLS`) of the tracks whose residual
         ``‖x_b − A [x_a, 1]ᵀ‖`` to the substrate's affine map ``A`` exceeds :data:`RELIEF_PARALLAX_PX`;
         ``A`` is the RANSAC fit to the tracks within :data:`BORDER_FRACTION` of the border (to all tracks
         when fewer than :data:`MIN_RELIEF_TRACKS` are there). None with fewer than :data:`MIN_RELIEF_TRACKS`
@@ -61,8 +62,25 @@ def relief_extent_px(xy_ref: np.ndarray, xy_other: np.ndarray, image_shape: tupl
     relief = a[residual > RELIEF_PARALLAX_PX]
     if len(relief) < MIN_RELIEF_TRACKS:
         return None
-    lo, hi = np.percentile(relief, [EXTENT_PERCENTILE, 100.0 - EXTENT_PERCENTILE], axis=0)
-    return float(np.max(hi - lo))
+    cluster = relief[largest_cluster(relief, max(h, w) / GRID_CELLS, (h, w))]
+    return float(np.max(cluster.max(axis=0) - cluster.min(axis=0)))
+
+
+def largest_cluster(xy: np.ndarray, cell_px: float, image_shape: tuple[int, int]) -> np.ndarray:
+    """(P,) bool: the points of ``xy`` (P, 2) in the largest (most points) 8-connected group of ``cell_px``
+    cells that hold a point, after a 3 × 3 closing of those cells."""
+    h, w = image_shape
+    rows, cols = int(np.ceil(h / cell_px)) + 1, int(np.ceil(w / cell_px)) + 1
+    ci = np.clip((xy[:, 0] / cell_px).astype(int), 0, cols - 1)
+    ri = np.clip((xy[:, 1] / cell_px).astype(int), 0, rows - 1)
+    occupied = np.zeros((rows, cols), np.uint8)
+    occupied[ri, ci] = 1
+    closed = cv2.morphologyEx(occupied, cv2.MORPH_CLOSE, np.ones((3, 3), np.uint8))
+    _, labels = cv2.connectedComponents(closed, connectivity=8)
+    point_label = labels[ri, ci]
+    counts = np.bincount(point_label, minlength=int(labels.max()) + 1)
+    counts[0] = 0  # closing never empties a cell that holds a point; label 0 is the background
+    return point_label == int(np.argmax(counts))
 
 
 def reference_relief_extent_px(recon: Reconstruction, ref: int, image_shape: tuple[int, int]) -> float | None:

@@ -53,7 +53,8 @@ def test_chained_flows_are_cheap_only_for_large_relief() -> None:
     large = chain_flow_config(direct, image, 1.1 * CHAIN_CHEAP_MIN_RELIEF_PX)
     assert small == direct
     assert (large.first_pass_downscale, large.patch_stride) == (CHAIN_FIRST_PASS_DOWNSCALE, CHAIN_PATCH_STRIDE)
-    # no relief estimate: the image's size decides
+    # a small image keeps the direct settings whatever its relief; no relief estimate: the image's size decides
+    assert chain_flow_config(direct, (CHAIN_CHEAP_MIN_SIDE_PX - 1, 500), 1.1 * CHAIN_CHEAP_MIN_RELIEF_PX) == direct
     assert chain_flow_config(direct, (CHAIN_CHEAP_MIN_SIDE_PX - 1, 500)) == direct
     assert chain_flow_config(direct, (CHAIN_CHEAP_MIN_SIDE_PX, 500)).first_pass_downscale == CHAIN_FIRST_PASS_DOWNSCALE
 

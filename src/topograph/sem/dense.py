@@ -352,8 +352,8 @@ sees it across 110 px. A smaller grain keeps the direct flows' settings — on t
 grain filling 10 % of the field (relief 301 px) the quarter-resolution first pass raised the RMS error from
 0.226 to 0.254 % of D (docs/benchmarks.md, issue 16, sessions 13 and 14) — and so does a small image (at
 360 px the cheap settings took the contradicting-metadata case of tests/test_sem_conventions.py from
-91.1 % to 89.2 % completeness, bound 90 %). Relief of the other renders: 500–520 px for the default grain at
-1024 px, at most 400 px at 512 px; quartz (3 × 1200²) 950 px."""
+91.1 % to 89.2 % completeness, bound 90 %). Relief of the other renders: 500–580 px for the default grain at
+1024 px, up to 450–740 px at 512 px (hence :data:`CHAIN_CHEAP_MIN_SIDE_PX` too); quartz (3 × 1200²) 950 px."""
 CHAIN_CHEAP_MIN_SIDE_PX = 240 * CHAIN_FIRST_PASS_DOWNSCALE
 """... and only for images whose longer side is at least this (also without a relief estimate, too few
 sparse tracks off the substrate plane): on the 512-px renders, whose relief estimates reach 450–470 px,

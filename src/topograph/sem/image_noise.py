@@ -50,7 +50,7 @@ def noise_adapted_smoothness(alpha: float, noise_grey: float) -> float:
     :data:`MAX_SMOOTHNESS_FACTOR` times ``α``). Applied only from :data:`NOISY_IMAGE_MIN_GREY` on: below it
     (every real series measured, full-contrast renders) ``alpha`` unchanged, so textured series keep
     their detail. The 1024-px low-contrast render (σ ≈ 13.8): ×7.6; its flow error along the epipolar line
-    0.411 → 0.387 px at ×8, its cloud's RMS 0.275 → 0.258 % of D (docs/benchmarks.md, issue 16, session 14).
+    0.411 → 0.387 px at ×8, its cloud's RMS 0.275 → 0.253 % of D (docs/benchmarks.md, issue 16, session 14).
     """
     if not noise_grey >= NOISY_IMAGE_MIN_GREY:
         return float(alpha)

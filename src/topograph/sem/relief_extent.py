@@ -41,7 +41,7 @@ def relief_extent_px(xy_ref: np.ndarray, xy_other: np.ndarray, image_shape: tupl
     Returns:
         ``max(Δx, Δy)`` of the box of the largest cluster (:data:`GRID_CELLS`) of the tracks whose residual
         ``‖x_b − A [x_a, 1]ᵀ‖`` to the substrate's affine map ``A`` exceeds :data:`RELIEF_PARALLAX_PX`;
-        ``A`` is the RANSAC fit to the tracks within :data:`BORDER_FRACTION` of the border (to all tracks
+        ``A`` is the (seeded) RANSAC fit to the tracks within :data:`BORDER_FRACTION` of the border (to all tracks
         when fewer than :data:`MIN_RELIEF_TRACKS` are there). None with fewer than :data:`MIN_RELIEF_TRACKS`
         relief tracks or no map.
     """
@@ -53,17 +53,44 @@ def relief_extent_px(xy_ref: np.ndarray, xy_other: np.ndarray, image_shape: tupl
     margin = BORDER_FRACTION * np.array([w, h], dtype=np.float32)
     border = ((a < margin) | (a > np.array([w, h], dtype=np.float32) - margin)).any(axis=1)
     fit = border if border.sum() >= MIN_RELIEF_TRACKS else np.ones(len(a), dtype=bool)
-    affine, _ = cv2.estimateAffine2D(
-        a[fit], b[fit], method=cv2.RANSAC, ransacReprojThreshold=PLANE_RANSAC_PX, maxIters=2000, confidence=0.999
-    )
+    affine = ransac_affine(a[fit].astype(np.float64), b[fit].astype(np.float64), PLANE_RANSAC_PX)
     if affine is None:
         return None
-    residual = np.linalg.norm(b - (a @ affine[:, :2].T + affine[:, 2].astype(np.float32)), axis=1)
+    residual = np.linalg.norm(b - (a @ affine[:, :2].T + affine[:, 2]), axis=1)
     relief = a[residual > RELIEF_PARALLAX_PX]
     if len(relief) < MIN_RELIEF_TRACKS:
         return None
     cluster = relief[largest_cluster(relief, max(h, w) / GRID_CELLS, (h, w))]
     return float(np.max(cluster.max(axis=0) - cluster.min(axis=0)))
+
+
+RANSAC_ITERATIONS = 500
+"""Hypotheses of :func:`ransac_affine` (three-point samples)."""
+
+
+def ransac_affine(a: np.ndarray, b: np.ndarray, threshold_px: float, seed: int = 0) -> np.ndarray | None:
+    """Affine map (2, 3) with ``b ≈ A [a, 1]ᵀ`` by RANSAC over three-point samples (a fixed ``seed``: the
+    same tracks give the same map in every process), refitted by least squares on the inliers of the best
+    hypothesis (those within ``threshold_px``); None with fewer than three points or inliers."""
+    n = len(a)
+    if n < 3:  # noqa: PLR2004 - an affine map needs three points
+        return None
+    rng = np.random.default_rng(seed)
+    h = np.column_stack([a, np.ones(n)])
+    best = np.zeros(n, dtype=bool)
+    for _ in range(RANSAC_ITERATIONS):
+        pick = rng.choice(n, 3, replace=False)
+        try:
+            m = np.linalg.solve(h[pick], b[pick])  # (3, 2): b = [a, 1] m
+        except np.linalg.LinAlgError:
+            continue
+        inliers = np.linalg.norm(h @ m - b, axis=1) <= threshold_px
+        if inliers.sum() > best.sum():
+            best = inliers
+    if best.sum() < 3:  # noqa: PLR2004
+        return None
+    m, *_ = np.linalg.lstsq(h[best], b[best], rcond=None)
+    return m.T
 
 
 def largest_cluster(xy: np.ndarray, cell_px: float, image_shape: tuple[int, int]) -> np.ndarray:

@@ -8,7 +8,10 @@ bright substrates, low contrast), runs ``topograph sem`` (dense, default setting
 documented convention, in the opposite one, or without metadata, and scores the dense cloud with a *proper*
 similarity (a mirror image is a failure). Targets: not mirrored, right way up, grain RMS ≤ 0.2 % of D,
 coverage ≥ 95 %, tilt axis within 0.5°, relative tilts within 0.1°; grain mask IoU ≥ 0.9.
-Prints one markdown row per case (the table of docs/benchmarks.md).
+Prints one markdown row per case (the table of docs/benchmarks.md), with the relief's extent in reference
+pixels that the chained flows' settings follow (:func:`topograph.sem.relief_extent.reference_relief_extent_px`)
+and the reference image's noise in grey levels after the flow's stretch that its smoothness follows
+(:func:`topograph.sem.image_noise.stretched_noise_grey`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ from test_sem_conventions import Case, metadata_overrides  # noqa: E402
 from topograph.analysis.evaluate_sem import Alignment, evaluate_cloud, evaluate_sem_truth  # noqa: E402
 from topograph.config import apply_overrides  # noqa: E402
 from topograph.sem.config import SemConfig  # noqa: E402
+from topograph.sem.image_noise import stretched_noise_grey  # noqa: E402
 from topograph.sem.pipeline import run_sem  # noqa: E402
+from topograph.sem.relief_extent import reference_relief_extent_px  # noqa: E402
 from topograph.synth.sem import GrainSpec, SemDataset, load_sem_truth, render_sem_series, save_sem_dataset  # noqa: E402
 
 MATRIX = {
@@ -140,6 +145,8 @@ def run_case(name: str, case: Case, render_kw: dict, size: int, cfg: SemConfig, 
         "source": run.reconstruction.camera_source,
         "warned": ", ".join(warned) or "—",
         "wall_s": wall,
+        "relief_px": reference_relief_extent_px(run.reconstruction, ref, dense.grain_mask.shape),
+        "noise_grey": stretched_noise_grey(run.images.images[ref].pixels),
     }
 
 
@@ -160,17 +167,18 @@ def main() -> None:
         cases = [c for key in args.only for c in cases if key in c[0]]
     print(
         "| case | camera source | warned | mirrored | upside down | grain RMS % D | grain median % D | coverage % "
-        "| axis error ° | max tilt error ° | mask IoU | depth branch | status | wall s |"
+        "| axis error ° | max tilt error ° | mask IoU | depth branch | status | relief px | noise grey | wall s |"
     )
-    print("|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|")
+    print("|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for name, case, kw in cases:
             r = run_case(name, case, kw, args.size, cfg, Path(tmp))
+            relief = "—" if r["relief_px"] is None else f"{r['relief_px']:.0f}"
             print(
                 f"| {name} | {r['source']} | {r['warned']} | {'**yes**' if r['mirrored'] else 'no'} | "
                 f"{'**yes**' if r['upside_down'] else 'no'} | {r['rms_pct']:.3f} | {r['median_pct']:.3f} | "
                 f"{r['coverage_pct']:.1f} | {r['axis_err']:+.2f} | {r['tilt_err']:.3f} | {r['iou']:.3f} | "
-                f"{r['branch']} | {r['status']} | {r['wall_s']:.0f} |",
+                f"{r['branch']} | {r['status']} | {relief} | {r['noise_grey']:.1f} | {r['wall_s']:.0f} |",
                 flush=True,
             )
 

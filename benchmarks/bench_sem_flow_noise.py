@@ -1,6 +1,8 @@
 """Is the dense flow's error noise, and can a local refinement along the epipolar line lower it? (issue 16)
 
     python benchmarks/bench_sem_flow_noise.py "low contrast" [--size 1024] [--noise 0.02]
+    python benchmarks/bench_sem_flow_noise.py "low contrast" --dis variational_refinement_alpha=400 ...
+    python benchmarks/bench_sem_flow_noise.py "low contrast" --noise-adapted [--dis ...]
 
 Renders the case of ``bench_sem_conventions.py`` whose name contains the argument (its true cameras give
 every reference pixel's true match), runs the SEM dense stage's flow (reference → first other view) and
@@ -19,16 +21,22 @@ RMS on the interior ≥ 20 px from the outline) for:
 * bidirectional fusion: the backward flow (other view → reference, same settings) inverted at the forward
   match, ``u_b(x) = −b(x + u(x))``, alone and averaged with the forward flow (with the correlation of the
   two errors: the other image as template gives partly independent noise only).
+
+With ``--dis`` only the dense stage's flow and its variants with the given flow settings (fields of
+:class:`topograph.matching.config.DenseConfig`, several joined by commas, e.g. ``patch_size=12,patch_stride=3``)
+are run, each row with the share of the grain's pixels the flow keeps (forward–backward consistent).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import cv2
 import numpy as np
+import yaml
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -38,7 +46,8 @@ from bench_sem_conventions import named_case, render_case  # noqa: E402
 from topograph.geometry.local_regression import local_linear_smooth  # noqa: E402
 from topograph.matching.dense import dense_flow  # noqa: E402
 from topograph.sem.config import SemConfig  # noqa: E402
-from topograph.sem.dense import flow_config  # noqa: E402
+from topograph.sem.dense import flow_config, noise_adapted_flow_config  # noqa: E402
+from topograph.sem.image_noise import stretched_noise_grey  # noqa: E402
 from topograph.synth.sem import cast_rays  # noqa: E402
 
 
@@ -73,6 +82,8 @@ def main() -> None:
     ap.add_argument("case")
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--noise", type=float, default=0.02)
+    ap.add_argument("--noise-adapted", action="store_true", help="the dense stage's noise-adapted smoothness")
+    ap.add_argument("--dis", nargs="*", default=None, help="flow-setting variants key=value[,key=value]")
     args = ap.parse_args()
     name, case, kw = named_case(args.case)
     n = len(case.tilts_deg)
@@ -93,17 +104,34 @@ def main() -> None:
     e /= np.linalg.norm(e)
     true = np.nan_to_num(true).astype(np.float32)
     cfg = flow_config(SemConfig().dense, h * w)
+    if args.noise_adapted:  # the dense stage's smoothness for noisy images (session 14)
+        cfg = noise_adapted_flow_config(cfg, img_r)
     base = dense_flow(img_r, img_k, cfg)
     valid = base.valid
 
-    def row(label: str, flow: np.ndarray) -> None:
+    def row(label: str, flow: np.ndarray, kept: np.ndarray | None = None) -> None:
         err = (flow - true) @ e
-        sel = valid & on
+        sel = (valid if kept is None else kept) & on
+        share = "" if kept is None else f" {100 * sel.sum() / on.sum():.1f} |"
         print(
             f"| {label} | {np.sqrt(np.mean(err[sel] ** 2)):.3f} | {np.median(np.abs(err[sel])):.3f} | "
-            f"{np.sqrt(np.mean(err[sel & inner] ** 2)):.3f} |",
+            f"{np.sqrt(np.mean(err[sel & inner] ** 2)):.3f} |{share}",
             flush=True,
         )
+
+    if args.dis is not None:
+        print(
+            f"## {name}, {args.size} px, noise {args.noise}: flow {ds.names[ref]} → {ds.names[k]} on the grain; "
+            f"estimated noise {stretched_noise_grey(img_r):.2f} grey levels after the stretch"
+        )
+        print("| flow settings | RMS along e px | median \\|err\\| px | interior RMS px | grain kept % |")
+        print("|---|---:|---:|---:|---:|")
+        row("dense stage flow (default)", base.flow, base.valid)
+        for variant in args.dis:
+            changes = {key: yaml.safe_load(v) for key, v in (kv.split("=", 1) for kv in variant.split(","))}
+            res = dense_flow(img_r, img_k, replace(cfg, **changes))
+            row(variant, res.flow, res.valid)
+        return
 
     print(f"## {name}, {args.size} px, noise {args.noise}: flow {ds.names[ref]} → {ds.names[k]} on the grain")
     print("| flow | RMS along e px | median \\|err\\| px | interior RMS px |")

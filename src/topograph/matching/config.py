@@ -60,6 +60,10 @@ class DenseConfig:
     """DIS variational refinement iterations per level (0 disables it)."""
     variational_refinement_alpha: float = 20.0
     """DIS smoothness weight of the variational refinement."""
+    variational_refinement_delta: float = 5.0
+    """DIS weight of the variational refinement's brightness-constancy term (OpenCV's default)."""
+    variational_refinement_gamma: float = 10.0
+    """DIS weight of the variational refinement's gradient-constancy term (OpenCV's default)."""
     fb_threshold_px: float = 0.5
     """Keep pixels whose forward–backward error is below this, px."""
     fb_sigma_px: float = 0.5

@@ -112,6 +112,8 @@ def _flow_field(src: np.ndarray, dst: np.ndarray, cfg: DenseConfig) -> np.ndarra
         dis.setGradientDescentIterations(int(cfg.gradient_descent_iterations))
         dis.setVariationalRefinementIterations(int(cfg.variational_refinement_iterations))
         dis.setVariationalRefinementAlpha(float(cfg.variational_refinement_alpha))
+        dis.setVariationalRefinementDelta(float(cfg.variational_refinement_delta))
+        dis.setVariationalRefinementGamma(float(cfg.variational_refinement_gamma))
         dis.setUseMeanNormalization(True)
         dis.setUseSpatialPropagation(True)
         return dis.calc(src, dst, None)

@@ -41,6 +41,8 @@ from topograph.matching.dense import DenseConfig as FlowConfig
 from topograph.matching.dense import DenseFlow, dense_flows, flow_threads
 from topograph.progress import steps
 from topograph.sem.config import DenseConfig
+from topograph.sem.image_noise import noise_adapted_smoothness, stretched_noise_grey
+from topograph.sem.relief_extent import reference_relief_extent_px
 from topograph.types import AffineCamera, HeightMap, ImageSet, PointCloud, Reconstruction
 
 if TYPE_CHECKING:  # trimesh and the analysis modules load with the dense stage, not with this module
@@ -373,22 +375,55 @@ chained observation is one of several per pixel and the fused point's reprojecti
 sparser patch search costs no accuracy — 3 × 1 MP rendered grain (seed 31): RMS 0.155 % of D instead of
 0.157, median 0.095 instead of 0.098, coverage 99.4 %, volume error −0.34 % (−0.33) — and saves a quarter
 of the chained flow (1.25 → 0.92 CPU-s at 1 MP)."""
+CHAIN_CHEAP_MIN_RELIEF_PX = 110 * CHAIN_FIRST_PASS_DOWNSCALE
+"""The chained flows take those cheaper settings only when the specimen's relief spans at least this many
+reference pixels (:func:`topograph.sem.relief_extent.reference_relief_extent_px`, from the sparse tracks;
+about 0.8 times the grain's extent, its rim's parallax being small): their coarse first pass then still
+sees it across 110 px. A smaller grain keeps the direct flows' settings — on the 1024-px render of a
+grain filling 10 % of the field (relief 301 px) the quarter-resolution first pass raised the RMS error from
+0.226 to 0.254 % of D (docs/benchmarks.md, issue 16, sessions 13 and 14) — and so does a small image (at
+360 px the cheap settings took the contradicting-metadata case of tests/test_sem_conventions.py from
+91.1 % to 89.2 % completeness, bound 90 %). Relief of the other renders: 500–580 px for the default grain at
+1024 px, up to 450–740 px at 512 px (hence :data:`CHAIN_CHEAP_MIN_SIDE_PX` too); quartz (3 × 1200²) 950 px."""
 CHAIN_CHEAP_MIN_SIDE_PX = 240 * CHAIN_FIRST_PASS_DOWNSCALE
-"""Images whose longer side is below this keep the direct flows' settings for the chained pairs too: at
-360 px the quarter-resolution first pass (90 px) and stride 3 took the contradicting-metadata case of
-tests/test_sem_conventions.py from 91.1 % to 89.2 % completeness (bound 90 %), and small images cost
-little anyway."""
+"""... and only for images whose longer side is at least this (also without a relief estimate, too few
+sparse tracks off the substrate plane): on the 512-px renders, whose relief estimates reach 450–470 px,
+the cheaper settings cost 2–10 % RMS (two grains 0.182 → 0.200 % of D, bright substrate 0.186 → 0.195)."""
 
 
-def chain_flow_config(flow_cfg: FlowConfig, image_shape: tuple[int, int]) -> FlowConfig:
-    """Flow settings of a chained view pair of images of ``image_shape`` (H, W): the direct flows' settings
-    with :data:`CHAIN_FIRST_PASS_DOWNSCALE` and :data:`CHAIN_PATCH_STRIDE` for images whose longer side is at
-    least :data:`CHAIN_CHEAP_MIN_SIDE_PX`."""
-    if max(image_shape) < CHAIN_CHEAP_MIN_SIDE_PX:
+def chain_flow_config(
+    flow_cfg: FlowConfig, image_shape: tuple[int, int], relief_extent_px: float | None = None
+) -> FlowConfig:
+    """Flow settings of a chained view pair of images of ``image_shape`` (H, W) whose relief spans
+    ``relief_extent_px`` reference pixels (None: unknown): the direct flows' settings with
+    :data:`CHAIN_FIRST_PASS_DOWNSCALE` and :data:`CHAIN_PATCH_STRIDE` when the image's longer side is at
+    least :data:`CHAIN_CHEAP_MIN_SIDE_PX` and the relief (when known) spans at least
+    :data:`CHAIN_CHEAP_MIN_RELIEF_PX`."""
+    cheap = max(image_shape) >= CHAIN_CHEAP_MIN_SIDE_PX
+    if relief_extent_px is not None:
+        cheap = cheap and relief_extent_px >= CHAIN_CHEAP_MIN_RELIEF_PX
+    log.debug("chained flows: relief extent %s px, %s settings", relief_extent_px, "cheaper" if cheap else "direct")
+    if not cheap:
         return flow_cfg
     k = max(int(flow_cfg.first_pass_downscale), CHAIN_FIRST_PASS_DOWNSCALE)
     stride = max(int(flow_cfg.patch_stride), CHAIN_PATCH_STRIDE)
     return replace(flow_cfg, first_pass_downscale=k, patch_stride=stride)
+
+
+def noise_adapted_flow_config(flow_cfg: FlowConfig, reference: np.ndarray) -> FlowConfig:
+    """``flow_cfg`` with its smoothness raised for noisy images (:func:`topograph.sem.image_noise.
+    noise_adapted_smoothness` of the reference image's noise after the flow's contrast stretch)."""
+    noise = stretched_noise_grey(reference, flow_cfg.stretch_percent)
+    alpha = noise_adapted_smoothness(flow_cfg.variational_refinement_alpha, noise)
+    if alpha == flow_cfg.variational_refinement_alpha:
+        return flow_cfg
+    log.info(
+        "dense flow: noisy images (σ %.1f grey levels), smoothness %.0f instead of %.0f",
+        noise,
+        alpha,
+        flow_cfg.variational_refinement_alpha,
+    )
+    return replace(flow_cfg, variational_refinement_alpha=alpha)
 
 
 def fuse_dense(
@@ -412,8 +447,8 @@ def fuse_dense(
     others = [f for f in range(len(images)) if f != ref]
     chains = chained_pairs(recon.tilts_deg, ref, cfg)
     parallel, flows_at_once = flow_schedule(n, len(images) + len(chains), cfg)
-    flow_cfg = flow_config(cfg, n, threads, parallel)
-    chain_cfg = chain_flow_config(flow_cfg, (h, w))
+    flow_cfg = noise_adapted_flow_config(flow_config(cfg, n, threads, parallel), images[ref].pixels)
+    chain_cfg = chain_flow_config(flow_cfg, (h, w), reference_relief_extent_px(recon, ref, (h, w)) if chains else None)
     # Every flow (direct and chained) is independent of the others: they run side by side where the images
     # allow it (dense_flows) and are fused in this order as they come.
     jobs = [(images[ref].pixels, images[f].pixels, flow_cfg, track_prealignment(recon, ref, f)) for f in others]

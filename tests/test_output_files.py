@@ -88,6 +88,9 @@ def check_sem_files(out: Path, unit: str) -> dict:
 
 def test_sem_outputs_in_micrometres_share_one_frame_and_open_right(sem_um: Path) -> None:
     check_sem_files(sem_um, "um")
+    summary = json.loads((sem_um / "summary.json").read_text())
+    assert summary["dense"]["base_plane"] == "substrate"
+    assert not any("substrate is hardly matched" in w for w in summary["warnings"])
     cams = json.loads((sem_um / "cameras.json").read_text())
     m = np.asarray(cams["reconstruction_to_output"])
     assert m.shape == (4, 4) and np.linalg.det(m[:3, :3]) == pytest.approx(1.0)  # a rotation, no mirror
@@ -116,6 +119,10 @@ def test_quartz_outputs_open_right(quartz_dir: Path, tmp_path: Path) -> None:
     run_sem([quartz_dir], out)
     facts = check_sem_files(out, "px")
     assert facts["n_dense"] > 100_000
+    # no substrate in view: the fallback base is said in summary.json, not only in the log
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["dense"]["base_plane"] == "lowest points"
+    assert any(w.startswith("the substrate is hardly matched") for w in summary["warnings"])
 
 
 @pytest.mark.slow

@@ -113,6 +113,13 @@ class DenseResult:
     """Reference pixels per node of ``surface_mesh`` (its node (r, c) is reference pixel (k r, k c))."""
     side_by_side: bool = True
     """Whether the series is within :func:`within_side_by_side_budget` (its files may be written side by side)."""
+    base_plane: str = "substrate"
+    """Where heights are measured from: ``"substrate"`` (the plane fitted to the substrate) or
+    ``"lowest points"`` (no substrate in view: the plane facing the detector through the lowest 2 % of
+    points, a base that moves with the cloud's low tail — heights, volume and the underside's metrics
+    carry that uncertainty)."""
+    warnings: tuple[str, ...] = ()
+    """Warnings of the dense stage (already logged) for the run's summary."""
 
     def to_output_frame(self, xyz: np.ndarray) -> np.ndarray:
         """(N, 3) reconstruction-frame points → the substrate frame of every output file (see :data:`FRAME`)."""
@@ -144,6 +151,7 @@ class DenseResult:
             "n_points_3plus_views": int((self.n_views_grid >= 3).sum()),
             "grain_pixels": grain,
             "closure": self.closure,
+            "base_plane": self.base_plane,
             "grain_metrics": self.metrics.to_dict() if self.metrics is not None else None,
             "areal_parameters_grain_top": self.areal.to_dict() if self.areal is not None else None,
             "grain_mesh_faces": int(len(self.grain_mesh.faces)) if self.grain_mesh is not None else 0,
@@ -746,16 +754,18 @@ def run_dense(
     stage_normal = np.array([0.0, 0.0, 1.0])  # metadata frame: the stage; factorization: the first view
     tilt_off = float(np.degrees(np.arccos(np.clip(abs(plane.normal @ stage_normal), 0.0, 1.0))))
     fallback = border_cover < 0.25 or tilt_off > 25.0  # noqa: PLR2004 - see the log message
+    dense_warnings: list[str] = []
     if fallback:
         # A featureless substrate gives (almost) no points at the image border; a plane fitted there runs
         # through the grain. Fall back to the plane facing the detector through the lowest points.
         plane = Plane(stage_normal, float(np.percentile(pts @ stage_normal, 2.0)))
-        log.warning(
-            "the substrate is hardly matched (%.0f%% of the image border has depth, fitted plane tilted %.0f°): "
-            "heights are measured from the plane facing the detector through the lowest 2%% of points",
-            100 * border_cover,
-            tilt_off,
+        dense_warnings.append(
+            f"the substrate is hardly matched ({100 * border_cover:.0f}% of the image border has depth, fitted "
+            f"plane tilted {tilt_off:.0f}°): heights are measured from the plane facing the detector through "
+            "the lowest 2% of points, so heights, the grain volume and the underside's metrics depend on that "
+            "base; image the grain with substrate around it for a measured base"
         )
+        log.warning(dense_warnings[-1])
     height = (grid @ plane.normal.astype(np.float32) - np.float32(plane.offset)).astype(np.float32)
     sub = height[finite & border]
     plane_noise = float(1.4826 * np.median(np.abs(sub - np.median(sub)))) if sub.size and not fallback else 0.0
@@ -826,6 +836,8 @@ def run_dense(
         timings_s=timings,
         surface_stride=k,
         side_by_side=side_by_side,
+        base_plane="lowest points" if fallback else "substrate",
+        warnings=tuple(dense_warnings),
     )
 
 

@@ -320,6 +320,7 @@ def _run_sem(
         stage("dense")
         with timings.timed("dense"):
             dense = run_dense(images, recon, cfg.dense, pixel_size, run_threads(cfg))
+        warnings.extend(dense.warnings)  # logged by the dense stage
         if not cfg.dense.mask:
             from topograph.analysis.grain_mask import implausible_mask
 

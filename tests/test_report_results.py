@@ -16,7 +16,7 @@ from test_report import _CHROME_FLAGS, CHROMIUM, make_run  # noqa: I001 - shared
 
 from topograph.io.exports import write_float_tiff
 from topograph.report.html import build_report, write_report
-from topograph.report.results import headline_measures, human_label, load_height_grid
+from topograph.report.results import has_areal_parameters, headline_measures, human_label, load_height_grid
 
 PIXEL_UM = 0.25
 DOME_UM = 12.0
@@ -70,6 +70,23 @@ def test_headline_measures_read_the_run(tmp_path: Path) -> None:
     lo, hi = (float(v) for v in measures["Height range (1st–99th percentile)"].value.split(" … "))
     assert 0 <= lo < 1.0 and DOME_UM * 0.95 < hi <= DOME_UM
     assert measures["Height map extent (width × height)"].value == "100 × 75"
+
+
+def test_height_map_sa_is_computed_only_for_a_run_without_areal_parameters(tmp_path: Path) -> None:
+    """A run that stored its areal parameters shows those; the map's own Sa / Sq (a plane fit over the whole
+    map) are computed only when it did not, and then the card shows them."""
+    run = make_mesh_run(tmp_path)
+    summary = json.loads((run / "summary.json").read_text())
+    assert has_areal_parameters(summary, run)
+    assert load_height_grid(run, "um", with_areal=False).sa is None
+    del summary["dense"]["areal_parameters_grain_top"]
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert not has_areal_parameters(summary, run)
+    grid = load_height_grid(run, "um")
+    assert grid.sa is not None and 0 < grid.sa < DOME_UM
+    measures = {m.label: m for m in headline_measures(summary, run, grid)}
+    assert "Sa of the height map (mean plane removed)" in measures
+    assert "Sa of the height map (mean plane removed)" in build_report(run)
 
 
 def test_card_first_raw_keys_and_timings_collapsed(tmp_path: Path) -> None:

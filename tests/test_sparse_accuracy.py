@@ -157,3 +157,28 @@ def test_refined_tracks_are_sub_tenth_pixel_on_the_grain(rendered: SemDataset) -
             # translation-only LK on uint8 images made grain tracks worse than raw SIFT at 500 px).
             assert med < 0.12, med
             assert med < 0.7 * raw_med, (med, raw_med)
+
+
+def test_conditioning_filter_stops_windows_whose_position_is_undetermined() -> None:
+    """A window of stripes (intensity varies along x only) fixes x but not y: its position's standard
+    deviation along the worst direction is large and the filter stops it after ``std_check_after``
+    iterations, unconverged; textured windows have a small one and converge as without the filter."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(4)
+    texture = ndimage.gaussian_filter(rng.normal(size=(200, 200)), 1.2)
+    yy, xx = np.mgrid[0:200, 0:200].astype(np.float64)
+    stripes = np.cos(2 * np.pi * xx / 9.0) + 0.05 * rng.normal(size=xx.shape)  # plus noise: a finite residual
+    template = np.where(xx < 100, texture, stripes)
+    shift = np.array([0.6, -0.4])
+    target = ndimage.shift(template, shift[::-1], order=3, mode="reflect") + 0.02 * rng.normal(size=xx.shape)
+    anchors = np.concatenate([rng.uniform([30, 30], [70, 170], (40, 2)), rng.uniform([130, 30], [170, 170], (40, 2))])
+    striped = anchors[:, 0] > 100
+    none = np.zeros(0)
+    init = PatchFit(anchors + shift, np.tile(np.eye(2), (80, 1, 1)), np.ones(80), np.zeros(80), none, none)
+    free = align_patches(template, target, anchors, init, radius_px=12)
+    assert np.median(free.position_std_px[striped]) > 5 * np.median(free.position_std_px[~striped])
+    kept = align_patches(template, target, anchors, init, radius_px=12, max_position_std_px=0.1, std_check_after=2)
+    assert not kept.converged[striped].any() and (kept.iterations[striped] <= 2).all()
+    assert kept.converged[~striped].all() and np.array_equal(kept.xy[~striped], free.xy[~striped])
+    assert np.abs(kept.xy[~striped] - (anchors[~striped] + shift)).max() < 0.05

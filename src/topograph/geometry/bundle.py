@@ -31,15 +31,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-from scipy.optimize import least_squares
-from scipy.sparse import coo_matrix, csr_matrix
 
 from topograph.errors import TopographError
 from topograph.geometry.triangulation import per_view_rms_px
 from topograph.types import AffineCamera, Tracks
+
+if TYPE_CHECKING:
+    from scipy.sparse import csr_matrix
 
 logger = logging.getLogger("topograph")
 
@@ -194,6 +195,8 @@ class BundleProblem:
             c[:, :, n_c:] = self.n_cam + 3 * q[:, None, None] + np.arange(3)[None, None, :]
             rows.append(r.ravel())
             cols.append(c.ravel())
+        from scipy.sparse import coo_matrix  # imported where used: ~0.2 s that a run can load beside its matching
+
         rr, cc = np.concatenate(rows), np.concatenate(cols)
         shape = (2 * self.obs_f.size, self.x0.size)
         template = coo_matrix((np.arange(1, rr.size + 1, dtype=float), (rr, cc)), shape=shape).tocsr()
@@ -329,6 +332,8 @@ def bundle_adjust(
     )
     if problem.active.size == 0:
         raise TopographError("no triangulated point is seen in two views", "check the matches and cameras")
+    from scipy.optimize import least_squares  # imported where used (see BundleProblem)
+
     rms_before = per_view_rms_px(cameras, pts0, tracks)
     sol = least_squares(
         problem.residuals,

@@ -13,8 +13,6 @@ import logging
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from topograph.errors import TopographError
 from topograph.types import Matches, Tracks
@@ -70,6 +68,9 @@ def build_tracks(matches: Sequence[Matches], n_views: int) -> Tracks:
     _, first, node = np.unique(keys, axis=0, return_index=True, return_inverse=True)
     node = node.ravel()
     n_nodes = first.size
+    from scipy.sparse import coo_matrix  # imported where used: a run can load it beside its matching
+    from scipy.sparse.csgraph import connected_components
+
     graph = coo_matrix((np.ones(src.size, dtype=np.int8), (node[src], node[dst])), shape=(n_nodes, n_nodes))
     n_comp, comp = connected_components(graph, directed=False)
 

@@ -39,6 +39,9 @@ class PatchFit:
     """(N,) bool: the position update fell below the tolerance within the iteration budget."""
     iterations: np.ndarray | None = None
     """(N,) Gauss–Newton iterations spent on each anchor (set by :func:`align_patches`)."""
+    position_std_px: np.ndarray | None = None
+    """(N,) standard deviation of the position along its worst-determined direction at the last iterate,
+    px (:func:`position_std_px`; set by :func:`align_patches`)."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,8 @@ def align_patches(
     stride_px: int = 1,
     threads: int = 1,
     accelerate: bool = True,
+    max_position_std_px: float = np.inf,
+    std_check_after: int = 2,
 ) -> PatchFit:
     """Gauss–Newton alignment of square template patches to a target image under an affine + gain/bias model.
 
@@ -163,6 +168,7 @@ def align_patches(
     converged = np.zeros(n, dtype=bool)
     res_var = np.full(n, np.inf)
     iterations = np.zeros(n, dtype=np.int64)
+    pos_std = np.full(n, np.inf)
 
     def solve(lo: int) -> None:  # anchors are independent: chunks give the same solution
         rows = slice(lo, min(n, lo + ANCHORS_PER_CHUNK))
@@ -181,7 +187,10 @@ def align_patches(
             converged[rows],
             res_var[rows],
             iterations[rows],
+            pos_std[rows],
             accelerate,
+            max_position_std_px,
+            std_check_after,
         )
 
     starts = range(0, n, ANCHORS_PER_CHUNK)
@@ -192,7 +201,7 @@ def align_patches(
         with ThreadPoolExecutor(max_workers=min(threads, len(starts))) as pool:
             list(pool.map(solve, starts))
     ok = np.isfinite(c).all(axis=1) & np.isfinite(a).all(axis=(1, 2))
-    return PatchFit(c, a, g, b, res_var, converged & ok, iterations)
+    return PatchFit(c, a, g, b, res_var, converged & ok, iterations, pos_std)
 
 
 def _align_chunk(
@@ -210,7 +219,10 @@ def _align_chunk(
     converged: np.ndarray,
     res_var: np.ndarray,
     iterations: np.ndarray,
+    pos_std: np.ndarray,
     accelerate: bool,
+    max_position_std_px: float,
+    std_check_after: int,
 ) -> None:
     """:func:`align_patches` of some anchors; updates ``c``, ``a``, ``g``, ``b``, ``converged``,
     ``res_var`` and ``iterations`` (views of the caller's arrays) in place."""
@@ -252,10 +264,15 @@ def _align_chunk(
         res_var[active] = (wa * r * r).sum(axis=1, dtype=np.float64) / np.maximum(
             wa.sum(axis=1, dtype=np.float64), 1e-12
         )
+        rhs = np.zeros((active.size, 8, 3))
+        rhs[:, :, 0] = grad
+        rhs[:, 0, 1] = rhs[:, 1, 2] = 1.0
         try:
-            step = -np.linalg.solve(hess, grad[..., None])[..., 0]
+            sol = np.linalg.solve(hess, rhs)
         except np.linalg.LinAlgError:
-            step = -np.einsum("nij,nj->ni", np.linalg.pinv(hess), grad)
+            sol = np.linalg.pinv(hess) @ rhs
+        step = -sol[:, :, 0]
+        pos_std[active] = position_std_px(sol[:, :2, 1:], res_var[active])
         done = np.hypot(step[:, 0], step[:, 1]) < tol_px
         params = np.concatenate((c[active], a[active].reshape(-1, 4), g[active, None], b[active, None]), axis=1)
         update = step
@@ -270,7 +287,25 @@ def _align_chunk(
         b[active] += update[:, 7]
         converged[active[done]] = True
         iterations[active] += 1
-        active = active[~done]
+        keep = ~done
+        if iteration + 1 >= std_check_after:
+            keep &= pos_std[active] <= max_position_std_px
+        active = active[keep]
+
+
+def position_std_px(inv_hess_xy: np.ndarray, residual_var: np.ndarray) -> np.ndarray:
+    """Standard deviation of a fitted position along its worst-determined direction, px:
+    ``σ = √(s² λ_max(C))`` with ``C`` the position block (2 × 2) of ``H⁻¹`` (``H`` the Gauss–Newton
+    matrix ``Σ w J Jᵀ``) and ``s²`` the weighted residual variance — the linearised covariance of
+    least squares, ``s² H⁻¹``, with the window's Gaussian weights taken as unit weights.
+
+    Args:
+        inv_hess_xy: (N, 2, 2) position block of ``H⁻¹``.
+        residual_var: (N,) ``s²``.
+    """
+    a, b, d = inv_hess_xy[:, 0, 0], 0.5 * (inv_hess_xy[:, 0, 1] + inv_hess_xy[:, 1, 0]), inv_hess_xy[:, 1, 1]
+    lam = 0.5 * (a + d) + np.sqrt(0.25 * (a - d) ** 2 + b * b)
+    return np.sqrt(np.clip(lam, 0.0, None) * residual_var)
 
 
 def secant_accelerated_update(
@@ -324,6 +359,9 @@ def refine_tracks_affine(
     prefilter_sigma_px: float = 0.8,
     residual_ratio: float = 1.25,
     threads: int = 0,
+    max_position_std_px: float = np.inf,
+    max_iterations: int = 30,
+    drop_unrefined: bool = False,
 ) -> Tracks:
     """Sub-pixel refinement of the track positions by affine Lucas–Kanade patch alignment.
 
@@ -386,6 +424,8 @@ def refine_tracks_affine(
                 PatchFit(start, identity, np.ones(sel.size), np.zeros(sel.size), none, none),
                 radii[0],
                 threads=threads,
+                max_iterations=max_iterations,
+                max_position_std_px=max_position_std_px,
             )
             ok = fit.converged & (np.linalg.norm(fit.xy - start, axis=1) <= max_shift_px)
             cur = fit
@@ -397,7 +437,15 @@ def refine_tracks_affine(
                     break
                 init = PatchFit(cur.xy[idx], cur.affine[idx], cur.gain[idx], cur.bias[idx], none, none)
                 big = align_patches(
-                    pix[a], target, xy[a, sel[idx]], init, r, stride_px=max(1, round(r / radii[0])), threads=threads
+                    pix[a],
+                    target,
+                    xy[a, sel[idx]],
+                    init,
+                    r,
+                    stride_px=max(1, round(r / radii[0])),
+                    threads=threads,
+                    max_iterations=max_iterations,
+                    max_position_std_px=max_position_std_px,
                 )
                 accept = (
                     big.converged
@@ -408,6 +456,8 @@ def refine_tracks_affine(
                 radius[idx[accept]] = r
                 grow[idx[~accept]] = False
             xy[f, sel[ok]] = cur.xy[ok]
+            if drop_unrefined:
+                xy[f, sel[~ok]] = np.nan
             moved.append(np.linalg.norm(cur.xy[ok] - start[ok], axis=1))
             sizes.append(radius[ok])
     if moved:
@@ -419,4 +469,6 @@ def refine_tracks_affine(
             float(np.median(shifts)) if shifts.size else 0.0,
             {int(r): int(np.sum(rad == r)) for r in radii},
         )
+    if drop_unrefined:  # a track must keep two views
+        xy = xy[:, np.isfinite(xy).all(axis=2).sum(axis=0) >= 2]
     return Tracks(xy)

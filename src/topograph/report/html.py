@@ -37,6 +37,7 @@ from topograph.errors import TopographError
 from topograph.io.atomic import write_text
 from topograph.report.results import (
     HeightGrid,
+    has_areal_parameters,
     headline_measures,
     height_map_png_uri,
     histogram_svg,
@@ -976,7 +977,7 @@ def build_report(run_dir: str | Path) -> str:
     run = read_run(run_dir)
     unit = run.summary.get("unit") if isinstance(run.summary.get("unit"), str) else ""
     height_unit = run.summary.get("height_unit") if isinstance(run.summary.get("height_unit"), str) else unit
-    grid = load_height_grid(run.run_dir, height_unit)
+    grid = load_height_grid(run.run_dir, height_unit, with_areal=not has_areal_parameters(run.summary, run.run_dir))
     viewer = None if grid is not None else load_viewer_data(run.run_dir, unit=unit)
     built = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     nonce = secrets.token_urlsafe(16)

@@ -251,6 +251,9 @@ def _run_sem(
     cfg = args.cfg
     timings = Timings()
 
+    # the tracks' and bundle adjustment's scipy modules load beside the images' loading and matching, the
+    # meshes' modules (dense stage) after them
+    preload = preload_modules(later_modules(cfg.dense.enabled), first=SPARSE_MODULES)
     stage("load")
     with timings.timed("load"):
         images = load_sem_series(
@@ -272,7 +275,6 @@ def _run_sem(
         if pixel_size is None:
             log.warning("no pixel size known: the cloud is in pixel units (give --pixel-size-um for µm)")
 
-    preload = preload_modules(later_modules(cfg.dense.enabled))
     store = StageCache(out_dir, enabled=args.use_cache)
     sparse_key = store.key("sparse", series_fingerprint(images), cfg.matching, cfg.cameras, cfg.bundle)
     sparse = store.load("sparse", sparse_key)
@@ -282,7 +284,7 @@ def _run_sem(
         for w in sparse.cameras.warnings:
             log.warning(w)
     else:
-        sparse = sparse_stages(images, cfg, pixel_size, unit, timings)
+        sparse = sparse_stages(images, cfg, pixel_size, unit, timings, preload.first_loaded)
         store.save("sparse", sparse_key, sparse)
     cams, recon, tilt_error = sparse.cameras, sparse.reconstruction, sparse.tilt_uncertainty
     warnings.extend(cams.warnings)
@@ -379,28 +381,57 @@ def later_modules(dense: bool) -> tuple[str, ...]:
     return MESH_MODULES if dense else ()
 
 
-def preload_modules(names: Sequence[str]) -> threading.Thread:
-    """Import ``names`` in a thread beside the sparse stages (whose OpenCV and numpy work releases the GIL),
-    so their imports leave the critical path; join it before anything else imports them.
-    A module that fails to import is left to the code that needs it (it then says why)."""
+SPARSE_MODULES = ("scipy.sparse.csgraph", "scipy.optimize")
+"""Third-party modules of the tracks (connected components) and the bundle adjustment: ~0.4 CPU-s of
+imports that :func:`preload_modules` loads beside the images' loading and the matching (OpenCV's SIFT
+releases the GIL) instead of before them."""
+
+
+class PreloadThread(threading.Thread):
+    """The thread of :func:`preload_modules`; ``first_loaded`` is set once its ``first`` modules are in."""
+
+    first_loaded: threading.Event
+
+
+def preload_modules(names: Sequence[str], first: Sequence[str] = ()) -> PreloadThread:
+    """Import ``first``, then ``names``, in a thread beside the run's own work (whose OpenCV and numpy work
+    releases the GIL), so their imports leave the critical path; wait for ``first_loaded`` (``first``) or
+    join the thread (all) before anything else imports them. A module that fails to import is left to the
+    code that needs it (it then says why)."""
+    ready = threading.Event()
 
     def load() -> None:
+        try:
+            for name in first:
+                with contextlib.suppress(Exception):
+                    importlib.import_module(name)
+        finally:
+            ready.set()
         for name in names:
             with contextlib.suppress(Exception):
                 importlib.import_module(name)
 
-    thread = threading.Thread(target=load, name="topograph-preload", daemon=True)
+    thread = PreloadThread(target=load, name="topograph-preload", daemon=True)
+    thread.first_loaded = ready
     thread.start()
     return thread
 
 
 def sparse_stages(
-    images: ImageSet, cfg: SemConfig, pixel_size_um: float | None, unit: str, timings: Timings
+    images: ImageSet,
+    cfg: SemConfig,
+    pixel_size_um: float | None,
+    unit: str,
+    timings: Timings,
+    modules_loaded: threading.Event | None = None,
 ) -> SparseResult:
-    """Match → tracks → cameras → triangulation and bundle adjustment → tilt uncertainty."""
+    """Match → tracks → cameras → triangulation and bundle adjustment → tilt uncertainty
+    (``modules_loaded``: set when :data:`SPARSE_MODULES` are imported by a :func:`preload_modules` thread)."""
     stage("match")
     with timings.timed("match"):
         matches = match_series(images, cfg.matching)
+        if modules_loaded is not None:
+            modules_loaded.wait()  # never imported from two threads at once
         tracks = series_tracks(images, matches)
         if cfg.matching.refine_tracks:
             method = cfg.matching.track_refinement

@@ -182,3 +182,26 @@ def test_conditioning_filter_stops_windows_whose_position_is_undetermined() -> N
     assert not kept.converged[striped].any() and (kept.iterations[striped] <= 2).all()
     assert kept.converged[~striped].all() and np.array_equal(kept.xy[~striped], free.xy[~striped])
     assert np.abs(kept.xy[~striped] - (anchors[~striped] + shift)).max() < 0.05
+
+
+def test_unrefined_observations_are_dropped_not_kept_at_the_detector_position(rendered: SemDataset) -> None:
+    """Observations whose window cannot be refined (undetermined position, no convergence, a jump) are
+    dropped: the rest have no gross errors. Measured (seed 5, 320 px): 806 of 871 kept, p99 error 0.77 px;
+    kept at the detector position instead, the p99 is 2.2 px."""
+    from topograph.matching.patch_align import refine_tracks_affine
+
+    images = ImageSet(
+        tuple(SemImage(name=f"v{i}", pixels=im, metadata=SemMetadata()) for i, im in enumerate(rendered.images))
+    )
+    tracks = series_tracks(images, match_series(images, MatchingConfig()))
+    tracks = Tracks(tracks.xy[:, tracks.visible[0]])
+    truth_xy, _ = _true_positions(rendered, tracks)
+    p99 = {}
+    for drop in (True, False):
+        refined = refine_tracks_affine(images, tracks, drop_unrefined=drop)
+        seen = refined.visible[1:]
+        err = np.hypot(*(refined.xy[1:] - truth_xy[1:]).transpose(2, 0, 1))[seen]
+        p99[drop] = float(np.percentile(err, 99))
+        if drop:
+            assert seen.sum() >= 0.85 * tracks.visible[1:].sum()
+    assert p99[True] < 1.0 and p99[False] > 1.5 * p99[True], p99

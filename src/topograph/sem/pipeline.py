@@ -440,6 +440,7 @@ def sparse_stages(
             if method == "affine":
                 tracks = affine_subset(tracks, cfg.matching.affine_max_tracks)
             tracks = refine_tracks(images, tracks, method, max(1.0, matches.detection_downscale), run_threads(cfg))
+            tracks = seen_twice(tracks)
 
     stage("cameras")
     with timings.timed("cameras"):
@@ -452,6 +453,12 @@ def sparse_stages(
         recon = refine(cams.cameras, tracks, cfg.bundle, unit, cams.source, cams.notes)
         cams, recon = tilts_about_estimated_axis(cams, recon)
     return SparseResult(matches, cams, recon, factorization_tilt_uncertainty(recon, cfg))
+
+
+def seen_twice(tracks: Tracks) -> Tracks:
+    """The tracks still seen in two views or more (the refinement drops the observations it cannot refine)."""
+    keep = tracks.visible.sum(axis=0) >= 2
+    return tracks if keep.all() else Tracks(tracks.xy[:, keep])
 
 
 def affine_subset(tracks: Tracks, max_tracks: int) -> Tracks:

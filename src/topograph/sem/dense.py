@@ -42,6 +42,7 @@ from topograph.matching.dense import DenseFlow, dense_flows, flow_threads
 from topograph.progress import steps
 from topograph.sem.config import DenseConfig
 from topograph.sem.image_noise import noise_adapted_smoothness, stretched_noise_grey
+from topograph.sem.prefilter import flow_images
 from topograph.sem.relief_extent import reference_relief_extent_px
 from topograph.types import AffineCamera, HeightMap, ImageSet, PointCloud, Reconstruction
 
@@ -456,11 +457,12 @@ def fuse_dense(
     chains = chained_pairs(recon.tilts_deg, ref, cfg)
     parallel, flows_at_once = flow_schedule(n, len(images) + len(chains), cfg)
     flow_cfg = noise_adapted_flow_config(flow_config(cfg, n, threads, parallel), images[ref].pixels)
+    pixels = flow_images(images, ref, flow_cfg)  # denoised where the images are noisy (issue 16)
     chain_cfg = chain_flow_config(flow_cfg, (h, w), reference_relief_extent_px(recon, ref, (h, w)) if chains else None)
     # Every flow (direct and chained) is independent of the others: they run side by side where the images
     # allow it (dense_flows) and are fused in this order as they come.
-    jobs = [(images[ref].pixels, images[f].pixels, flow_cfg, track_prealignment(recon, ref, f)) for f in others]
-    jobs += [(images[a].pixels, images[b].pixels, chain_cfg, track_prealignment(recon, a, b)) for a, b in chains]
+    jobs = [(pixels[ref], pixels[f], flow_cfg, track_prealignment(recon, ref, f)) for f in others]
+    jobs += [(pixels[a], pixels[b], chain_cfg, track_prealignment(recon, a, b)) for a, b in chains]
     flows = dense_flows(jobs, flow_threads(flow_cfg), flows_at_once)
     direct: dict[int, int] = {}  # view → observation slot
     slot_view: list[int] = [ref]

@@ -46,8 +46,8 @@ from bench_sem_conventions import named_case, render_case  # noqa: E402
 from topograph.geometry.local_regression import local_linear_smooth  # noqa: E402
 from topograph.matching.dense import dense_flow  # noqa: E402
 from topograph.sem.config import SemConfig  # noqa: E402
-from topograph.sem.dense import flow_config, noise_adapted_flow_config  # noqa: E402
-from topograph.sem.image_noise import noise_sigma, stretched_noise_grey  # noqa: E402
+from topograph.sem.dense import flow_config  # noqa: E402
+from topograph.sem.image_noise import noise_adapted_smoothness, noise_sigma, stretched_noise_grey  # noqa: E402
 from topograph.sem.prefilter import nlm_denoise, stretch_limits  # noqa: E402
 from topograph.synth.sem import cast_rays  # noqa: E402
 
@@ -85,6 +85,7 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=0.02)
     ap.add_argument("--noise-adapted", action="store_true", help="the dense stage's noise-adapted smoothness")
     ap.add_argument("--dis", nargs="*", default=None, help="flow-setting variants key=value[,key=value]")
+    ap.add_argument("--base", default=None, help="flow settings of every row, key=value[,key=value]")
     ap.add_argument(
         "--prefilter",
         nargs="*",
@@ -113,7 +114,10 @@ def main() -> None:
     true = np.nan_to_num(true).astype(np.float32)
     cfg = flow_config(SemConfig().dense, h * w)
     if args.noise_adapted:  # the dense stage's smoothness for noisy images (session 14)
-        cfg = noise_adapted_flow_config(cfg, img_r)
+        alpha = noise_adapted_smoothness(cfg.variational_refinement_alpha, stretched_noise_grey(img_r))
+        cfg = replace(cfg, variational_refinement_alpha=alpha)
+    if args.base:
+        cfg = replace(cfg, **{key: yaml.safe_load(v) for key, v in (kv.split("=", 1) for kv in args.base.split(","))})
     base = dense_flow(img_r, img_k, cfg)
     valid = base.valid
 

@@ -5,8 +5,17 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from topograph.matching.config import DenseConfig as FlowConfig
 from topograph.sem.image_noise import NOISY_IMAGE_MIN_GREY, stretched_noise_grey
-from topograph.sem.prefilter import FLOW_DENOISE_H_FACTOR, denoised_for_flow, nlm_denoise, stretch_limits
+from topograph.sem.prefilter import (
+    FLOW_DENOISE_H_FACTOR,
+    NOISY_FLOW_VARIATIONAL_ITERATIONS,
+    denoised_for_flow,
+    nlm_denoise,
+    noise_adapted_flow_inputs,
+    stretch_limits,
+)
+from topograph.types import ImageSet, SemImage
 
 
 def texture(contrast: float, size: int = 256, seed: int = 0) -> np.ndarray:
@@ -41,3 +50,28 @@ def test_only_noisy_series_are_denoised() -> None:
     out = denoised_for_flow(noisy, 1, noise, NOISY_IMAGE_MIN_GREY)
     assert len(out) == 3
     assert all(stretched_noise_grey(o) < 0.6 * stretched_noise_grey(n) for o, n in zip(out, noisy, strict=True))
+
+
+def test_flow_inputs_follow_the_noise() -> None:
+    """Quiet series (every real one measured): the flow's settings and images untouched; noisy ones: smoother
+    flow with more variational iterations, and denoised images."""
+    rng = np.random.default_rng(3)
+
+    def series(contrast: float, noise: float) -> ImageSet:
+        return ImageSet(
+            tuple(
+                SemImage(f"v{s}", texture(contrast, seed=s) + rng.normal(0, noise, (256, 256)).astype(np.float32))
+                for s in range(3)
+            )
+        )
+
+    base = FlowConfig(variational_refinement_alpha=100.0, variational_refinement_iterations=5)
+    quiet = series(0.6, 0.005)
+    cfg, pixels = noise_adapted_flow_inputs(base, quiet, 1)
+    assert cfg == base
+    assert all(p is im.pixels for p, im in zip(pixels, quiet.images, strict=True))
+    noisy = series(0.21, 0.02)
+    cfg, pixels = noise_adapted_flow_inputs(base, noisy, 1)
+    assert cfg.variational_refinement_alpha > 2 * base.variational_refinement_alpha
+    assert cfg.variational_refinement_iterations == NOISY_FLOW_VARIATIONAL_ITERATIONS
+    assert all(p is not im.pixels for p, im in zip(pixels, noisy.images, strict=True))

@@ -60,13 +60,6 @@ reference → 5° neighbour: none 0.380 px RMS, k 0.5 0.391, 0.7 0.373, 0.8 0.35
 (docs/benchmarks.md, issue 16, session 15)."""
 
 
-NOISY_FLOW_VARIATIONAL_ITERATIONS = 20
-"""Variational refinement iterations of the final flow pass on noisy images (with the raised smoothness the
-solver needs more of them to settle): low-contrast render, 1024 px, non-local means before the flow,
-reference → 5° neighbour: 0.355 px RMS along the epipolar line at the default 5, 0.331 at 20 (α 761); at
-α 3200: 10 → 0.335, 20 → 0.332, 40 → 0.335 (docs/benchmarks.md, issue 16, session 15)."""
-
-
 def denoised_for_flow(
     pixels: list[np.ndarray], reference: int, noise_grey: float, min_noise_grey: float, percent: float = 0.5
 ) -> list[np.ndarray]:
@@ -86,22 +79,21 @@ def noise_adapted_flow_inputs(
     """The dense stage's flow settings and the pixels of every view for its flows, adapted to the reference
     image's noise after the flow's contrast stretch (:func:`topograph.sem.image_noise.stretched_noise_grey`,
     estimated once): from :data:`topograph.sem.image_noise.NOISY_IMAGE_MIN_GREY` on, the smoothness
-    :func:`topograph.sem.image_noise.noise_adapted_smoothness` with at least
-    :data:`NOISY_FLOW_VARIATIONAL_ITERATIONS` iterations, and the images :func:`denoised_for_flow`;
+    :func:`topograph.sem.image_noise.noise_adapted_smoothness` and the images :func:`denoised_for_flow`;
     below it (every real series measured, full-contrast renders) both unchanged."""
     pixels = [images[f].pixels for f in range(len(images))]
     noise = stretched_noise_grey(pixels[reference], flow_cfg.stretch_percent)
     alpha = noise_adapted_smoothness(flow_cfg.variational_refinement_alpha, noise)
     if alpha != flow_cfg.variational_refinement_alpha:
-        iterations = max(int(flow_cfg.variational_refinement_iterations), NOISY_FLOW_VARIATIONAL_ITERATIONS)
+        # the iterations stay: 20 instead of 5 (the smoothness then fully converged) gained 7 % of flow error
+        # at 1024 px but flattened the 512-px render's smaller grain (RMS 0.297 → 0.556 % of D; session 15)
         log.info(
-            "dense flow: noisy images (σ %.1f grey levels), smoothness %.0f instead of %.0f, %d variational iterations",
+            "dense flow: noisy images (σ %.1f grey levels), smoothness %.0f instead of %.0f",
             noise,
             alpha,
             flow_cfg.variational_refinement_alpha,
-            iterations,
         )
-        flow_cfg = replace(flow_cfg, variational_refinement_alpha=alpha, variational_refinement_iterations=iterations)
+        flow_cfg = replace(flow_cfg, variational_refinement_alpha=alpha)
     out = denoised_for_flow(pixels, reference, noise, NOISY_IMAGE_MIN_GREY, flow_cfg.stretch_percent)
     if out is not pixels:
         log.info("dense flow: non-local means h %.1f grey levels before the flow", FLOW_DENOISE_H_FACTOR * noise)

@@ -85,8 +85,8 @@ def noise_adapted_flow_inputs(
     noise = stretched_noise_grey(pixels[reference], flow_cfg.stretch_percent)
     alpha = noise_adapted_smoothness(flow_cfg.variational_refinement_alpha, noise)
     if alpha != flow_cfg.variational_refinement_alpha:
-        # the iterations stay: 20 instead of 5 (the smoothness then fully converged) gained 7 % of flow error
-        # at 1024 px but flattened the 512-px render's smaller grain (RMS 0.297 → 0.556 % of D; session 15)
+        # the variational iterations stay at 5: 20 lowered the flow's error by 7 % (one pair, 1024 px) but not
+        # the cloud's (low contrast 1024 px: RMS 0.249 → 0.252 % of D, coverage 97.9 → 97.1 %, +35 CPU-s; session 15)
         log.info(
             "dense flow: noisy images (σ %.1f grey levels), smoothness %.0f instead of %.0f",
             noise,

@@ -3,6 +3,8 @@
     python benchmarks/bench_sem_flow_noise.py "low contrast" [--size 1024] [--noise 0.02]
     python benchmarks/bench_sem_flow_noise.py "low contrast" --dis variational_refinement_alpha=400 ...
     python benchmarks/bench_sem_flow_noise.py "low contrast" --noise-adapted [--dis ...]
+    python benchmarks/bench_sem_flow_noise.py "low contrast" [--noise-adapted] [--base KEY=VALUE,...] \
+        --prefilter nlm:0.8 bilateral:3:2 gauss:1 up:2
 
 Renders the case of ``bench_sem_conventions.py`` whose name contains the argument (its true cameras give
 every reference pixel's true match), runs the SEM dense stage's flow (reference → first other view) and
@@ -24,7 +26,10 @@ RMS on the interior ≥ 20 px from the outline) for:
 
 With ``--dis`` only the dense stage's flow and its variants with the given flow settings (fields of
 :class:`topograph.matching.config.DenseConfig`, several joined by commas, e.g. ``patch_size=12,patch_stride=3``)
-are run, each row with the share of the grain's pixels the flow keeps (forward–backward consistent).
+are run, each row with the share of the grain's pixels the flow keeps (forward–backward consistent). With
+``--prefilter`` the flow runs on both images denoised first (non-local means ``nlm:K`` with ``h = K σ``, as
+:mod:`topograph.sem.prefilter` does; ``bilateral:K:S``; ``gauss:S``) or upsampled (``up:F``, the flow sampled
+back at the pixel centres); ``--base`` changes the flow settings of every row.
 """
 
 from __future__ import annotations

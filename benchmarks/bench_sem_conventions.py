@@ -1,6 +1,7 @@
 """Convention matrix at full size (issue 16): the right shape from any microscope.
 
-    python benchmarks/bench_sem_conventions.py [--size 800] [--cases all|matrix|mask] [--set key=value ...]
+    python benchmarks/bench_sem_conventions.py [--size 800] [--cases all|matrix|mask] [--set key=value ...] \
+        [--only PART ...] [--noise SIGMA]
 
 Every case renders a series from the physical description (tilt axis at any angle, both tilt senses, images
 rotated after capture, drift, 3/5/7 views, chiral objects, two grains, grains touching the border, dark /
@@ -92,8 +93,10 @@ def named_case(part: str) -> tuple[str, Case, dict]:
     return next(c for c in cases if part in c[0])
 
 
-def run_case(name: str, case: Case, render_kw: dict, size: int, cfg: SemConfig, tmp: Path) -> dict:
-    ds = render_case(case, render_kw, size)
+def run_case(
+    name: str, case: Case, render_kw: dict, size: int, cfg: SemConfig, tmp: Path, noise: float | None = None
+) -> dict:
+    ds = render_case(case, render_kw, size, **({} if noise is None else {"noise": noise}))
     path = save_sem_dataset(ds, tmp / name.replace(" ", "_").replace("/", "-"), with_metadata=False)
     truth = load_sem_truth(path)
     t0 = time.perf_counter()
@@ -156,6 +159,7 @@ def main() -> None:
     ap.add_argument("--cases", choices=("all", "matrix", "mask"), default="all")
     ap.add_argument("--only", nargs="*", default=None, help="run only the cases whose name contains one of these")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides key=value")
+    ap.add_argument("--noise", type=float, default=None, help="render noise σ at mid-grey (default: the renderer's)")
     args = ap.parse_args()
     cfg = apply_overrides(SemConfig(), {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)})
     cases: list[tuple[str, Case, dict]] = []
@@ -172,7 +176,7 @@ def main() -> None:
     print("|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for name, case, kw in cases:
-            r = run_case(name, case, kw, args.size, cfg, Path(tmp))
+            r = run_case(name, case, kw, args.size, cfg, Path(tmp), args.noise)
             relief = "—" if r["relief_px"] is None else f"{r['relief_px']:.0f}"
             print(
                 f"| {name} | {r['source']} | {r['warned']} | {'**yes**' if r['mirrored'] else 'no'} | "

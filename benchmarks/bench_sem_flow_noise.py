@@ -3,6 +3,8 @@
     python benchmarks/bench_sem_flow_noise.py "low contrast" [--size 1024] [--noise 0.02]
     python benchmarks/bench_sem_flow_noise.py "low contrast" --dis variational_refinement_alpha=400 ...
     python benchmarks/bench_sem_flow_noise.py "low contrast" --noise-adapted [--dis ...]
+    python benchmarks/bench_sem_flow_noise.py "low contrast" [--noise-adapted] [--base KEY=VALUE,...] \
+        --prefilter nlm:0.8 bilateral:3:2 gauss:1 up:2
 
 Renders the case of ``bench_sem_conventions.py`` whose name contains the argument (its true cameras give
 every reference pixel's true match), runs the SEM dense stage's flow (reference → first other view) and
@@ -24,7 +26,10 @@ RMS on the interior ≥ 20 px from the outline) for:
 
 With ``--dis`` only the dense stage's flow and its variants with the given flow settings (fields of
 :class:`topograph.matching.config.DenseConfig`, several joined by commas, e.g. ``patch_size=12,patch_stride=3``)
-are run, each row with the share of the grain's pixels the flow keeps (forward–backward consistent).
+are run, each row with the share of the grain's pixels the flow keeps (forward–backward consistent). With
+``--prefilter`` the flow runs on both images denoised first (non-local means ``nlm:K`` with ``h = K σ``, as
+:mod:`topograph.sem.prefilter` does; ``bilateral:K:S``; ``gauss:S``) or upsampled (``up:F``, the flow sampled
+back at the pixel centres); ``--base`` changes the flow settings of every row.
 """
 
 from __future__ import annotations
@@ -46,8 +51,9 @@ from bench_sem_conventions import named_case, render_case  # noqa: E402
 from topograph.geometry.local_regression import local_linear_smooth  # noqa: E402
 from topograph.matching.dense import dense_flow  # noqa: E402
 from topograph.sem.config import SemConfig  # noqa: E402
-from topograph.sem.dense import flow_config, noise_adapted_flow_config  # noqa: E402
-from topograph.sem.image_noise import stretched_noise_grey  # noqa: E402
+from topograph.sem.dense import flow_config  # noqa: E402
+from topograph.sem.image_noise import noise_adapted_smoothness, noise_sigma, stretched_noise_grey  # noqa: E402
+from topograph.sem.prefilter import nlm_denoise, stretch_limits  # noqa: E402
 from topograph.synth.sem import cast_rays  # noqa: E402
 
 
@@ -84,6 +90,14 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=0.02)
     ap.add_argument("--noise-adapted", action="store_true", help="the dense stage's noise-adapted smoothness")
     ap.add_argument("--dis", nargs="*", default=None, help="flow-setting variants key=value[,key=value]")
+    ap.add_argument("--base", default=None, help="flow settings of every row, key=value[,key=value]")
+    ap.add_argument(
+        "--prefilter",
+        nargs="*",
+        default=None,
+        help="denoising before the flow: nlm:H_FACTOR[:TEMPLATE:SEARCH], bilateral:COLOUR_FACTOR:SIGMA_PX, "
+        "gauss:SIGMA_PX, up:FACTOR (the flow on upsampled images)",
+    )
     args = ap.parse_args()
     name, case, kw = named_case(args.case)
     n = len(case.tilts_deg)
@@ -105,7 +119,10 @@ def main() -> None:
     true = np.nan_to_num(true).astype(np.float32)
     cfg = flow_config(SemConfig().dense, h * w)
     if args.noise_adapted:  # the dense stage's smoothness for noisy images (session 14)
-        cfg = noise_adapted_flow_config(cfg, img_r)
+        alpha = noise_adapted_smoothness(cfg.variational_refinement_alpha, stretched_noise_grey(img_r))
+        cfg = replace(cfg, variational_refinement_alpha=alpha)
+    if args.base:
+        cfg = replace(cfg, **{key: yaml.safe_load(v) for key, v in (kv.split("=", 1) for kv in args.base.split(","))})
     base = dense_flow(img_r, img_k, cfg)
     valid = base.valid
 
@@ -118,6 +135,44 @@ def main() -> None:
             f"{np.sqrt(np.mean(err[sel & inner] ** 2)):.3f} |{share}",
             flush=True,
         )
+
+    if args.prefilter is not None:
+        print(
+            f"## {name}, {args.size} px, noise {args.noise}: flow {ds.names[ref]} → {ds.names[k]} on the grain; "
+            f"estimated noise {stretched_noise_grey(img_r):.2f} grey levels after the stretch; α "
+            f"{cfg.variational_refinement_alpha:g}"
+        )
+        print("| prefilter | RMS along e px | median \\|err\\| px | interior RMS px | grain kept % |")
+        print("|---|---:|---:|---:|---:|")
+        row("none (dense stage flow)", base.flow, base.valid)
+        limits = stretch_limits(np.concatenate([img_r, img_k], axis=1))
+        for variant in args.prefilter:
+            kind, *par = variant.split(":")
+            vals = [float(v) for v in par]
+            if kind == "nlm":
+                fr, fk = (nlm_denoise(im, vals[0], limits, *[int(v) for v in vals[1:]]) for im in (img_r, img_k))
+            elif kind == "bilateral":
+                sig = noise_sigma(img_r)
+                fr, fk = (cv2.bilateralFilter(im, -1, vals[0] * sig, vals[1]) for im in (img_r, img_k))
+            elif kind == "gauss":
+                fr, fk = (cv2.GaussianBlur(im, (0, 0), vals[0]) for im in (img_r, img_k))
+            elif kind == "up":  # the flow on images upsampled by s, sampled back at the pixel centres
+                s = vals[0]
+                size = (round(w * s), round(h * s))
+                fr, fk = (cv2.resize(im, size, interpolation=cv2.INTER_CUBIC) for im in (img_r, img_k))
+                big = dense_flow(fr, fk, cfg)
+                cx = (np.arange(w, dtype=np.float32)[None, :] + 0.5) * np.float32(s) - 0.5
+                cy = (np.arange(h, dtype=np.float32)[:, None] + 0.5) * np.float32(s) - 0.5
+                cx, cy = np.broadcast_to(cx, (h, w)).copy(), np.broadcast_to(cy, (h, w)).copy()
+                flow = cv2.remap(big.flow, cx, cy, cv2.INTER_LINEAR) / np.float32(s)
+                kept = cv2.remap(big.valid.view(np.uint8), cx, cy, cv2.INTER_NEAREST) > 0
+                row(variant, flow, kept)
+                continue
+            else:
+                raise SystemExit(f"unknown prefilter {kind}: use nlm, bilateral, gauss or up")
+            res = dense_flow(fr, fk, cfg)
+            row(variant, res.flow, res.valid)
+        return
 
     if args.dis is not None:
         print(

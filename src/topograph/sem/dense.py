@@ -41,7 +41,7 @@ from topograph.matching.dense import DenseConfig as FlowConfig
 from topograph.matching.dense import DenseFlow, dense_flows, flow_threads
 from topograph.progress import steps
 from topograph.sem.config import DenseConfig
-from topograph.sem.image_noise import noise_adapted_smoothness, stretched_noise_grey
+from topograph.sem.prefilter import noise_adapted_flow_inputs
 from topograph.sem.relief_extent import reference_relief_extent_px
 from topograph.types import AffineCamera, HeightMap, ImageSet, PointCloud, Reconstruction
 
@@ -418,22 +418,6 @@ def chain_flow_config(
     return replace(flow_cfg, first_pass_downscale=k, patch_stride=stride)
 
 
-def noise_adapted_flow_config(flow_cfg: FlowConfig, reference: np.ndarray) -> FlowConfig:
-    """``flow_cfg`` with its smoothness raised for noisy images (:func:`topograph.sem.image_noise.
-    noise_adapted_smoothness` of the reference image's noise after the flow's contrast stretch)."""
-    noise = stretched_noise_grey(reference, flow_cfg.stretch_percent)
-    alpha = noise_adapted_smoothness(flow_cfg.variational_refinement_alpha, noise)
-    if alpha == flow_cfg.variational_refinement_alpha:
-        return flow_cfg
-    log.info(
-        "dense flow: noisy images (σ %.1f grey levels), smoothness %.0f instead of %.0f",
-        noise,
-        alpha,
-        flow_cfg.variational_refinement_alpha,
-    )
-    return replace(flow_cfg, variational_refinement_alpha=alpha)
-
-
 def fuse_dense(
     images: ImageSet, recon: Reconstruction, cfg: DenseConfig, ref: int, threads: int = 0
 ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray | None]]:
@@ -455,12 +439,12 @@ def fuse_dense(
     others = [f for f in range(len(images)) if f != ref]
     chains = chained_pairs(recon.tilts_deg, ref, cfg)
     parallel, flows_at_once = flow_schedule(n, len(images) + len(chains), cfg)
-    flow_cfg = noise_adapted_flow_config(flow_config(cfg, n, threads, parallel), images[ref].pixels)
+    flow_cfg, pixels = noise_adapted_flow_inputs(flow_config(cfg, n, threads, parallel), images, ref)  # issue 16
     chain_cfg = chain_flow_config(flow_cfg, (h, w), reference_relief_extent_px(recon, ref, (h, w)) if chains else None)
     # Every flow (direct and chained) is independent of the others: they run side by side where the images
     # allow it (dense_flows) and are fused in this order as they come.
-    jobs = [(images[ref].pixels, images[f].pixels, flow_cfg, track_prealignment(recon, ref, f)) for f in others]
-    jobs += [(images[a].pixels, images[b].pixels, chain_cfg, track_prealignment(recon, a, b)) for a, b in chains]
+    jobs = [(pixels[ref], pixels[f], flow_cfg, track_prealignment(recon, ref, f)) for f in others]
+    jobs += [(pixels[a], pixels[b], chain_cfg, track_prealignment(recon, a, b)) for a, b in chains]
     flows = dense_flows(jobs, flow_threads(flow_cfg), flows_at_once)
     direct: dict[int, int] = {}  # view → observation slot
     slot_view: list[int] = [ref]

@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -93,7 +94,10 @@ class DenseResult:
     """(H, W, 3) fused point of every reference pixel, NaN where rejected."""
     n_views_grid: np.ndarray
     """(H, W) number of views that saw each pixel."""
-    cloud: PointCloud
+    point_mask: np.ndarray
+    """(H, W) bool: the reference pixels whose point is in the cloud (row-major order, see :attr:`cloud`)."""
+    reference_pixels: np.ndarray
+    """(H, W) float32 reference image in [0, 1]: the cloud's intensity."""
     plane: Plane
     grain_mask: np.ndarray
     """(H, W) bool grain pixels of the reference view."""
@@ -121,6 +125,32 @@ class DenseResult:
     warnings: tuple[str, ...] = ()
     """Warnings of the dense stage (already logged) for the run's summary."""
 
+    @cached_property
+    def cloud(self) -> PointCloud:
+        """The dense cloud in the reconstruction frame: float64 points of :attr:`point_mask` (row-major) with
+        the reference image's intensity. Built on first use (the run's own files are written from the grid
+        block by block, :meth:`output_cloud_xyz`), so the stage holds no second copy of its points."""
+        xyz = self.points_grid[self.point_mask].astype(np.float64)
+        intensity = np.clip(self.reference_pixels[self.point_mask].astype(np.float32), 0, 1)
+        return PointCloud(xyz, unit=self.unit, intensity=intensity)
+
+    @property
+    def n_points(self) -> int:
+        """Points in the dense cloud."""
+        return int(np.count_nonzero(self.point_mask))
+
+    def output_cloud_xyz(self, dtype: type = np.float32, rows_per_block: int = 256) -> np.ndarray:
+        """(N, 3) points of :attr:`cloud` in the output frame (:meth:`to_output_frame`, in float64, then
+        ``dtype``), computed ``rows_per_block`` grid rows at a time: no float64 (N, 3) copy of the cloud."""
+        out = np.empty((self.n_points, 3), dtype=dtype)
+        at = 0
+        for lo in range(0, self.point_mask.shape[0], rows_per_block):
+            sel = self.point_mask[lo : lo + rows_per_block]
+            block = self.points_grid[lo : lo + rows_per_block][sel]
+            out[at : at + len(block)] = self.to_output_frame(block)
+            at += len(block)
+        return out
+
     def to_output_frame(self, xyz: np.ndarray) -> np.ndarray:
         """(N, 3) reconstruction-frame points → the substrate frame of every output file (see :data:`FRAME`)."""
         origin = self.plane.normal * self.plane.offset
@@ -146,7 +176,7 @@ class DenseResult:
         grain = int(self.grain_mask.sum())
         return {
             "reference_view": self.reference_view,
-            "n_points": len(self.cloud),
+            "n_points": self.n_points,
             "n_points_grain": int(np.isfinite(self.points_grid[self.grain_mask]).all(axis=1).sum()) if grain else 0,
             "n_points_3plus_views": int((self.n_views_grid >= 3).sum()),
             "grain_pixels": grain,
@@ -157,6 +187,20 @@ class DenseResult:
             "grain_mesh_faces": int(len(self.grain_mesh.faces)) if self.grain_mesh is not None else 0,
             "timings_s": dict(self.timings_s),
         }
+
+    def _render_cloud_views(self, path: Path, unit: str) -> None:
+        """The cloud's preview figure (:func:`topograph.report.render.render_cloud_views`) from the random
+        subset it draws itself beyond ``MAX_RENDER_POINTS`` (same seed, same points, same figure), taken
+        here so that only the subset's float64 output-frame points exist."""
+        from topograph.report.render import MAX_RENDER_POINTS, render_cloud_views
+
+        n = self.n_points
+        idx = np.flatnonzero(self.point_mask)
+        if n > MAX_RENDER_POINTS:
+            idx = idx[np.sort(np.random.default_rng(0).choice(n, MAX_RENDER_POINTS, replace=False))]
+        xyz = self.to_output_frame(self.points_grid.reshape(-1, 3)[idx])
+        intensity = np.clip(self.reference_pixels.ravel()[idx].astype(np.float32), 0, 1)
+        render_cloud_views(xyz, intensity, path, unit=unit)
 
     def write(self, out: Path, threads: int = 1) -> dict[str, float]:
         """Write cloud, height map (TIFF + PNG), meshes, metrics and renderings into ``out``, the files
@@ -176,7 +220,7 @@ class DenseResult:
             write_png,
             write_stl,
         )
-        from topograph.report.render import height_map_png, render_cloud_views
+        from topograph.report.render import height_map_png
 
         unit_text = "micrometres" if self.unit == "um" else "pixel units of view 0 (no pixel size known)"
         shown_unit = "µm" if self.unit == "um" else "px"
@@ -196,7 +240,8 @@ class DenseResult:
 
         # One frame for every 3-D file: the substrate frame (FRAME); the in-memory cloud stays in the
         # reconstruction frame, the grain mesh is built in the substrate frame already.
-        cloud = PointCloud(self.to_output_frame(self.cloud.xyz), unit=self.unit, intensity=self.cloud.intensity)
+        intensity = np.clip(self.reference_pixels[self.point_mask].astype(np.float32), 0, 1)
+        cloud = PointCloud(self.output_cloud_xyz(), unit=self.unit, intensity=intensity)  # float32: as the PLY
         comments = [
             f"topograph {__version__} dense SEM cloud",
             f"unit {self.unit}",
@@ -204,7 +249,7 @@ class DenseResult:
             f"frame {FRAME_NAME}",
         ]
         figure = out / "figures" / "dense_cloud_views.png"
-        timed("cloud_views_png", render_cloud_views, cloud.xyz, cloud.intensity, figure, unit=shown_unit)
+        timed("cloud_views_png", self._render_cloud_views, figure, shown_unit)
         timed("dense_ply", write_ply, out / "dense.ply", cloud, comments=comments)
         facts = {
             "frame": HEIGHT_MAP_FRAME,
@@ -261,6 +306,7 @@ class DenseResult:
         else:
             for task in tasks:
                 task()
+        del cloud, intensity
         if self.metrics is not None:
             write_json(out / "grain_metrics.json", {"unit": self.unit, **self.metrics.to_dict()})
         if self.areal is not None:
@@ -450,7 +496,7 @@ def fuse_dense(
     n = h * w
     cams = recon.cameras
     grid = _pixel_grid(h, w)
-    acc = NormalEquations(n, keep_observations=True)
+    acc = NormalEquations(n)
     acc.add_view(cams[ref], grid, np.ones(n, dtype=bool))
     others = [f for f in range(len(images)) if f != ref]
     chains = chained_pairs(recon.tilts_deg, ref, cfg)
@@ -489,17 +535,17 @@ def fuse_dense(
             log.info(
                 "dense chain %s → %s: %.1f%% of the reference pixels", images[a].name, images[b].name, 100 * keep.mean()
             )
-    min_views = max(2, cfg.min_views)
-    points = acc.solve(min_views=min_views)
-    if acc.reject(points, cfg.epipolar_threshold_px, keep_slots=(0,)):  # slot 0: the reference pixel itself
-        points = acc.solve(min_views=min_views)
+    # slot 0 (the reference pixel itself) is never rejected; the flows' threads are free by now
+    points, _ = acc.solve_with_rejection(
+        max(2, cfg.min_views), cfg.epipolar_threshold_px, keep_slots=(0,), threads=flow_threads(flow_cfg)
+    )
     visible: list[np.ndarray | None] = [None] * len(images)
     for k, f in enumerate(slot_view):
         if f == ref:
             continue
         seen = ((acc.code >> np.uint32(k)) & np.uint32(1)).astype(bool).reshape(h, w)
         visible[f] = seen if visible[f] is None else (visible[f] | seen)
-    return points.astype(np.float32).reshape(h, w, 3), acc.count.reshape(h, w), visible
+    return points.reshape(h, w, 3), acc.count.reshape(h, w), visible
 
 
 def track_prealignment(recon: Reconstruction, i: int, j: int, ransac_px: float = 20.0) -> np.ndarray | None:
@@ -766,6 +812,7 @@ def run_dense(
             "base; image the grain with substrate around it for a measured base"
         )
         log.warning(dense_warnings[-1])
+    del pts  # the cloud is the grid's points of `finite` (DenseResult.cloud)
     height = (grid @ plane.normal.astype(np.float32) - np.float32(plane.offset)).astype(np.float32)
     sub = height[finite & border]
     plane_noise = float(1.4826 * np.median(np.abs(sub - np.median(sub)))) if sub.size and not fallback else 0.0
@@ -773,9 +820,7 @@ def run_dense(
         mask = load_user_mask(cfg.mask, (h, w))
     else:
         mask = grain_mask_from_height(height, plane_noise)
-    intensity = images[ref].pixels[finite].astype(np.float32)
-    cloud = PointCloud(pts, unit=unit, intensity=np.clip(intensity, 0, 1))
-    log.info("dense cloud: %d points (%d on the grain)", len(cloud), int((mask & finite).sum()))
+    log.info("dense cloud: %d points (%d on the grain)", int(finite.sum()), int((mask & finite).sum()))
     timings["filter_plane_mask"] = time.perf_counter() - t0
 
     # Height map in the reference view (grid spacing = one reference pixel on the specimen).
@@ -823,7 +868,8 @@ def run_dense(
         reference_view=ref,
         points_grid=grid,
         n_views_grid=nviews,
-        cloud=cloud,
+        point_mask=finite,
+        reference_pixels=images[ref].pixels,
         plane=plane,
         grain_mask=mask,
         height_map=hmap,

@@ -364,14 +364,15 @@ MB), its forward and backward flows take turns from this many coarse pixels on, 
 enough for :data:`SIDE_BY_SIDE_MAX_OBSERVATION_PX`: memory holds one DIS solver (~190 B per pixel) instead of
 two; each solve still uses every core."""
 
-SIDE_BY_SIDE_MAX_OBSERVATION_PX = 18_000_000
+SIDE_BY_SIDE_MAX_OBSERVATION_PX = 24_000_000
 """Images above 2 MP still solve side by side (two solvers, one OpenCV thread each, the flows in a worker
 thread beside the fusion, see :func:`flow_schedule`) while pixels × observation slots (views + chained pairs)
-stay within this: the fused observations (8 B per pixel and slot) and the views' images grow with the
-series, the second solver and flow in flight (~250 MB at 4 MP) with the image. Measured peaks (docs/
-benchmarks.md, issue 21, session 14): 3 × 4 MP (4 slots: 16 M) 0.97 GB in turn → 1.07–1.23 GB side by side (main
-thread's CPU 17 → 10 s); 7 × 3 MP (7 slots: 21 M) 0.91 → 1.08 GB, over its 1-GB bound, so it stays in turn. A solve
-alone uses both cores through OpenCV's threads, but only ~60 % of it runs in parallel."""
+stay within this: the fused observations (8 B per pixel and slot, :class:`NormalEquations`) and the views'
+images grow with the series, the second solver and flow in flight (~250 MB at 4 MP) with the image. Measured
+whole-process peaks (docs/benchmarks.md, issue 21, sessions 14 and 15): with the float64 right-hand sides and
+cloud of session 14, 3 × 4 MP (4 slots: 16 M) 1.05–1.24 GB side by side and 7 × 3 MP (7 slots: 21 M) 1.08 GB;
+with the leaner accumulator and cloud of session 15, 3 × 4 MP ~1.0 GB and 7 × 3 MP ~0.82 GB side by side. A
+solve alone uses both cores through OpenCV's threads, but only ~60 % of it runs in parallel."""
 
 
 def flow_schedule(n_pixels: int, n_slots: int, cfg: DenseConfig) -> tuple[int, int]:
@@ -691,18 +692,31 @@ RANSAC_MAX_POINTS = 20_000
 """The substrate RANSAC scores its plane hypotheses on at most this many (random) candidate points."""
 
 
+PLANE_BLOCK_POINTS = 1 << 18
+"""Points per float64 block of :func:`fit_substrate_plane`'s inlier test and scatter sums."""
+
+
 def fit_substrate_plane(
     points: np.ndarray, border_points: np.ndarray, toward_detector: np.ndarray, seed: int = 0
 ) -> Plane:
     """RANSAC plane through the substrate, seeded by the image border (where the substrate is), then a
-    least-squares refit on all inliers of the whole cloud. The normal points toward the detector."""
+    least-squares refit on all inliers of the whole cloud. The normal points toward the detector.
+
+    ``points`` (N, 3) and ``border_points`` may be float32 (the fused grid's own values): the hypotheses are
+    scored in float64 and the refit is the total least-squares plane through the inliers' centroid ``c``,
+    its normal the eigenvector of the smallest eigenvalue of the scatter ``Σ (X − c)(X − c)ᵀ``, summed in
+    float64 blocks of :data:`PLANE_BLOCK_POINTS` (the same plane as the SVD of the centred inliers, without
+    an (N, 3) float64 copy of them).
+    """
     rng = np.random.default_rng(seed)
     cand = border_points if len(border_points) >= 100 else points
     if len(cand) < 3:
         raise TopographError("too few dense points to find the substrate plane", "check the dense matches / mask")
     if len(cand) > RANSAC_MAX_POINTS:  # hypotheses are scored on a random subset; the refit uses every point
         cand = cand[rng.choice(len(cand), RANSAC_MAX_POINTS, replace=False)]
-    scale = np.linalg.norm(np.ptp(points, axis=0)) + 1e-12
+    cand = np.asarray(cand, dtype=np.float64)
+    extent = points.max(axis=0).astype(np.float64) - points.min(axis=0).astype(np.float64)
+    scale = np.linalg.norm(extent) + 1e-12
     thr = 0.003 * scale
     best, best_n = None, -1
     for _ in range(300):
@@ -715,10 +729,19 @@ def fit_substrate_plane(
         if cnt > best_n:
             best, best_n = (n, float(n @ s[0])), cnt
     n, d = best
-    inl = points[np.abs(points @ n - d) < thr]
-    c = inl.mean(axis=0)
-    _, _, vt = np.linalg.svd(inl - c, full_matrices=False)
-    n = vt[2]
+    # scatter about a point near the cloud (no cancellation), moved to the centroid at the end
+    shift = cand.mean(axis=0)
+    count, total, scatter = 0, np.zeros(3), np.zeros((3, 3))
+    for lo in range(0, len(points), PLANE_BLOCK_POINTS):
+        block = np.asarray(points[lo : lo + PLANE_BLOCK_POINTS], dtype=np.float64)
+        inl = block[np.abs(block @ n - d) < thr] - shift
+        count += len(inl)
+        total += inl.sum(axis=0)
+        scatter += inl.T @ inl
+    mean = total / count
+    _, vectors = np.linalg.eigh(scatter - count * np.outer(mean, mean))
+    n = vectors[:, 0]
+    c = shift + mean
     if n @ toward_detector < 0:
         n = -n
     return Plane(n, float(n @ c))
@@ -794,7 +817,7 @@ def run_dense(
     bw = max(4, int(0.08 * min(h, w)))
     border[:bw] = border[-bw:] = True
     border[:, :bw] = border[:, -bw:] = True
-    pts = grid[finite].astype(np.float64)
+    pts = grid[finite]  # float32, as fused
     border_cover = float((finite & border).sum()) / float(border.sum())
     plane = fit_substrate_plane(pts, pts[border[finite]], toward)
     stage_normal = np.array([0.0, 0.0, 1.0])  # metadata frame: the stage; factorization: the first view
@@ -804,7 +827,7 @@ def run_dense(
     if fallback:
         # A featureless substrate gives (almost) no points at the image border; a plane fitted there runs
         # through the grain. Fall back to the plane facing the detector through the lowest points.
-        plane = Plane(stage_normal, float(np.percentile(pts @ stage_normal, 2.0)))
+        plane = Plane(stage_normal, float(np.percentile(pts.astype(np.float64) @ stage_normal, 2.0)))
         dense_warnings.append(
             f"the substrate is hardly matched ({100 * border_cover:.0f}% of the image border has depth, fitted "
             f"plane tilted {tilt_off:.0f}°): heights are measured from the plane facing the detector through "

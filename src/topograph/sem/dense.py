@@ -793,7 +793,7 @@ def run_dense(
     Step timings (CPU-bound wall seconds) are kept in :attr:`DenseResult.timings_s`.
     """
     from topograph.analysis.grain import grain_metrics
-    from topograph.analysis.mesh import close_with_base, heightfield_mesh
+    from topograph.analysis.mesh import close_with_base
     from topograph.analysis.surface import areal_parameters
 
     timings: dict[str, float] = {}
@@ -870,40 +870,44 @@ def run_dense(
     # Meshes in the substrate frame (z = height above the substrate plane).
     t0 = time.perf_counter()
     k = int(np.ceil(np.sqrt(max(int(finite.sum()), 1) / MAX_SURFACE_MESH_CELLS)))
-    surface_mesh = heightfield_mesh(height[::k, ::k], k * px_world) if finite.any() else None
-    grain_mesh = metrics = areal = None
-    grain_sel = mask & finite
-    refusal = None if cfg.mask else implausible_mask(mask, finite)
-    if refusal is not None:
-        log.warning(refusal)
     side_by_side = within_side_by_side_budget(h * w, len(images) + len(chained_pairs(recon.tilts_deg, ref, cfg)))
-    if refusal is None and int(grain_sel.sum()) >= 50:  # noqa: PLR2004 - fewer points make no grain
-        # the areal parameters need only the height map: in a thread beside the grain mesh and its metrics
-        # (numpy releases the GIL) where two cores and the memory budget allow it, else after them
-        two_cores = flow_threads(FlowConfig(threads=threads)) > 1
-        beside = ThreadPoolExecutor(max_workers=1) if side_by_side and two_cores else None
-        grain_height = np.where(mask, height, np.nan)
-        areal_task = beside.submit(areal_parameters, grain_height, px_world, form="none", unit=unit) if beside else None
-        frame = plane.frame()
-        grain_pts = (grid[grain_sel].astype(np.float64) - plane.normal * plane.offset) @ frame.T
-        outline = footprint_outline(mask, finite, recon.cameras[ref], plane)
-        step = grain_mesh_step(int(mask.sum()), px_world)
-        top, footprint, origin = grain_top_grid(grain_pts, step, outline)
-        grain_mesh = close_with_base(
-            top, base_z=0.0, closure=cfg.closure, pixel_size=step, origin=origin, mask=footprint
-        )
-        timings["grain_mesh"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        metrics = grain_metrics(grain_mesh, unit=unit, closure=cfg.closure)
+    # The surface mesh and the areal parameters need only the height map: in a thread beside the grain mesh
+    # and its metrics (numpy releases the GIL) where two cores and the memory budget allow it, else in turn.
+    two_cores = flow_threads(FlowConfig(threads=threads)) > 1
+    beside = ThreadPoolExecutor(max_workers=1) if side_by_side and two_cores else None
+    try:
+        surface_task = beside.submit(_surface_mesh, height, finite, k, px_world) if beside else None
+        surface_mesh = None if beside else _surface_mesh(height, finite, k, px_world)
+        grain_mesh = metrics = areal = None
+        grain_sel = mask & finite
+        refusal = None if cfg.mask else implausible_mask(mask, finite)
+        if refusal is not None:
+            log.warning(refusal)
+        if refusal is None and int(grain_sel.sum()) >= 50:  # noqa: PLR2004 - fewer points make no grain
+            grain_height = np.where(mask, height, np.nan)
+            args = (grain_height, px_world)
+            areal_task = beside.submit(areal_parameters, *args, form="none", unit=unit) if beside else None
+            frame = plane.frame()
+            grain_pts = (grid[grain_sel].astype(np.float64) - plane.normal * plane.offset) @ frame.T
+            outline = footprint_outline(mask, finite, recon.cameras[ref], plane)
+            step = grain_mesh_step(int(mask.sum()), px_world)
+            top, footprint, origin = grain_top_grid(grain_pts, step, outline)
+            grain_mesh = close_with_base(
+                top, base_z=0.0, closure=cfg.closure, pixel_size=step, origin=origin, mask=footprint
+            )
+            timings["grain_mesh"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            metrics = grain_metrics(grain_mesh, unit=unit, closure=cfg.closure)
+            areal = areal_task.result() if areal_task else areal_parameters(*args, form="none", unit=unit)
+            del grain_height, args
+            timings["grain_metrics"] = time.perf_counter() - t0
+        elif refusal is None:
+            log.warning("no grain found above the substrate: metrics skipped (give --mask to select it)")
+        if surface_task is not None:
+            surface_mesh = surface_task.result()
+    finally:
         if beside is not None:
-            areal = areal_task.result()
-            beside.shutdown()
-        else:
-            areal = areal_parameters(grain_height, px_world, form="none", unit=unit)
-        del grain_height
-        timings["grain_metrics"] = time.perf_counter() - t0
-    elif refusal is None:
-        log.warning("no grain found above the substrate: metrics skipped (give --mask to select it)")
+            beside.shutdown(wait=True, cancel_futures=True)
     return DenseResult(
         reference_view=ref,
         points_grid=grid,
@@ -925,6 +929,13 @@ def run_dense(
         base_plane="lowest points" if fallback else "substrate",
         warnings=tuple(dense_warnings),
     )
+
+
+def _surface_mesh(height: np.ndarray, known: np.ndarray, k: int, pixel_size: float) -> trimesh.Trimesh | None:
+    """The open surface mesh of every ``k``-th pixel of the height map (None without any known pixel)."""
+    from topograph.analysis.mesh import heightfield_mesh
+
+    return heightfield_mesh(height[::k, ::k], k * pixel_size) if known.any() else None
 
 
 def footprint_outline(grain_mask: np.ndarray, known: np.ndarray, camera: AffineCamera, plane: Plane) -> np.ndarray:

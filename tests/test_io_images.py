@@ -14,8 +14,10 @@ from topograph.errors import TopographError
 from topograph.io.databar import CropBox, DataBarDetectorConfig, apply_crop, detect_data_bar
 from topograph.io.images import (
     describe_series,
+    grey_levels,
     list_image_files,
     load_sem_series,
+    match_histogram,
     natural_key,
     series_warnings,
     to_unit_float,
@@ -200,6 +202,28 @@ def test_histogram_matching_equalises_distributions(tmp_path: Path) -> None:
     assert before > 0.2 and after < 0.01
     assert np.array_equal(matched[0].pixels, raw[0].pixels)  # the reference is untouched
     assert matched[1].pixels.dtype == np.float32
+
+
+@pytest.mark.parametrize("full_scale", [255.0, 4095.0, 65535.0])
+def test_histogram_matching_by_level_counts_is_skimages_mapping(full_scale: float) -> None:
+    """Images of integer codes / full scale take the counting path, other float images the sorting path; both
+    give skimage's ``match_histograms`` value for value."""
+    from skimage.exposure import match_histograms
+
+    rng = np.random.default_rng(int(full_scale))
+    codes = [np.rint(full_scale * texture((96, 128), k) ** g).astype(np.uint16) for k, g in ((0, 1.0), (1, 2.2))]
+    ref, img = (to_unit_float(c, full_scale) for c in codes)
+    expected = np.clip(match_histograms(img, ref), 0.0, 1.0).astype(np.float32)
+    levels = grey_levels(ref, full_scale)
+    assert levels.level_codes is not None  # the counting path
+    assert np.array_equal(match_histogram(img, levels, full_scale), expected)
+    assert np.array_equal(match_histogram(img, ref), expected)  # no full scale: the sorting path
+    jittered = np.clip(img + rng.uniform(0, 1e-5, img.shape).astype(np.float32), 0, 1)  # not integer codes
+    assert grey_levels(jittered, full_scale).level_codes is None
+    assert np.array_equal(
+        match_histogram(jittered, levels, full_scale),
+        np.clip(match_histograms(jittered, ref), 0.0, 1.0).astype(np.float32),
+    )
 
 
 def test_bit_depths_and_colour(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ import logging
 import math
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -269,19 +270,69 @@ def to_unit_float(array: np.ndarray, full_scale: float | None = None) -> np.ndar
     return np.clip((np.nan_to_num(f, nan=lo) - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def match_histogram(image: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """CDF (histogram) matching of ``image`` to ``reference``: ``I' = F_ref⁻¹(F_img(I))``.
+MAX_LEVEL_COUNT_SCALE = 65535
+"""Integer full scales up to this (16 bits) count grey levels with ``np.bincount`` in :func:`grey_levels`."""
+
+
+@dataclass(frozen=True)
+class GreyLevels:
+    """The distinct grey values of an image, their cumulative distribution and every pixel's level."""
+
+    values: np.ndarray
+    """(L,) float32 distinct values, ascending."""
+    quantiles: np.ndarray
+    """(L,) float64 fraction of pixels at or below each value."""
+    pixel_level: np.ndarray
+    """(H, W) integer index of every pixel's level: into ``values``, or with ``level_codes`` into a table
+    indexed by the integer code."""
+    level_codes: np.ndarray | None = None
+    """(L,) integer code of each value (``value = code / full_scale``), None when ``pixel_level`` indexes
+    ``values`` directly."""
+
+
+def grey_levels(image: np.ndarray, full_scale: float | None = None) -> GreyLevels:
+    """The grey levels of an (H, W) float32 image in [0, 1] (what :func:`match_histogram` maps).
+
+    When every pixel is an integer code divided by ``full_scale`` (≤ :data:`MAX_LEVEL_COUNT_SCALE`) exactly as
+    :func:`to_unit_float` divides it, the levels are counted per code (``np.bincount``, linear in pixels);
+    otherwise the values are sorted (``np.unique``). Both give the same values and counts."""
+    flat = image.reshape(-1)
+    if full_scale is not None and 0 < full_scale <= MAX_LEVEL_COUNT_SCALE and float(full_scale).is_integer():
+        codes = np.rint(flat * np.float32(full_scale)).astype(np.int32)
+        np.clip(codes, 0, int(full_scale), out=codes)
+        if np.array_equal(codes.astype(np.float32) / np.float32(full_scale), flat):
+            counts = np.bincount(codes, minlength=int(full_scale) + 1)
+            present = np.flatnonzero(counts)
+            values = present.astype(np.float32) / np.float32(full_scale)
+            quantiles = np.cumsum(counts[present]) / flat.size
+            return GreyLevels(values, quantiles, codes.reshape(image.shape), present)
+    values, inverse, counts = np.unique(flat, return_inverse=True, return_counts=True)
+    return GreyLevels(values, np.cumsum(counts) / flat.size, inverse.reshape(image.shape))
+
+
+def match_histogram(
+    image: np.ndarray, reference: np.ndarray | GreyLevels, full_scale: float | None = None
+) -> np.ndarray:
+    """CDF (histogram) matching of ``image`` to ``reference``: ``I' = F_ref⁻¹(F_img(I))``, the mapping of
+    ``skimage.exposure.match_histograms`` (each of the image's grey levels goes to the reference value at
+    its quantile, linearly interpolated), the levels counted by :func:`grey_levels`.
 
     Args:
         image: (H, W) float32 in [0, 1].
-        reference: (H', W') float32 in [0, 1].
+        reference: (H', W') float32 in [0, 1], or its :func:`grey_levels` (computed once for a series).
+        full_scale: the integer full scale the images were divided by (:func:`to_unit_float`), if any.
 
     Returns:
         (H, W) float32 in [0, 1] whose grey-level distribution follows the reference's.
     """
-    from skimage.exposure import match_histograms
-
-    return np.clip(match_histograms(image, reference), 0.0, 1.0).astype(np.float32)
+    ref = reference if isinstance(reference, GreyLevels) else grey_levels(reference, full_scale)
+    src = grey_levels(image, full_scale)
+    mapped = np.interp(src.quantiles, ref.quantiles, ref.values)
+    if src.level_codes is not None:
+        table = np.zeros(int(src.level_codes[-1]) + 1)
+        table[src.level_codes] = mapped
+        mapped = table
+    return np.clip(mapped[src.pixel_level], 0.0, 1.0).astype(np.float32)
 
 
 def _tilt_spread(items: Sequence[tuple[str, float]]) -> tuple[tuple[str, float], tuple[str, float]] | None:
@@ -414,12 +465,12 @@ def load_sem_series(
         order.sort(key=lambda i: natural_key(names[i]))
         logger.info("series ordered by file name: %s", ", ".join(names[i] for i in order))
 
-    reference = cropped[order[0]]
+    reference = grey_levels(cropped[order[0]], full_scale) if histogram_match else None
     images = []
     for i in order:
         pix = cropped[i]
-        if histogram_match and i != order[0]:
-            pix = match_histogram(pix, reference)
+        if reference is not None and i != order[0]:
+            pix = match_histogram(pix, reference, full_scale)
         images.append(
             SemImage(
                 name=names[i],

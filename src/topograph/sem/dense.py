@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +87,13 @@ class Plane:
         return np.vstack([e1, e2, n])
 
 
+CLOUD_FILES_APART_MIN_POINTS = 2_000_000
+"""Clouds of more points write their preview figure and their PLY one after the other, not side by side: the
+two files' work arrays grow with the cloud (~300 and ~200 MB at 4 M points: the preview's 2 M-point subset,
+the PLY's records) and side by side they made the peak of a 3 × 4 MP run (1.09 instead of 1.0 GB,
+docs/benchmarks.md, issue 21, session 15). Smaller clouds write every file side by side."""
+
+
 @dataclass(frozen=True)
 class DenseResult:
     reference_view: int
@@ -93,7 +101,10 @@ class DenseResult:
     """(H, W, 3) fused point of every reference pixel, NaN where rejected."""
     n_views_grid: np.ndarray
     """(H, W) number of views that saw each pixel."""
-    cloud: PointCloud
+    point_mask: np.ndarray
+    """(H, W) bool: the reference pixels whose point is in the cloud (row-major order, see :attr:`cloud`)."""
+    reference_pixels: np.ndarray
+    """(H, W) float32 reference image in [0, 1]: the cloud's intensity."""
     plane: Plane
     grain_mask: np.ndarray
     """(H, W) bool grain pixels of the reference view."""
@@ -121,6 +132,32 @@ class DenseResult:
     warnings: tuple[str, ...] = ()
     """Warnings of the dense stage (already logged) for the run's summary."""
 
+    @cached_property
+    def cloud(self) -> PointCloud:
+        """The dense cloud in the reconstruction frame: float64 points of :attr:`point_mask` (row-major) with
+        the reference image's intensity. Built on first use (the run's own files are written from the grid
+        block by block, :meth:`output_cloud_xyz`), so the stage holds no second copy of its points."""
+        xyz = self.points_grid[self.point_mask].astype(np.float64)
+        intensity = np.clip(self.reference_pixels[self.point_mask].astype(np.float32), 0, 1)
+        return PointCloud(xyz, unit=self.unit, intensity=intensity)
+
+    @property
+    def n_points(self) -> int:
+        """Points in the dense cloud."""
+        return int(np.count_nonzero(self.point_mask))
+
+    def output_cloud_xyz(self, dtype: type = np.float32, rows_per_block: int = 256) -> np.ndarray:
+        """(N, 3) points of :attr:`cloud` in the output frame (:meth:`to_output_frame`, in float64, then
+        ``dtype``), computed ``rows_per_block`` grid rows at a time: no float64 (N, 3) copy of the cloud."""
+        out = np.empty((self.n_points, 3), dtype=dtype)
+        at = 0
+        for lo in range(0, self.point_mask.shape[0], rows_per_block):
+            sel = self.point_mask[lo : lo + rows_per_block]
+            block = self.points_grid[lo : lo + rows_per_block][sel]
+            out[at : at + len(block)] = self.to_output_frame(block)
+            at += len(block)
+        return out
+
     def to_output_frame(self, xyz: np.ndarray) -> np.ndarray:
         """(N, 3) reconstruction-frame points → the substrate frame of every output file (see :data:`FRAME`)."""
         origin = self.plane.normal * self.plane.offset
@@ -146,7 +183,7 @@ class DenseResult:
         grain = int(self.grain_mask.sum())
         return {
             "reference_view": self.reference_view,
-            "n_points": len(self.cloud),
+            "n_points": self.n_points,
             "n_points_grain": int(np.isfinite(self.points_grid[self.grain_mask]).all(axis=1).sum()) if grain else 0,
             "n_points_3plus_views": int((self.n_views_grid >= 3).sum()),
             "grain_pixels": grain,
@@ -157,6 +194,20 @@ class DenseResult:
             "grain_mesh_faces": int(len(self.grain_mesh.faces)) if self.grain_mesh is not None else 0,
             "timings_s": dict(self.timings_s),
         }
+
+    def _render_cloud_views(self, path: Path, unit: str) -> None:
+        """The cloud's preview figure (:func:`topograph.report.render.render_cloud_views`) from the random
+        subset it draws itself beyond ``MAX_RENDER_POINTS`` (same seed, same points, same figure), taken
+        here so that only the subset's float64 output-frame points exist."""
+        from topograph.report.render import MAX_RENDER_POINTS, render_cloud_views
+
+        n = self.n_points
+        idx = np.flatnonzero(self.point_mask)
+        if n > MAX_RENDER_POINTS:
+            idx = idx[np.sort(np.random.default_rng(0).choice(n, MAX_RENDER_POINTS, replace=False))]
+        xyz = self.to_output_frame(self.points_grid.reshape(-1, 3)[idx])
+        intensity = np.clip(self.reference_pixels.ravel()[idx].astype(np.float32), 0, 1)
+        render_cloud_views(xyz, intensity, path, unit=unit)
 
     def write(self, out: Path, threads: int = 1) -> dict[str, float]:
         """Write cloud, height map (TIFF + PNG), meshes, metrics and renderings into ``out``, the files
@@ -176,7 +227,7 @@ class DenseResult:
             write_png,
             write_stl,
         )
-        from topograph.report.render import height_map_png, render_cloud_views
+        from topograph.report.render import height_map_png
 
         unit_text = "micrometres" if self.unit == "um" else "pixel units of view 0 (no pixel size known)"
         shown_unit = "µm" if self.unit == "um" else "px"
@@ -196,7 +247,6 @@ class DenseResult:
 
         # One frame for every 3-D file: the substrate frame (FRAME); the in-memory cloud stays in the
         # reconstruction frame, the grain mesh is built in the substrate frame already.
-        cloud = PointCloud(self.to_output_frame(self.cloud.xyz), unit=self.unit, intensity=self.cloud.intensity)
         comments = [
             f"topograph {__version__} dense SEM cloud",
             f"unit {self.unit}",
@@ -204,8 +254,7 @@ class DenseResult:
             f"frame {FRAME_NAME}",
         ]
         figure = out / "figures" / "dense_cloud_views.png"
-        timed("cloud_views_png", render_cloud_views, cloud.xyz, cloud.intensity, figure, unit=shown_unit)
-        timed("dense_ply", write_ply, out / "dense.ply", cloud, comments=comments)
+        timed("cloud_views_png", self._render_cloud_views, figure, shown_unit)
         facts = {
             "frame": HEIGHT_MAP_FRAME,
             "reference_view": self.reference_view,
@@ -255,7 +304,20 @@ class DenseResult:
                 self.surface_mesh.faces,
                 comments=mesh_comments,
             )
-        if threads > 1:
+
+        def write_cloud() -> None:
+            # built here, not before: the cloud's arrays (float32, as the PLY stores them) exist only while
+            # its file is written
+            intensity = np.clip(self.reference_pixels[self.point_mask].astype(np.float32), 0, 1)
+            write_ply(out / "dense.ply", PointCloud(self.output_cloud_xyz(), self.unit, intensity), comments=comments)
+
+        timed("dense_ply", write_cloud)
+        if threads > 1 and self.n_points > CLOUD_FILES_APART_MIN_POINTS:
+            # two lanes: the cloud's preview and its PLY one after the other, the other files beside them
+            lanes = [[tasks[0], tasks[-1]], tasks[1:-1]]
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                list(pool.map(lambda lane: [task() for task in lane], lanes))  # re-raises the first failure
+        elif threads > 1:
             with ThreadPoolExecutor(max_workers=int(threads)) as pool:
                 list(pool.map(lambda task: task(), tasks))  # re-raises the first failure
         else:
@@ -318,14 +380,15 @@ MB), its forward and backward flows take turns from this many coarse pixels on, 
 enough for :data:`SIDE_BY_SIDE_MAX_OBSERVATION_PX`: memory holds one DIS solver (~190 B per pixel) instead of
 two; each solve still uses every core."""
 
-SIDE_BY_SIDE_MAX_OBSERVATION_PX = 18_000_000
+SIDE_BY_SIDE_MAX_OBSERVATION_PX = 24_000_000
 """Images above 2 MP still solve side by side (two solvers, one OpenCV thread each, the flows in a worker
 thread beside the fusion, see :func:`flow_schedule`) while pixels × observation slots (views + chained pairs)
-stay within this: the fused observations (8 B per pixel and slot) and the views' images grow with the
-series, the second solver and flow in flight (~250 MB at 4 MP) with the image. Measured peaks (docs/
-benchmarks.md, issue 21, session 14): 3 × 4 MP (4 slots: 16 M) 0.97 GB in turn → 1.07–1.23 GB side by side (main
-thread's CPU 17 → 10 s); 7 × 3 MP (7 slots: 21 M) 0.91 → 1.08 GB, over its 1-GB bound, so it stays in turn. A solve
-alone uses both cores through OpenCV's threads, but only ~60 % of it runs in parallel."""
+stay within this: the fused observations (8 B per pixel and slot, :class:`NormalEquations`) and the views'
+images grow with the series, the second solver and flow in flight (~250 MB at 4 MP) with the image. Measured
+whole-process peaks (docs/benchmarks.md, issue 21, sessions 14 and 15): with the float64 right-hand sides and
+cloud of session 14, 3 × 4 MP (4 slots: 16 M) 1.05–1.24 GB side by side and 7 × 3 MP (7 slots: 21 M) 1.08 GB;
+with the leaner accumulator and cloud of session 15, 3 × 4 MP ~1.0 GB and 7 × 3 MP ~0.82 GB side by side. A
+solve alone uses both cores through OpenCV's threads, but only ~60 % of it runs in parallel."""
 
 
 def flow_schedule(n_pixels: int, n_slots: int, cfg: DenseConfig) -> tuple[int, int]:
@@ -434,7 +497,7 @@ def fuse_dense(
     n = h * w
     cams = recon.cameras
     grid = _pixel_grid(h, w)
-    acc = NormalEquations(n, keep_observations=True)
+    acc = NormalEquations(n)
     acc.add_view(cams[ref], grid, np.ones(n, dtype=bool))
     others = [f for f in range(len(images)) if f != ref]
     chains = chained_pairs(recon.tilts_deg, ref, cfg)
@@ -473,17 +536,17 @@ def fuse_dense(
             log.info(
                 "dense chain %s → %s: %.1f%% of the reference pixels", images[a].name, images[b].name, 100 * keep.mean()
             )
-    min_views = max(2, cfg.min_views)
-    points = acc.solve(min_views=min_views)
-    if acc.reject(points, cfg.epipolar_threshold_px, keep_slots=(0,)):  # slot 0: the reference pixel itself
-        points = acc.solve(min_views=min_views)
+    # slot 0 (the reference pixel itself) is never rejected; the flows' threads are free by now
+    points, _ = acc.solve_with_rejection(
+        max(2, cfg.min_views), cfg.epipolar_threshold_px, keep_slots=(0,), threads=flow_threads(flow_cfg)
+    )
     visible: list[np.ndarray | None] = [None] * len(images)
     for k, f in enumerate(slot_view):
         if f == ref:
             continue
         seen = ((acc.code >> np.uint32(k)) & np.uint32(1)).astype(bool).reshape(h, w)
         visible[f] = seen if visible[f] is None else (visible[f] | seen)
-    return points.astype(np.float32).reshape(h, w, 3), acc.count.reshape(h, w), visible
+    return points.reshape(h, w, 3), acc.count.reshape(h, w), visible
 
 
 def track_prealignment(recon: Reconstruction, i: int, j: int, ransac_px: float = 20.0) -> np.ndarray | None:
@@ -629,18 +692,32 @@ RANSAC_MAX_POINTS = 20_000
 """The substrate RANSAC scores its plane hypotheses on at most this many (random) candidate points."""
 
 
+PLANE_BLOCK_POINTS = 1 << 18
+"""Points per float64 block of :func:`fit_substrate_plane`'s inlier test and scatter sums."""
+
+
 def fit_substrate_plane(
     points: np.ndarray, border_points: np.ndarray, toward_detector: np.ndarray, seed: int = 0
 ) -> Plane:
     """RANSAC plane through the substrate, seeded by the image border (where the substrate is), then a
-    least-squares refit on all inliers of the whole cloud. The normal points toward the detector."""
+    least-squares refit on all inliers of the whole cloud. The normal points toward the detector.
+
+    ``points`` (N, 3) and ``border_points`` may be float32 (the fused grid's own values): the hypotheses are
+    scored in float64 and the refit is the total least-squares plane through the inliers' centroid ``c``,
+    its normal the eigenvector of the smallest eigenvalue of the scatter ``Σ (X − c)(X − c)ᵀ``, summed in
+    float64 blocks of :data:`PLANE_BLOCK_POINTS` (the same plane as the SVD of the centred inliers, without
+    an (N, 3) float64 copy of them).
+    """
     rng = np.random.default_rng(seed)
     cand = border_points if len(border_points) >= 100 else points
     if len(cand) < 3:
         raise TopographError("too few dense points to find the substrate plane", "check the dense matches / mask")
     if len(cand) > RANSAC_MAX_POINTS:  # hypotheses are scored on a random subset; the refit uses every point
         cand = cand[rng.choice(len(cand), RANSAC_MAX_POINTS, replace=False)]
-    scale = np.linalg.norm(np.ptp(points, axis=0)) + 1e-12
+    cand = np.asarray(cand, dtype=np.float64)
+    # column by column: 3x faster than numpy's axis-0 reduction over (N, 3) rows
+    extent = np.array([float(points[:, k].max()) - float(points[:, k].min()) for k in range(3)])
+    scale = np.linalg.norm(extent) + 1e-12
     thr = 0.003 * scale
     best, best_n = None, -1
     for _ in range(300):
@@ -653,10 +730,19 @@ def fit_substrate_plane(
         if cnt > best_n:
             best, best_n = (n, float(n @ s[0])), cnt
     n, d = best
-    inl = points[np.abs(points @ n - d) < thr]
-    c = inl.mean(axis=0)
-    _, _, vt = np.linalg.svd(inl - c, full_matrices=False)
-    n = vt[2]
+    # scatter about a point near the cloud (no cancellation), moved to the centroid at the end
+    shift = cand.mean(axis=0)
+    count, total, scatter = 0, np.zeros(3), np.zeros((3, 3))
+    for lo in range(0, len(points), PLANE_BLOCK_POINTS):
+        block = np.asarray(points[lo : lo + PLANE_BLOCK_POINTS], dtype=np.float64)
+        inl = block[np.abs(block @ n - d) < thr] - shift
+        count += len(inl)
+        total += inl.sum(axis=0)
+        scatter += inl.T @ inl
+    mean = total / count
+    _, vectors = np.linalg.eigh(scatter - count * np.outer(mean, mean))
+    n = vectors[:, 0]
+    c = shift + mean
     if n @ toward_detector < 0:
         n = -n
     return Plane(n, float(n @ c))
@@ -691,7 +777,7 @@ def run_dense(
     Step timings (CPU-bound wall seconds) are kept in :attr:`DenseResult.timings_s`.
     """
     from topograph.analysis.grain import grain_metrics
-    from topograph.analysis.mesh import close_with_base, heightfield_mesh
+    from topograph.analysis.mesh import close_with_base
     from topograph.analysis.surface import areal_parameters
 
     timings: dict[str, float] = {}
@@ -732,7 +818,7 @@ def run_dense(
     bw = max(4, int(0.08 * min(h, w)))
     border[:bw] = border[-bw:] = True
     border[:, :bw] = border[:, -bw:] = True
-    pts = grid[finite].astype(np.float64)
+    pts = grid[finite]  # float32, as fused
     border_cover = float((finite & border).sum()) / float(border.sum())
     plane = fit_substrate_plane(pts, pts[border[finite]], toward)
     stage_normal = np.array([0.0, 0.0, 1.0])  # metadata frame: the stage; factorization: the first view
@@ -742,7 +828,7 @@ def run_dense(
     if fallback:
         # A featureless substrate gives (almost) no points at the image border; a plane fitted there runs
         # through the grain. Fall back to the plane facing the detector through the lowest points.
-        plane = Plane(stage_normal, float(np.percentile(pts @ stage_normal, 2.0)))
+        plane = Plane(stage_normal, float(np.percentile(pts.astype(np.float64) @ stage_normal, 2.0)))
         dense_warnings.append(
             f"the substrate is hardly matched ({100 * border_cover:.0f}% of the image border has depth, fitted "
             f"plane tilted {tilt_off:.0f}°): heights are measured from the plane facing the detector through "
@@ -750,6 +836,7 @@ def run_dense(
             "base; image the grain with substrate around it for a measured base"
         )
         log.warning(dense_warnings[-1])
+    del pts  # the cloud is the grid's points of `finite` (DenseResult.cloud)
     height = (grid @ plane.normal.astype(np.float32) - np.float32(plane.offset)).astype(np.float32)
     sub = height[finite & border]
     plane_noise = float(1.4826 * np.median(np.abs(sub - np.median(sub)))) if sub.size and not fallback else 0.0
@@ -757,9 +844,7 @@ def run_dense(
         mask = load_user_mask(cfg.mask, (h, w))
     else:
         mask = grain_mask_from_height(height, plane_noise)
-    intensity = images[ref].pixels[finite].astype(np.float32)
-    cloud = PointCloud(pts, unit=unit, intensity=np.clip(intensity, 0, 1))
-    log.info("dense cloud: %d points (%d on the grain)", len(cloud), int((mask & finite).sum()))
+    log.info("dense cloud: %d points (%d on the grain)", int(finite.sum()), int((mask & finite).sum()))
     timings["filter_plane_mask"] = time.perf_counter() - t0
 
     # Height map in the reference view (grid spacing = one reference pixel on the specimen).
@@ -769,45 +854,50 @@ def run_dense(
     # Meshes in the substrate frame (z = height above the substrate plane).
     t0 = time.perf_counter()
     k = int(np.ceil(np.sqrt(max(int(finite.sum()), 1) / MAX_SURFACE_MESH_CELLS)))
-    surface_mesh = heightfield_mesh(height[::k, ::k], k * px_world) if finite.any() else None
-    grain_mesh = metrics = areal = None
-    grain_sel = mask & finite
-    refusal = None if cfg.mask else implausible_mask(mask, finite)
-    if refusal is not None:
-        log.warning(refusal)
     side_by_side = within_side_by_side_budget(h * w, len(images) + len(chained_pairs(recon.tilts_deg, ref, cfg)))
-    if refusal is None and int(grain_sel.sum()) >= 50:  # noqa: PLR2004 - fewer points make no grain
-        # the areal parameters need only the height map: in a thread beside the grain mesh and its metrics
-        # (numpy releases the GIL) where two cores and the memory budget allow it, else after them
-        two_cores = flow_threads(FlowConfig(threads=threads)) > 1
-        beside = ThreadPoolExecutor(max_workers=1) if side_by_side and two_cores else None
-        grain_height = np.where(mask, height, np.nan)
-        areal_task = beside.submit(areal_parameters, grain_height, px_world, form="none", unit=unit) if beside else None
-        frame = plane.frame()
-        grain_pts = (grid[grain_sel].astype(np.float64) - plane.normal * plane.offset) @ frame.T
-        outline = footprint_outline(mask, finite, recon.cameras[ref], plane)
-        step = grain_mesh_step(int(mask.sum()), px_world)
-        top, footprint, origin = grain_top_grid(grain_pts, step, outline)
-        grain_mesh = close_with_base(
-            top, base_z=0.0, closure=cfg.closure, pixel_size=step, origin=origin, mask=footprint
-        )
-        timings["grain_mesh"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        metrics = grain_metrics(grain_mesh, unit=unit, closure=cfg.closure)
+    # The surface mesh and the areal parameters need only the height map: in a thread beside the grain mesh
+    # and its metrics (numpy releases the GIL) where two cores and the memory budget allow it, else in turn.
+    two_cores = flow_threads(FlowConfig(threads=threads)) > 1
+    beside = ThreadPoolExecutor(max_workers=1) if side_by_side and two_cores else None
+    try:
+        surface_task = beside.submit(_surface_mesh, height, finite, k, px_world) if beside else None
+        surface_mesh = None if beside else _surface_mesh(height, finite, k, px_world)
+        grain_mesh = metrics = areal = None
+        grain_sel = mask & finite
+        refusal = None if cfg.mask else implausible_mask(mask, finite)
+        if refusal is not None:
+            log.warning(refusal)
+        if refusal is None and int(grain_sel.sum()) >= 50:  # noqa: PLR2004 - fewer points make no grain
+            grain_height = np.where(mask, height, np.nan)
+            args = (grain_height, px_world)
+            areal_task = beside.submit(areal_parameters, *args, form="none", unit=unit) if beside else None
+            frame = plane.frame()
+            grain_pts = (grid[grain_sel].astype(np.float64) - plane.normal * plane.offset) @ frame.T
+            outline = footprint_outline(mask, finite, recon.cameras[ref], plane)
+            step = grain_mesh_step(int(mask.sum()), px_world)
+            top, footprint, origin = grain_top_grid(grain_pts, step, outline)
+            grain_mesh = close_with_base(
+                top, base_z=0.0, closure=cfg.closure, pixel_size=step, origin=origin, mask=footprint
+            )
+            timings["grain_mesh"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            metrics = grain_metrics(grain_mesh, unit=unit, closure=cfg.closure)
+            areal = areal_task.result() if areal_task else areal_parameters(*args, form="none", unit=unit)
+            del grain_height, args
+            timings["grain_metrics"] = time.perf_counter() - t0
+        elif refusal is None:
+            log.warning("no grain found above the substrate: metrics skipped (give --mask to select it)")
+        if surface_task is not None:
+            surface_mesh = surface_task.result()
+    finally:
         if beside is not None:
-            areal = areal_task.result()
-            beside.shutdown()
-        else:
-            areal = areal_parameters(grain_height, px_world, form="none", unit=unit)
-        del grain_height
-        timings["grain_metrics"] = time.perf_counter() - t0
-    elif refusal is None:
-        log.warning("no grain found above the substrate: metrics skipped (give --mask to select it)")
+            beside.shutdown(wait=True, cancel_futures=True)
     return DenseResult(
         reference_view=ref,
         points_grid=grid,
         n_views_grid=nviews,
-        cloud=cloud,
+        point_mask=finite,
+        reference_pixels=images[ref].pixels,
         plane=plane,
         grain_mask=mask,
         height_map=hmap,
@@ -823,6 +913,13 @@ def run_dense(
         base_plane="lowest points" if fallback else "substrate",
         warnings=tuple(dense_warnings),
     )
+
+
+def _surface_mesh(height: np.ndarray, known: np.ndarray, k: int, pixel_size: float) -> trimesh.Trimesh | None:
+    """The open surface mesh of every ``k``-th pixel of the height map (None without any known pixel)."""
+    from topograph.analysis.mesh import heightfield_mesh
+
+    return heightfield_mesh(height[::k, ::k], k * pixel_size) if known.any() else None
 
 
 def footprint_outline(grain_mask: np.ndarray, known: np.ndarray, camera: AffineCamera, plane: Plane) -> np.ndarray:

@@ -87,10 +87,14 @@ def run(
     c1, w1 = os.times(), time.perf_counter()
     ev = evaluate_synthetic(rec, t, erode_px=3)
     skew = None
-    if t.rolling_px_per_row is not None:  # recovered skews against the truth's, common part removed (a gauge)
-        est = rec.model.rolling_shifts().detach().numpy()[:, 0].astype(float)
-        err = (est - est.mean()) - (t.rolling_px_per_row - t.rolling_px_per_row.mean())
-        skew = {"true_rms": float(np.std(t.rolling_px_per_row)), "error_rms": float(np.sqrt(np.mean(err**2)))}
+    if t.rolling_px_per_row is not None:  # recovered row shifts against the truth's, common part removed (a gauge)
+        est = rec.model.rolling_shifts().detach().numpy().astype(float)
+        true = t.rolling_shift_px_per_row()
+        err = (est - est.mean(0)) - (true - true.mean(0))
+        skew = {
+            "true_rms": float(np.sqrt(np.mean((true - true.mean(0)) ** 2))),
+            "error_rms": float(np.sqrt(np.mean(err**2))),
+        }
     return {
         "effect": effect,
         "settings": settings,

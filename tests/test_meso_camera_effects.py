@@ -93,30 +93,32 @@ def _run(effects: dict):
 
 @pytest.mark.slow
 def test_accuracy_with_camera_effects_stays_bounded():
-    """Issue 18 asks for 1.5x of the clean accuracy; NOT met. Measured (fast preset, 15 x 320x240, seed 0,
-    threads 1; docs/benchmarks.md, issue 18 sessions 12-13): session 12 clean 0.081, every effect 0.167 GSD
-    (x2.06). Session 13 refines the sweep's rolling-shutter skew on the dense matches and gain-matches the
-    flow's neighbours: clean 0.050, every effect 0.159 GSD (x3.2; rolling alone 0.117 -> 0.098, exposure
-    alone 0.087 -> 0.059). The clean run's accuracy moves 0.050-0.081 with changes in the last bits of the
-    flow step (its height round is chaotic), every effect's 0.153-0.159: this guards the effects' absolute
-    accuracy (< 0.18 GSD) and the ratio as measured (< 3.6), the recovered sweep skew, the blur detection and
-    the gates."""
+    """Issue 18 asks for 1.5x of the clean accuracy. Measured (fast preset, 15 x 320x240, threads 1;
+    docs/benchmarks.md, issue 18): sessions 13-14 clean 0.050, every effect 0.159 GSD at seed 0 (x3.18; x2.4
+    as the ratio of three seeds' means). Session 15: the flow on local-contrast images, closed-form gains
+    before each photometric round, the fast preset's height round holding the flow step's cameras and the
+    renderer's rolling shutter along the sweep line in each photo's axes: clean 0.061, every effect 0.098 GSD
+    at seed 0 (x1.61; three seeds' means x1.63). This guards the effects' absolute accuracy (< 0.12 GSD), the
+    clean run's (< 0.07), the ratio (< 2.0: the previous engine's x3.18 fails it), the recovered sweep skew,
+    the blur detection and the gates."""
     _, clean, _ = _run({})
     rec, ev, truth = _run(EFFECTS)
     assert set(rec.checks.blurry) == {rec.names[3], rec.names[9]}
     assert rec.quality.status == "ok"
     ratio = ev.table1.mean_accuracy / clean.table1.mean_accuracy
     with_effects_gsd = ev.table1.mean_accuracy / ev.gsd_um
-    # the sweep's skew against the renderer's (common part removed: a sheared frame); measured 0.0006 px/row
-    # with the truth's spread 0.0126 (the rolling-shutter motion along the sweep's line, session 12)
-    est = rec.model.rolling_shifts().detach().numpy()[:, 0].astype(float)
-    true = truth.rolling_px_per_row
-    skew_error = np.sqrt(np.mean(((est - est.mean()) - (true - true.mean())) ** 2))
+    # the sweep's row shifts against the renderer's (common part removed: a sheared frame); measured 0.0003 px/row
+    # with the truth's spread 0.0089 (RMS over both components; session 15)
+    est = rec.model.rolling_shifts().detach().numpy().astype(float)
+    true = truth.rolling_shift_px_per_row()
+    skew_error = np.sqrt(np.mean(((est - est.mean(0)) - (true - true.mean(0))) ** 2))
     print(
         f"clean {clean.table1.mean_accuracy / clean.gsd_um:.3f} GSD, with effects "
         f"{with_effects_gsd:.3f} GSD (x{ratio:.2f}); rescale {ev.table1.rescale:.3f}"
     )
-    assert skew_error < 0.1 * true.std(), (skew_error, true.std())
-    assert with_effects_gsd < 0.18
-    assert ratio < 3.6
+    spread = np.sqrt(np.mean((true - true.mean(0)) ** 2))
+    assert skew_error < 0.1 * spread, (skew_error, spread)
+    assert with_effects_gsd < 0.12
+    assert clean.table1.mean_accuracy / clean.gsd_um < 0.07
+    assert ratio < 2.0
     assert abs(ev.table1.rescale - 1.0) < 0.15

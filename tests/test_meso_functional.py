@@ -110,18 +110,18 @@ def test_backprojection_of_flat_scene_lands_on_true_object_points(truth):
 
 def test_rolling_shutter_term_reproduces_the_renderers_skew():
     """A hand-held sweep's rolling shutter (1 % of the width over the frame) moves a corner by 1.6 px at
-    320x240; the pose model's per-image row shift set to the truth's skew brings the back-projection back to
-    the truth (the term acts on undistorted points about the principal point, the renderer on raw pixels
-    about the middle row: a 0.06 px difference)."""
+    320x240; the pose model's per-image row shift set to the truth's (the skew along the sweep's line turned
+    into each photo's axes) brings the back-projection back to the truth (the term acts on undistorted points
+    about the principal point, the renderer on raw pixels about the middle row: a 0.06 px difference)."""
     cfg = MesoSynthConfig(image_size=(320, 240), raster=(3, 2), tilt_deg=1.5, seed=3, rolling_shutter=0.01)
     truth = make_meso_truth(cfg)
     uv = pixel_grid(truth.image_size)
     true = np.stack([truth.flat_points_mm(i, uv) for i in range(truth.n_images)])
     model, unit = model_at_truth(truth, "exact")
     errors = []
-    for skew in (np.zeros(truth.n_images), truth.rolling_px_per_row):
+    for skew in (np.zeros((truth.n_images, 2)), truth.rolling_shift_px_per_row()):
         with torch.no_grad():
-            model.pose.rolling[:, 0] = torch.as_tensor(skew)
+            model.pose.rolling[:] = torch.as_tensor(skew)
             est = model.object_points(torch.tensor(uv, dtype=torch.float32)).numpy() * unit
         errors.append(float((np.linalg.norm(est - true, axis=-1) / truth.gsd_mm).max()))
     assert errors[0] > 1.0 and errors[1] < 0.12, errors

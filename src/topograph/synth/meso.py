@@ -80,8 +80,9 @@ class MesoSynthConfig:
     motion_blur_px: float = 7.0
     """... over this length, pixels, in a random direction."""
     rolling_shutter: float = 0.0
-    """Rolling-shutter skew of a hand-held sweep: row ``v`` sees the scene shifted along the sweep by this
-    fraction of the image width times ``v / height - 1/2`` (the sign follows the serpentine direction)."""
+    """Rolling-shutter skew of a hand-held sweep: row ``v`` sees the scene shifted along the sweep's line (turned
+    into each photo's axes by its in-plane angle) by this fraction of the image width times ``v / height - 1/2``
+    (the sign follows the serpentine direction)."""
     specular: float = 0.0
     """Peak brightness of a specular highlight on a glossy disc of the scene (view-dependent: it sits at one
     place in the image, so it moves across the scene from photo to photo)."""
@@ -121,15 +122,26 @@ class MesoSynthTruth:
     scene: str
     texture: np.ndarray | None = field(default=None, repr=False)
     rolling_px_per_row: np.ndarray | None = None
-    """(N,) rolling-shutter skew of each photo: raw row ``v`` sees the scene as the pinhole would at column
-    ``u + k_i (v - H / 2)`` (None = a global shutter)."""
+    """(N,) rolling-shutter skew of each photo along its sweep line, signed (None = a global shutter): raw row
+    ``v`` sees the scene as the pinhole would at ``(u, v) + k_i (v - H / 2) d_i``, ``d_i`` the sweep line's
+    direction in the photo's own axes (:meth:`rolling_shift_px_per_row`)."""
+
+    def rolling_shift_px_per_row(self) -> np.ndarray:
+        """(N, 2) rolling-shutter image motion of each photo, pixels per row: the skew ``k_i`` along the sweep's
+        line (the world x axis) turned into the photo's axes, ``k_i (cos a_i, -sin a_i)`` (``a_i`` the in-plane
+        angle). A phone moving along the line while rotated by ``a_i`` sees the scene move along the turned
+        direction: a skew ``k cos a`` and a stretch ``-k sin a`` of the rows."""
+        if self.rolling_px_per_row is None:
+            return np.zeros((self.n_images, 2))
+        a = self.angles_rad
+        return self.rolling_px_per_row[:, None] * np.stack((np.cos(a), -np.sin(a)), axis=1)
 
     def readout_pixels(self, i: int, uv: np.ndarray) -> np.ndarray:
         """(P, 2) raw pixel coordinates ``uv`` of image ``i`` moved to the middle row's instant (the pose)."""
         if self.rolling_px_per_row is None:
             return uv
         out = np.array(uv, dtype=float, copy=True)
-        out[:, 0] += self.rolling_px_per_row[i] * (out[:, 1] - 0.5 * self.image_size[1])
+        out += self.rolling_shift_px_per_row()[i][None, :] * (out[:, 1:2] - 0.5 * self.image_size[1])
         return out
 
     @property

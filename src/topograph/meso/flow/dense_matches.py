@@ -135,22 +135,26 @@ def _affine_fit(uv: np.ndarray, xy: np.ndarray) -> np.ndarray:
     return coef.T
 
 
-def match_gain(reference: np.ndarray, moving: np.ndarray, overlap: np.ndarray, sigma_px: float = 2.0) -> np.ndarray:
-    """``moving`` (uint8) times the gain ``g = median(reference / moving)`` over ``overlap`` (bool), both smoothed.
+CONTRAST_SIGMA_FRACTION = 0.02
+"""Window (Gaussian sigma) of :func:`local_contrast`, as a fraction of the flow images' long side: 6.4 px at
+320x240, 10 px at the automatic 500-px flow size -- wider than DIS's 8-px patches, narrower than a highlight
+or a vignette (a fifth of the frame and more)."""
 
-    Auto exposure and white balance scale a photo's intensities by a gain (a gain of linear intensities stays
-    a gain after the sRGB curve, a power law), and DIS, though it removes each patch's mean, matches contrast
-    (its patch SSD and its variational refinement's brightness constancy): a neighbour 30 % brighter reads
-    as a texture change. The median of the pixel ratios is robust to what only one photo sees (a highlight,
-    the warp's border); the smoothing (``sigma_px``, Gaussian) to the warp's residual misalignment.
+
+def local_contrast(gray: np.ndarray, sigma_px: float, floor: float = 3.0) -> np.ndarray:
+    """``gray`` (uint8) with its local mean removed and its local contrast equalised, as uint8 around 128:
+
+        n = 128 + 40 (g - G_s * g) / max(sqrt(G_s * (g - G_s * g)^2), floor)
+
+    (``G_s`` a Gaussian of sigma ``sigma_px``; ``floor`` gray levels keep flat, noisy areas from being
+    amplified). It is invariant to a gain and an offset that vary slowly across the image: auto exposure, white
+    balance, vignetting and a smooth specular highlight that one photo of a pair sees and the other does not --
+    each of which DIS, whose patch SSD and brightness constancy match contrast, reads as a texture change.
     """
-    ref = cv2.GaussianBlur(reference.astype(np.float32), (0, 0), sigma_px)
-    mov = cv2.GaussianBlur(moving.astype(np.float32), (0, 0), sigma_px)
-    use = overlap & (ref > 8.0) & (mov > 8.0)  # dark pixels: a ratio of noise
-    if use.sum() < 100:
-        return moving
-    gain = float(np.median(ref[use] / mov[use]))
-    return np.clip(moving.astype(np.float32) * gain + 0.5, 0, 255).astype(np.uint8)
+    g = gray.astype(np.float32)
+    high = g - cv2.GaussianBlur(g, (0, 0), sigma_px)
+    spread = np.sqrt(cv2.GaussianBlur(high * high, (0, 0), sigma_px))
+    return np.clip(128.0 + 40.0 * high / np.maximum(spread, floor) + 0.5, 0, 255).astype(np.uint8)
 
 
 def _sample(field: np.ndarray, map_x: np.ndarray, map_y: np.ndarray) -> np.ndarray:
@@ -215,6 +219,8 @@ def flow_matches(model: MesoModel, pixels: np.ndarray, cfg: FlowHeightConfig | N
     sub = slice(None, None, 97)
     affines = [_affine_fit(uv_np[sub], flat[j].cpu().numpy()[sub]) for j in range(n)]
     grays = [_gray(pixels[i], (h, w)) for i in range(n)]
+    sigma = CONTRAST_SIGMA_FRACTION * max(h, w)
+    normalised = [local_contrast(g, sigma) for g in grays]
     flow_cfg = DenseConfig(
         preset="medium", patch_size=8, patch_stride=3, variational_refinement_iterations=5, stretch_percent=0.0
     )
@@ -231,8 +237,7 @@ def flow_matches(model: MesoModel, pixels: np.ndarray, cfg: FlowHeightConfig | N
             if inside.mean() < cfg.min_overlap * 0.5:
                 continue
             warped = cv2.remap(grays[j], map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-            warped = match_gain(grays[i], warped, inside)
-            fwd, bwd = _flow_pair(grays[i], warped, flow_cfg)
+            fwd, bwd = _flow_pair(normalised[i], local_contrast(warped, sigma), flow_cfg)
             fb = forward_backward_error(fwd, bwd)
             tx, ty = fwd[..., 0] + cols, fwd[..., 1] + rows
             matched = _sample(u_j, tx, ty)  # raw pixels of j

@@ -28,6 +28,12 @@ from topograph.meso.models.camera import MesoModel
 
 log = logging.getLogger("topograph")
 
+ROBUST_PASSES = 1
+"""Reweightings of the fusion (:func:`_reweighted`) after the plain weighted mean."""
+ROBUST_PX = 0.5
+"""Cauchy scale of a pair's parallax misfit to the fused map in those reweightings, flow pixels: a neighbour
+whose flow a highlight, a clipped patch or a blurred photo pulled counts less than the pairs that agree."""
+
 
 @dataclass
 class FlowHeights:
@@ -80,6 +86,7 @@ def flow_heights(
     den = np.zeros((n, h * w), np.float64)
     cell = float(torch.sqrt(model.camera_heights().mean() / model.focal()))  # object units per pixel
     used = []
+    estimates: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, float]] = []
     n_valid = 0
     for p in matches.pairs:
         if len(p.flat_index) == 0:
@@ -97,17 +104,44 @@ def flow_heights(
         ok = ((epi < cfg.epipolar_threshold_px) & torch.isfinite(hh) & (bb > 0)).cpu().numpy()
         idx = p.flat_index[ok]
         w_j = 1.0 if image_weights is None else float(image_weights[p.j])
-        num[p.i, idx] += w_j * (bb * hh).cpu().numpy()[ok]  # flat_index is unique within a pair
-        den[p.i, idx] += w_j * bb.cpu().numpy()[ok]
+        est = (p.i, idx, hh.cpu().numpy()[ok].astype(np.float64), bb.cpu().numpy()[ok].astype(np.float64), w_j)
+        num[p.i, idx] += w_j * est[3] * est[2]  # flat_index is unique within a pair
+        den[p.i, idx] += w_j * est[3]
+        estimates.append(est)
         n_valid += int(ok.sum())
         used.append((p.i, p.j))
     heights = np.zeros((n, h, w), np.float32)
     for i in range(n):
         heights[i] = fill_and_smooth(num[i].reshape(h, w), den[i].reshape(h, w), cfg)
+    for _ in range(ROBUST_PASSES):
+        heights, den = _reweighted(heights, estimates, ROBUST_PX * cell * ds, cfg)
     seconds = time.perf_counter() - t0
     log.info("heights from flow: %.0f %% of pixels measured, %.1f s", 100.0 * float((den > 0).mean()), seconds)
     weight = den.reshape(n, h, w).astype(np.float32)
     return FlowHeights(heights=heights, weight=weight, pairs=used, seconds=seconds, n_matches=n_valid)
+
+
+def _reweighted(
+    heights: np.ndarray,
+    estimates: list[tuple[int, np.ndarray, np.ndarray, np.ndarray, float]],
+    scale: float,
+    cfg: FlowHeightConfig,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One reweighting of the fusion: every pair's estimate ``h`` of a pixel weighted by ``|b|^2`` times the
+    Cauchy weight ``1 / (1 + (|b| (h - h0) / scale)^2)`` of its parallax misfit to the previous maps ``h0``."""
+    n, hgt, wid = heights.shape
+    num = np.zeros((n, hgt * wid), np.float64)
+    den = np.zeros((n, hgt * wid), np.float64)
+    flat = heights.reshape(n, -1)
+    for i, idx, hh, bb, w_j in estimates:
+        misfit = bb * (hh - flat[i, idx]) ** 2 / scale**2
+        wgt = w_j * bb / (1.0 + misfit)
+        num[i, idx] += wgt * hh
+        den[i, idx] += wgt
+    out = np.zeros_like(heights)
+    for i in range(n):
+        out[i] = fill_and_smooth(num[i].reshape(hgt, wid), den[i].reshape(hgt, wid), cfg)
+    return out, den
 
 
 def fill_and_smooth(num: np.ndarray, den: np.ndarray, cfg: FlowHeightConfig) -> np.ndarray:

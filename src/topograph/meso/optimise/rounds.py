@@ -23,9 +23,10 @@ from topograph.meso.config import LearningRates, LevelConfig, MesoConfig
 from topograph.meso.flow.heights import FlowHeights, initialise_heights, measure_heights
 from topograph.meso.init_global import FeatureTies
 from topograph.meso.models.camera import MesoModel
-from topograph.meso.optimise.batching import BatchedLevel, make_batched_level
+from topograph.meso.optimise.batching import BatchedLevel, footprint_grid, make_batched_level
 from topograph.meso.optimise.checkpoint import Checkpoint, RoundState, load_checkpoint, save_checkpoint
 from topograph.meso.optimise.history import History, IterationRecord
+from topograph.meso.optimise.photometric import fit_gains
 from topograph.meso.optimise.solver import solve_round
 from topograph.meso.optimise.ties import tie_tensors
 from topograph.meso.quality import Gate, enforce, match_gate, refinement_gate
@@ -162,6 +163,9 @@ def run_rounds(
                     checkpoint, Checkpoint(model.state_dict(), r, state, (done + records).to_dicts(), fingerprint)
                 )
 
+            if "gain" in level.train and not resumed_inside:  # a closed-form start: Adam moves a gain slowly
+                lvl = cache[level.downsample]
+                fit_gains(model, lvl, footprint_grid(model, lvl, level.grid_cell), colour="colour" in level.train)
             with timings.timed(f"round_{level.name}"):
                 result = solve_round(
                     model, cache[level.downsample], level, r, lr, cfg.loss, cfg.batching, cfg.robust, seed=cfg.seed,
